@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Both build .venv themselves.
+# torch is installed first and pinned (a CPU wheel of exactly 2.13.0 is cached on our machines;
+# an unpinned torch would pull gigabytes of CUDA packages).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+DEMO_OUT ?= demo_out
+
+.PHONY: venv test test-all demo bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -c constraints.txt -e ".[embed,hf,plot,dev]"
+	touch $@
+
+venv: $(STAMP)
+
+# Fast suite (< ~15 min on 2 CPU cores); slow end-to-end tests are marked and run by test-all.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+demo: $(STAMP)
+	$(PY) -m soe.demo --out $(DEMO_OUT)
+
+bench: $(STAMP)
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs $(DEMO_OUT) .pytest_cache

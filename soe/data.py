@@ -1,0 +1,154 @@
+"""Memory-mapped per-domain shards → (h, tokens) batches, as a LightningDataModule.
+
+Training batches form an endless stream indexed by step: batch t is a pure function of
+(seed, t, rank) — its own generator samples h ~ π, then B windows from mix(h). The module's
+checkpointed state is the index of the next batch the *model* consumes (recorded when a batch
+reaches the training step, not when the loader prefetches it), so a resumed run sees exactly
+the batches an uninterrupted run would have seen.
+
+Validation: per domain, a fixed set of evenly spaced windows of ``val.bin`` (deterministic, the
+same for every run and every model), one dataloader per domain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from soe.mixture import MetaDistribution, MixtureConfig, MixtureSampler
+from soe.shards import Meta, check_tokenizer, load_meta, open_shard
+
+
+class _TrainStream(IterableDataset):
+    def __init__(self, dm: "SoupDataModule", start: int):
+        self.dm, self.start = dm, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        # Workers take interleaved steps; DataLoader returns them round-robin, i.e. in step order.
+        step = self.start + wid
+        while True:
+            yield self.dm.train_batch(step)
+            step += nw
+
+
+def evenly_spaced_windows(arr: np.ndarray, count: int, seq_len: int) -> np.ndarray:
+    """``count`` windows of seq_len+1 tokens spread evenly over arr: (count, T+1) int64."""
+    if len(arr) < seq_len + 1:
+        raise ValueError(f"{len(arr)} tokens cannot hold one window of seq_len+1={seq_len + 1}")
+    starts = np.linspace(0, len(arr) - seq_len - 1, num=count).astype(np.int64)
+    return np.asarray(arr[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+
+
+class SoupDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data_dir: str = "data/fixture",
+        seq_len: int = 256,
+        batch_size: int = 8,
+        seed: int = 1234,
+        mixture: MixtureConfig = MixtureConfig(),
+        val_windows: int = 32,
+        val_batch_size: int = 16,
+        vocab_size: int | None = None,
+        num_workers: int = 0,
+        rank_h: str = "shared",
+    ):
+        """
+        Args:
+            data_dir: prepared directory (meta.json + <domain>/{train,val}.bin), see soe/shards.py.
+            seq_len: tokens per training sequence (windows hold seq_len+1 tokens for the shift).
+            batch_size: sequences per training step (per process).
+            seed: data seed; batch t uses a generator seeded by (seed, t[, rank]).
+            mixture: π, the meta-distribution of domain weights h (fixed_h for dense baselines).
+            val_windows: validation windows per domain (evenly spaced over val.bin).
+            val_batch_size: sequences per validation batch.
+            vocab_size: the model's vocabulary; shards with another vocab_size are refused.
+            num_workers: DataLoader worker processes for the training stream.
+            rank_h: with several processes, 'shared' (all ranks use the same h per step) or
+                'per_rank' (each rank samples its own h).
+        """
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.meta: Meta = load_meta(self.data_dir)
+        check_tokenizer(self.meta, self.data_dir, expected_vocab=vocab_size)
+        if rank_h not in ("shared", "per_rank"):
+            raise ValueError(f"data.rank_h={rank_h!r}; expected 'shared' or 'per_rank'")
+        for name, v in (("seq_len", seq_len), ("batch_size", batch_size), ("val_windows", val_windows),
+                        ("val_batch_size", val_batch_size)):
+            if v <= 0:
+                raise ValueError(f"data.{name}={v} must be positive")
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.val_windows, self.val_batch_size, self.num_workers, self.rank_h = val_windows, val_batch_size, num_workers, rank_h
+        self.pi = MetaDistribution(mixture or MixtureConfig(), self.num_domains, self.meta.prior("train"))
+        self._next_index = 0  # next training batch the model will consume
+        self._sampler: MixtureSampler | None = None
+
+    # Facts the model needs (linked into the LightningModule by train.py).
+    @property
+    def num_domains(self) -> int:
+        return len(self.meta.domains)
+
+    @property
+    def domain_names(self) -> list[str]:
+        return list(self.meta.domains)
+
+    @property
+    def prior(self) -> list[float]:
+        return self.meta.prior("train").tolist()
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.meta.tokenizer_sha256
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._sampler is None:
+            train = [open_shard(self.data_dir, self.meta, d, "train") for d in self.meta.domains]
+            self._sampler = MixtureSampler(train, self.seq_len, self.meta.domains)
+            self._val = [evenly_spaced_windows(open_shard(self.data_dir, self.meta, d, "val"), self.val_windows,
+                                               self.seq_len) for d in self.meta.domains]
+
+    # ------------------------------------------------------------------ training stream
+    def _rank(self) -> int:
+        return self.trainer.global_rank if (self.rank_h == "per_rank" and self.trainer is not None) else 0
+
+    def train_batch(self, index: int) -> dict:
+        """Batch ``index`` of the stream: {'h': (k,) float32, 'tokens': (B, T+1) int64, 'index': int}."""
+        rng = np.random.default_rng([self.seed, index, self._rank()])
+        h = self.pi.sample(rng)
+        tokens, _ = self._sampler.sample(h, self.batch_size, rng)
+        return {"h": torch.from_numpy(h.astype(np.float32)), "tokens": torch.from_numpy(tokens), "index": index}
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(_TrainStream(self, self._next_index), batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=False)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # Called in consumption order (after any prefetch), so this is what the model has seen.
+        if self.trainer is not None and self.trainer.training and "index" in batch:
+            self._next_index = int(batch["index"]) + 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "next_index": self._next_index}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.seed:
+            raise ValueError(f"checkpoint data seed {state.get('seed')} differs from data.seed={self.seed}; "
+                             "resuming would not reproduce the run")
+        self._next_index = int(state["next_index"])
+
+    # ------------------------------------------------------------------ validation
+    def val_dataloader(self) -> list[DataLoader]:
+        self.setup()
+        loaders = []
+        for i, windows in enumerate(self._val):
+            items = [{"tokens": torch.from_numpy(w), "domain": i} for w in windows]
+            loaders.append(DataLoader(items, batch_size=self.val_batch_size, shuffle=False))
+        return loaders

@@ -1,0 +1,184 @@
+"""LightningModule that trains a Soup-of-Experts (or, with n_experts = 0, the dense baseline).
+
+Each training step takes one (h, tokens) batch, instantiates Θ(h) = S + Σ_j α_j(h)·E_j, computes the
+next-token loss and backprops into S, E and φ. Validation evaluates each domain's windows with the
+specialist at that domain's one-hot h (``loss/val/<domain>``) and with the model at the natural
+prior h (``loss/val_prior/<domain>``, and the token-weighted ``loss/val_prior/mixture``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+
+from soe.model import ModelConfig
+from soe.soup import SoupConfig, SoupOfExperts, check_h
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay; per-group learning rates and weight decay."""
+
+    lr: float = 3e-3
+    """Peak learning rate of the shared parameters S."""
+    lr_bank: float | None = None
+    """Peak learning rate of the expert bank E (None: same as lr)."""
+    lr_router: float | None = None
+    """Peak learning rate of the router φ (None: same as lr)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay of S's matrices (RMSNorm gains never decay)."""
+    weight_decay_bank: float | None = None
+    """Weight decay of the bank's matrices (None: same as weight_decay)."""
+    weight_decay_router: float = 0.0
+    """Weight decay of the router φ."""
+    beta1: float = 0.9
+    """AdamW β1."""
+    beta2: float = 0.95
+    """AdamW β2."""
+    eps: float = 1e-8
+    """AdamW ε."""
+    warmup_steps: int = 100
+    """Linear warmup steps from 0 to the peak learning rates."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine schedule as a fraction of the peak."""
+    fused: bool = False
+    """Use the fused AdamW kernel (otherwise the foreach implementation)."""
+
+
+def _as(cls, value):
+    """Accept a dataclass or its dict (checkpoints store plain dicts so they load with weights_only)."""
+    if value is None:
+        return cls()
+    return value if isinstance(value, cls) else cls(**value)
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SoupModule(L.LightningModule):
+    def __init__(
+        self,
+        net: ModelConfig = ModelConfig(),
+        soup: SoupConfig = SoupConfig(),
+        optim: OptimConfig = OptimConfig(),
+        n_domains: int = 1,
+        domain_names: list[str] | None = None,
+        prior: list[float] | None = None,
+        tokenizer_sha256: str | None = None,
+    ):
+        """
+        Args:
+            net: the dense model's shape (shared by S, experts and specialists).
+            soup: bank size, router and souped tensors; n_experts = 0 is the dense baseline.
+            optim: optimizer and schedule.
+            n_domains: k (linked from the data by train.py).
+            domain_names: domain names in h's order (linked from the data).
+            prior: natural token-count mixture over domains (linked from the data).
+            tokenizer_sha256: hash of the tokenizer the model is trained with (linked from the data).
+        """
+        super().__init__()
+        self.net_cfg, self.soup_cfg, self.optim_cfg = _as(ModelConfig, net), _as(SoupConfig, soup), _as(OptimConfig, optim)
+        self.domain_names = list(domain_names or [f"domain{i}" for i in range(n_domains)])
+        if len(self.domain_names) != n_domains:
+            raise ValueError(f"domain_names has {len(self.domain_names)} entries, n_domains={n_domains}")
+        prior_t = check_h(prior if prior is not None else [1.0] * n_domains, n_domains, "prior")
+        # Plain dicts in hparams: checkpoints then load with torch.load(weights_only=True).
+        self.save_hyperparameters({
+            "net": asdict(self.net_cfg), "soup": asdict(self.soup_cfg), "optim": asdict(self.optim_cfg),
+            "n_domains": n_domains, "domain_names": self.domain_names, "prior": prior_t.tolist(),
+            "tokenizer_sha256": tokenizer_sha256,
+        })
+        self.soup = SoupOfExperts(self.net_cfg, n_domains, self.soup_cfg)
+        self.register_buffer("prior_h", prior_t, persistent=False)
+        self._t_last: float | None = None
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx):
+        h, tokens = batch["h"], batch["tokens"]  # h: (k,), tokens: (B, T+1)
+        alpha = self.soup.coefficients(h)  # (n,)
+        _, loss = self.soup(tokens[:, :-1], targets=tokens[:, 1:], params=self.soup.instantiate(h, alpha))
+        self.log("loss/train", loss, prog_bar=True)
+        if self.soup.n and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            a = alpha.detach()
+            self.log_dict({"alpha/mean": a.mean(), "alpha/std": a.std() if a.numel() > 1 else a.new_zeros(()),
+                           "alpha/abs_max": a.abs().max(), "alpha/norm": a.norm()})
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if self._t_last is not None:
+            tps = batch["tokens"][:, :-1].numel() * self.trainer.world_size / (now - self._t_last)
+            self.log("throughput/tokens_per_s", tps, prog_bar=True)
+        self._t_last = now
+        self.log("lr/shared", self.lr_schedulers().get_last_lr()[0])
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self):
+        self._val_sums: dict[str, list[float]] = {}
+        self._val_cache: tuple[int, dict, dict] | None = None
+        self._t_last = None  # validation time is not training throughput
+
+    def _val_params(self, domain: int):
+        if self._val_cache is None or self._val_cache[0] != domain:
+            with torch.no_grad():
+                onehot = torch.zeros_like(self.prior_h)
+                onehot[domain] = 1.0
+                spec = self.soup.instantiate(onehot)
+                prior = spec if self.soup.n == 0 else self.soup.instantiate(self.prior_h)
+            self._val_cache = (domain, spec, prior)
+        return self._val_cache[1], self._val_cache[2]
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        tokens = batch["tokens"]
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        spec, prior = self._val_params(dataloader_idx)
+        name = self.domain_names[dataloader_idx]
+        _, l_spec = self.soup(x, targets=y, params=spec)
+        l_prior = l_spec if prior is spec else self.soup(x, targets=y, params=prior)[1]
+        for key, val in ((f"loss/val/{name}", l_spec), (f"loss/val_prior/{name}", l_prior)):
+            s = self._val_sums.setdefault(key, [0.0, 0])
+            s[0] += float(val) * x.shape[0]
+            s[1] += x.shape[0]
+
+    def on_validation_epoch_end(self):
+        metrics = {k: s / n for k, (s, n) in self._val_sums.items() if n}
+        prior_terms = [(self.prior_h[i].item(), metrics.get(f"loss/val_prior/{d}")) for i, d in enumerate(self.domain_names)]
+        if all(v is not None for _, v in prior_terms):
+            metrics["loss/val_prior/mixture"] = sum(w * v for w, v in prior_terms)
+            spec = [metrics[f"loss/val/{d}"] for d in self.domain_names]
+            metrics["loss/val/specialist_mean"] = sum(spec) / len(spec)
+        if metrics:
+            self.log_dict(metrics, add_dataloader_idx=False, sync_dist=True)
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        lr_bank = o.lr if o.lr_bank is None else o.lr_bank
+        wd_bank = o.weight_decay if o.weight_decay_bank is None else o.weight_decay_bank
+        groups = []
+        for g, p in self.soup.shared.items():
+            groups.append({"params": [p], "lr": o.lr, "weight_decay": o.weight_decay if g == "decay" else 0.0,
+                           "name": f"shared.{g}"})
+        for g, p in self.soup.bank.items():
+            groups.append({"params": [p], "lr": lr_bank, "weight_decay": wd_bank if g == "decay" else 0.0,
+                           "name": f"bank.{g}"})
+        if self.soup.router is not None:
+            groups.append({"params": list(self.soup.router.parameters()),
+                           "lr": o.lr if o.lr_router is None else o.lr_router,
+                           "weight_decay": o.weight_decay_router, "name": "router"})
+        kwargs = {"fused": True} if o.fused else {"foreach": True}
+        opt = torch.optim.AdamW(groups, betas=(o.beta1, o.beta2), eps=o.eps, **kwargs)
+        total = self.trainer.max_steps
+        if total is None or total <= 0:
+            raise ValueError(f"trainer.max_steps={total}: the cosine schedule needs a positive max_steps")
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_lambda(step, o.warmup_steps, total, o.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

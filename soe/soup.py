@@ -1,0 +1,207 @@
+"""Soup-of-Experts: shared parameters S, an expert bank E_1..E_n and a router φ: h ↦ α.
+
+    Θ(h) = S + Σ_j α_j(h) · E_j,     α = φ(h) ∈ R^n,   h ∈ simplex(k)
+
+Storage is flat, so instantiation is one matrix-vector product per parameter group and the
+model runs through ``torch.func.functional_call`` on named views of the result:
+
+    shared[g]: (P_g,)          all tensors of group g, the souped ones first
+    bank[g]:   (n, Ps_g)       experts for the souped prefix of group g only
+
+Groups split tensors by whether they get weight decay (matrices/embeddings: "decay"; RMSNorm
+gains: "no_decay"), so the optimizer can treat them differently without per-tensor buffers.
+Autograd then gives ∂E = α ⊗ g, ∂S = g, ∂α = E g. With n = 0 the soup *is* the dense model:
+the views are views of S, nothing else is added. This module knows nothing of Lightning or data.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from soe.model import LlamaLM, ModelConfig
+
+GROUPS = ("decay", "no_decay")
+ROUTER_OUTPUTS = ("none", "softmax", "scaled")
+EXPERT_INITS = ("zero", "normal")
+
+
+@dataclass
+class SoupConfig:
+    """The soup around the dense model: bank size, router φ, which tensors are souped, init."""
+
+    n_experts: int = 8
+    """Number of experts n; 0 gives the plain dense model (the generic/dedicated baselines)."""
+    router_hidden: int = 128
+    """Width of φ's hidden layers."""
+    router_depth: int = 2
+    """Number of hidden layers of φ (0: a single linear map k → n)."""
+    router_output: str = "none"
+    """Output activation of φ: 'none' (raw α), 'softmax' (α on the simplex), 'scaled' (raw α / n)."""
+    souped: list[str] = field(default_factory=lambda: ["*"])
+    """fnmatch patterns of HF parameter names that get experts; the others are shared only."""
+    expert_init: str = "zero"
+    """Expert initialisation: 'zero' (Θ(h) = S at init) or 'normal' (std expert_init_std)."""
+    expert_init_std: float = 0.02
+    """Std of the 'normal' expert initialisation."""
+    init_seed: int = 0
+    """Seed of the parameter initialisation (S, E, φ), independent of the data seed."""
+
+    def __post_init__(self) -> None:
+        if self.n_experts < 0:
+            raise ValueError(f"SoupConfig.n_experts={self.n_experts} must be >= 0")
+        if self.router_output not in ROUTER_OUTPUTS:
+            raise ValueError(f"SoupConfig.router_output={self.router_output!r}; expected one of {ROUTER_OUTPUTS}")
+        if self.expert_init not in EXPERT_INITS:
+            raise ValueError(f"SoupConfig.expert_init={self.expert_init!r}; expected one of {EXPERT_INITS}")
+        if self.router_depth < 0 or self.router_hidden <= 0:
+            raise ValueError(f"SoupConfig router_depth={self.router_depth}, router_hidden={self.router_hidden}: "
+                             "expected depth >= 0 and hidden > 0")
+
+
+def check_h(h, k: int, name: str = "h") -> torch.Tensor:
+    """Validate domain weights and return them normalised to sum 1, as a float tensor of shape (k,)."""
+    t = torch.as_tensor(h, dtype=torch.float32) if not torch.is_tensor(h) else h
+    if t.ndim != 1 or t.numel() != k:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected ({k},): one weight per domain")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}={t.tolist()} contains NaN or inf; expected finite non-negative weights")
+    if (t < 0).any():
+        raise ValueError(f"{name}={t.tolist()} has negative entries; expected non-negative weights")
+    s = t.sum()
+    if s <= 0:
+        raise ValueError(f"{name} sums to {float(s)}; expected a positive total (a histogram over domains)")
+    return t / s
+
+
+class Router(nn.Module):
+    """φ: (..., k) → (..., n), an MLP with GELU hidden layers."""
+
+    def __init__(self, k: int, n: int, hidden: int, depth: int, output: str):
+        super().__init__()
+        dims = [k] + [hidden] * depth + [n]
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                layers.append(nn.GELU())
+        self.net = nn.Sequential(*layers)
+        self.output = output
+        self.n = n
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        a = self.net(h)
+        if self.output == "softmax":
+            return F.softmax(a, dim=-1)
+        if self.output == "scaled":
+            return a / self.n
+        return a
+
+
+class SoupOfExperts(nn.Module):
+    def __init__(self, model: ModelConfig, n_domains: int, soup: SoupConfig | None = None):
+        super().__init__()
+        soup = soup or SoupConfig()
+        if n_domains <= 0:
+            raise ValueError(f"n_domains={n_domains}: a soup needs at least one domain")
+        self.model_cfg, self.soup_cfg, self.k, self.n = model, soup, n_domains, soup.n_experts
+        gen = torch.Generator().manual_seed(soup.init_seed)
+        net = LlamaLM(model)
+        net.reset_parameters(gen)
+        named = dict(net.named_parameters())
+        for pat in soup.souped:
+            if not any(fnmatch.fnmatchcase(nm, pat) for nm in named):
+                raise ValueError(f"SoupConfig.souped pattern {pat!r} matches no parameter; names look like "
+                                 f"{list(named)[:3]}")
+        is_souped = {nm: any(fnmatch.fnmatchcase(nm, p) for p in soup.souped) for nm in named}
+
+        # Layout: per group, souped tensors first so the bank covers one contiguous prefix.
+        self.layout: dict[str, list[tuple[str, torch.Size]]] = {}
+        self.n_souped: dict[str, int] = {}
+        self.shared = nn.ParameterDict()
+        self.bank = nn.ParameterDict()
+        for g in GROUPS:
+            names = [nm for nm, p in named.items() if (p.ndim >= 2) == (g == "decay")]
+            names.sort(key=lambda nm: not is_souped[nm])  # stable: souped first, model order kept
+            self.layout[g] = [(nm, named[nm].shape) for nm in names]
+            self.n_souped[g] = sum(named[nm].numel() for nm in names if is_souped[nm])
+            if not names:
+                continue
+            self.shared[g] = nn.Parameter(torch.cat([named[nm].detach().reshape(-1) for nm in names]))
+            if self.n > 0 and self.n_souped[g] > 0:
+                E = torch.zeros(self.n, self.n_souped[g])
+                if soup.expert_init == "normal":
+                    E.normal_(0.0, soup.expert_init_std, generator=gen)
+                self.bank[g] = nn.Parameter(E)
+        self.router = Router(n_domains, self.n, soup.router_hidden, soup.router_depth, soup.router_output) if self.n else None
+        # The dense network is a stateless template on the meta device: it holds no memory and
+        # is hidden from nn.Module so that .to()/state_dict()/optimizers never see it.
+        with torch.device("meta"):
+            object.__setattr__(self, "_template", LlamaLM(model))
+        self._sizes = {g: [math.prod(s) for _, s in self.layout[g]] for g in GROUPS}
+
+    # ---------------------------------------------------------------- soup
+    def coefficients(self, h: torch.Tensor) -> torch.Tensor:
+        """α = φ(h): (k,) → (n,). Empty for n = 0."""
+        if self.router is None:
+            return h.new_zeros(0)
+        w = next(self.router.parameters())
+        return self.router(h.to(device=w.device, dtype=w.dtype))
+
+    def flat(self, h: torch.Tensor | None, alpha: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Θ(h) per group as flat vectors: {g: (P_g,)}. One addmv per group, differentiable."""
+        if self.n and alpha is None:
+            if h is None:
+                raise ValueError("h is required for a soup with experts (n_experts > 0)")
+            alpha = self.coefficients(h)
+        out = {}
+        for g, S in self.shared.items():
+            ps = self.n_souped[g]
+            if self.n and g in self.bank:
+                # S[:ps] + E^T α  — E: (n, ps), α: (n,) → (ps,)
+                souped = torch.addmv(S[:ps], self.bank[g].t(), alpha.to(S.dtype))
+                out[g] = souped if ps == S.numel() else torch.cat([souped, S[ps:]])
+            else:
+                out[g] = S
+        return out
+
+    def instantiate(self, h: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Θ(h) as a dict of HF-named tensors (views into the flat result). h: (k,) on the simplex."""
+        params = {}
+        for g, theta in self.flat(h, alpha).items():
+            for (nm, shape), piece in zip(self.layout[g], theta.split(self._sizes[g])):
+                params[nm] = piece.view(shape)
+        return params
+
+    def forward(self, idx: torch.Tensor, h: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                params: dict[str, torch.Tensor] | None = None):
+        """Run Θ(h) (or pre-instantiated ``params``) on idx: (B, T). Returns logits, or (logits, loss)."""
+        params = params if params is not None else self.instantiate(h)
+        args = (idx,) if targets is None else (idx, targets)
+        return functional_call(self._template, params, args, strict=True)
+
+    @torch.no_grad()
+    def specialist(self, h) -> LlamaLM:
+        """A standalone dense model for domain weights h (detached copy; eval mode)."""
+        h = check_h(h, self.k) if self.n else None
+        dev = next(self.parameters()).device
+        params = self.instantiate(h.to(dev) if h is not None else None)
+        net = LlamaLM(self.model_cfg).to(dev)
+        net.load_state_dict({nm: t.detach().clone() for nm, t in params.items()}, strict=True)
+        return net.eval()
+
+    # ---------------------------------------------------------------- bookkeeping
+    def param_counts(self) -> dict[str, int]:
+        shared = sum(p.numel() for p in self.shared.values())
+        bank = sum(p.numel() for p in self.bank.values())
+        router = sum(p.numel() for p in self.router.parameters()) if self.router else 0
+        return {"shared": shared, "bank": bank, "router": router, "total": shared + bank + router}
+
+    def config_dict(self) -> dict:
+        return {"model": asdict(self.model_cfg), "soup": asdict(self.soup_cfg), "n_domains": self.k}

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny synthetic multi-domain prepared directory in the real shard format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soe.shards import Meta, sha256_file, write_tokens_atomic
+
+
+def make_prepared(root: Path, k: int = 3, vocab: int = 64, n_train: int = 6000, n_val: int = 1500,
+                  seed: int = 0, sizes: list[int] | None = None) -> Path:
+    """k domains, each a different noisy affine Markov chain over the vocabulary, so they are learnable
+    and distinguishable. Writes meta.json, a stand-in tokenizer.json (its hash is what readers check)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tokenizer.json").write_text(json.dumps({"synthetic": True, "vocab": vocab}))
+    rng = np.random.default_rng(seed)
+    names = [f"dom{i}" for i in range(k)]
+    sizes = sizes or [n_train] * k
+    tokens = {}
+    for i, name in enumerate(names):
+        a, b = 2 * i + 3, 7 * i + 1
+        tokens[name] = {}
+        for split, n in (("train", sizes[i]), ("val", n_val)):
+            t = np.empty(n, dtype=np.int64)
+            t[0] = rng.integers(1, vocab)
+            noise = rng.random(n) < 0.1
+            rand = rng.integers(1, vocab, size=n)
+            for j in range(1, n):
+                t[j] = rand[j] if noise[j] else (a * t[j - 1] + b) % (vocab - 1) + 1
+            t[rng.random(n) < 0.01] = 0  # EOS = 0 between "documents"
+            write_tokens_atomic(root / name / f"{split}.bin", t.astype(np.uint16))
+            tokens[name][split] = n
+    Meta(domains=names, vocab_size=vocab, tokenizer_sha256=sha256_file(root / "tokenizer.json"), eos_id=0,
+         tokens=tokens, domain_source={"method": "labels"}).save(root)
+    return root
+
+
+@pytest.fixture
+def prepared(tmp_path) -> Path:
+    return make_prepared(tmp_path / "prepared")
