@@ -97,8 +97,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 as Hugging Face does, then scale in the input dtype.
-        xf = x.float()
+        # Normalise in (at least) float32 as Hugging Face does, then scale in the input dtype.
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
 
@@ -205,5 +205,6 @@ class LlamaLM(nn.Module):
         logits = F.linear(x, w)  # (B, T, V)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        lf = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        loss = F.cross_entropy(lf.view(-1, lf.size(-1)), targets.reshape(-1))
         return logits, loss
