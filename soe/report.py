@@ -1,0 +1,155 @@
+"""Markdown tables and PNG plots for an experiment's results.json (see soe/experiment.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+MODEL_COLUMNS = (("generic", "generic"), ("soe_hist", "SoE (histogram h)"), ("soe_refined", "SoE (refined h)"),
+                 ("dedicated", "dedicated"))
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def set_table(results: dict) -> str:
+    cols = [(k, label) for k, label in MODEL_COLUMNS if any(k in r for r in results["sets"].values())]
+    head = "| specialist set | " + " | ".join(f"{label} loss (ppl)" for _, label in cols) + " | SoE − generic | gap closed |"
+    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    for s, r in results["sets"].items():
+        cells = [f"{r[k]:.3f} ({math.exp(r[k]):.1f})" if k in r else "–" for k, _ in cols]
+        best_soe = min(r[k] for k in ("soe_hist", "soe_refined") if k in r)
+        delta = best_soe - r["generic"]
+        closed = "–"
+        if "dedicated" in r and r["generic"] - r["dedicated"] > 1e-6:
+            closed = f"{(r['generic'] - best_soe) / (r['generic'] - r['dedicated']):.0%}"
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {delta:+.3f} | {closed} |")
+    return "\n".join(lines)
+
+
+def domain_table(results: dict) -> str:
+    lines = ["| domain | prior weight | generic | SoE one-hot h | SoE − generic | SoE at prior h |", "|---|---|---|---|---|---|"]
+    for d, r in results["domains"].items():
+        lines.append(f"| {d} | {r['prior_weight']:.3f} | {r['generic']:.3f} | {r['soe_onehot']:.3f} | "
+                     f"{r['soe_onehot'] - r['generic']:+.3f} | {r['soe_prior']:.3f} |")
+    m = results["mixture"]
+    lines.append(f"| **natural mixture** | 1.000 | {m['generic']:.3f} | {m['soe_onehot']:.3f} | "
+                 f"{m['soe_onehot'] - m['generic']:+.3f} | {m['soe_prior']:.3f} |")
+    return "\n".join(lines)
+
+
+def cost_table(results: dict) -> str:
+    lines = ["| run | steps | tokens | params (instantiated / stored) | train FLOPs | wall time |", "|---|---|---|---|---|---|"]
+    for name, r in results["runs"].items():
+        lines.append(f"| {name} | {r['steps']} | {r['tokens']:,} | {r['params_instantiated'] / 1e6:.2f}M / "
+                     f"{r['params_total'] / 1e6:.2f}M | {r['train_flops']:.2e} | {r['wall_s'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def _scalars(run_dir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(run_dir.rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            if tag.startswith(prefix):
+                out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {t: sorted(set(v)) for t, v in out.items()}
+
+
+def plot_curves(out: Path, domains: list[str]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    soe = _scalars(out / "runs" / "soe", "loss/val/")
+    gen = _scalars(out / "runs" / "generic", "loss/val/")
+    cols = min(3, len(domains))
+    rows = math.ceil(len(domains) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, d in zip(axes.flat, domains):
+        for series, label, style in ((soe, "SoE, one-hot h", "-o"), (gen, "generic", "--s")):
+            pts = series.get(f"loss/val/{d}", [])
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, label=label)
+        ax.set_title(d)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(domains):]:
+        ax.axis("off")
+    axes.flat[0].legend()
+    fig.suptitle("Validation loss per pretraining domain")
+    fig.tight_layout()
+    path = out / "loss_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(out: Path, results: dict, domains: list[str]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sets = list(results["sets"])
+    paths = []
+    if not sets:
+        return paths
+    # estimated h per specialist set
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(domains) + 2), 3.8))
+    width = 0.8 / len(sets)
+    x = np.arange(len(domains))
+    for i, s in enumerate(sets):
+        ax.bar(x + i * width, [results["sets"][s]["h_hist"][d] for d in domains], width, label=s)
+    ax.set_xticks(x + 0.4 - width / 2, domains, rotation=30, ha="right")
+    ax.set_ylabel("estimated weight h_i")
+    ax.set_xlabel("pretraining domain")
+    ax.set_title("Domain weights estimated from each in-house sample")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "weights.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    # α per specialist set
+    alphas = [results["sets"][s]["alpha_hist"] for s in sets]
+    n = len(alphas[0])
+    if n:
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * n + 2), 3.8))
+        width = 0.8 / len(sets)
+        x = np.arange(n)
+        for i, (s, a) in enumerate(zip(sets, alphas)):
+            ax.bar(x + i * width, a, width, label=s)
+        ax.set_xticks(x + 0.4 - width / 2, [f"E{j + 1}" for j in range(n)])
+        ax.set_ylabel("coefficient α_j = φ(h)_j")
+        ax.set_xlabel("expert")
+        ax.set_title("Expert coefficients of each specialist")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(out / "alpha.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def write_report(results: dict, out: Path, domains: list[str]) -> Path:
+    figures = [plot_curves(out, domains), *plot_bars(out, results, domains)]
+    parts = ["# Soup-of-Experts: specialists vs generic vs dedicated models", ""]
+    if results["sets"]:
+        parts += ["## Held-out specialist sets (loss in nats/token on each set's evaluation split; lower is better)", "",
+                  set_table(results), "",
+                  "*gap closed*: (generic − best SoE) ÷ (generic − dedicated); 100 % matches the dedicated model.", ""]
+    parts += ["## Pretraining domains (validation split)", "", domain_table(results), "",
+              "## Training cost (equal tokens for every run)", "", cost_table(results), "",
+              "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
+    parts += ["## Commands", ""] + [f"- {name}: `{r['command']}`" for name, r in results["runs"].items()] + [""]
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path
