@@ -1,0 +1,212 @@
+"""``soe`` / ``python -m soe``: specialists from a trained Soup-of-Experts.
+
+    soe estimate-weights CKPT --texts inhouse.jsonl [--refine] --out weights.json
+    soe instantiate CKPT --weights weights.json --out my-specialist [--format hf|soe] [--overwrite]
+    soe evaluate --specialist my-specialist --ckpt CKPT --weights weights.json --prior --json eval.json
+    soe generate my-specialist --prompt "Once upon a time" --max-tokens 80
+
+CKPT is a Lightning checkpoint or a directory holding last.ckpt; --data names its prepared-data
+directory (estimate-weights also accepts the prepared directory itself instead of CKPT).
+User errors print one line ``soe: error: ...`` and exit 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+               NotADirectoryError, ImportError)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="prepared-data directory of the checkpoint (meta.json, tokenizer, centroids)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="soe", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("estimate-weights", help="domain weights h of in-house texts (weights.json)")
+    p.add_argument("source", help="checkpoint, run directory, or prepared-data directory")
+    p.add_argument("--texts", required=True, help="in-house texts: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT]")
+    p.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
+    p.add_argument("--max-docs", type=int, help="use at most this many documents")
+    p.add_argument("--min-weight", type=float, default=0.0, help="drop domains below this weight, renormalise")
+    p.add_argument("--out", default="weights.json", help="where to write {domain: weight} (default: weights.json)")
+    p.add_argument("--top", type=int, default=5, help="print this many top domains")
+    p.add_argument("--refine", action="store_true", help="then optimise h on the soup's loss (needs a checkpoint)")
+    p.add_argument("--refine-steps", type=int, default=200)
+    p.add_argument("--refine-lr", type=float, default=0.05)
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction of in-house tokens for early stopping")
+    _common(p)
+
+    p = sub.add_parser("instantiate", help="write a standalone dense specialist Θ(h)")
+    p.add_argument("ckpt", help="checkpoint or run directory")
+    p.add_argument("--weights", required=True, help="weights.json, 'a=0.3,b=0.7', a domain name, or 'prior'")
+    p.add_argument("--out", required=True, help="output directory (refused if it exists, unless --overwrite)")
+    p.add_argument("--format", choices=("hf", "soe"), default="hf", help="hf: LlamaForCausalLM directory; soe: own format")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="loss / perplexity / bits-per-byte table")
+    p.add_argument("--specialist", action="append", default=[], help="exported specialist directory (repeatable)")
+    p.add_argument("--ckpt", help="checkpoint or run directory")
+    p.add_argument("--weights", action="append", default=[], help="evaluate the checkpoint at these weights (repeatable)")
+    p.add_argument("--prior", action="store_true", help="evaluate the checkpoint at its prior h (default with --ckpt alone)")
+    p.add_argument("--sets", default="val,specialists",
+                   help="comma list: val, specialists, a specialist set name, or a prepared dir (default: val,specialists)")
+    p.add_argument("--split", default="val", choices=("train", "val"))
+    p.add_argument("--max-tokens", type=int, default=65536, help="tokens evaluated per set at most")
+    p.add_argument("--json", help="write the rows as JSON here")
+    p.add_argument("--md", help="write the markdown table here")
+    _common(p)
+
+    p = sub.add_parser("generate", help="sample text from a specialist")
+    p.add_argument("model", help="exported specialist directory, or a checkpoint (with --weights)")
+    p.add_argument("--weights", default="prior", help="with a checkpoint: domain weights (default: prior)")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1)
+    _common(p)
+    return ap
+
+
+def _is_prepared(path: str) -> bool:
+    return (Path(path) / "meta.json").is_file()
+
+
+def cmd_estimate(a) -> None:
+    from soe import api
+    from soe import specialize as sp
+
+    if _is_prepared(a.source):
+        if a.refine:
+            raise ValueError(f"--refine needs a checkpoint, but {a.source} is a prepared-data directory")
+        from soe.shards import load_meta
+
+        domains, data_dir, soup = load_meta(a.source).domains, a.source, None
+        est = sp.estimate_weights(data_dir, a.texts, max_docs=a.max_docs, min_weight=a.min_weight, text_field=a.text_field)
+    else:
+        soup = api.load(a.source, data=a.data, device=a.device)
+        if not isinstance(soup, api.Soup):
+            raise ValueError(f"{a.source} is an exported specialist; estimate-weights needs a checkpoint or prepared dir")
+        domains = soup.domains
+        est = soup.estimate_weights(a.texts, max_docs=a.max_docs, min_weight=a.min_weight, text_field=a.text_field)
+    total = sum(est.tokens.values())
+    print(f"estimated domain weights from {est.n_docs} documents ({est.n_chunks} chunks, {total} tokens); top domains:")
+    for d, w in sp.top_domains(est.weights, a.top):
+        print(f"  {d:<24} {w:.4f}")
+    weights = est.weights
+    if a.refine:
+        r = soup.refine(a.texts, est.weights, max_docs=a.max_docs, text_field=a.text_field, steps=a.refine_steps,
+                        lr=a.refine_lr, holdout=a.holdout)
+        print(f"refinement ({r.steps} steps, {r.fit_windows} fit / {r.holdout_windows} held-out windows):")
+        print(f"  in-sample loss  {r.fit_loss_start:.4f} (histogram) -> {r.fit_loss:.4f} (refined)")
+        print(f"  held-out loss   {r.holdout_loss_start:.4f} (histogram) -> {r.holdout_loss:.4f} (refined)")
+        print("  kept the refined weights" if r.improved else "  no held-out improvement: kept the histogram")
+        for d, w in sp.top_domains(r.weights, a.top):
+            print(f"  {d:<24} {w:.4f}")
+        weights = r.weights
+    out = sp.save_weights(a.out, sp.parse_weights(weights, domains), domains)
+    print(f"wrote {out}")
+
+
+def cmd_instantiate(a) -> None:
+    import torch
+
+    from soe.specialize import top_domains
+
+    if Path(a.out).exists() and not a.overwrite:  # fail before loading anything
+        raise FileExistsError(f"output directory {a.out} already exists; pass --overwrite to replace it")
+    soup = _load_soup(a.ckpt, a)
+    spec = soup.specialist(a.weights)
+    n = sum(p.numel() for p in spec.model.parameters())
+    print(f"instantiated Θ(h) ({n / 1e6:.2f}M parameters, n={soup.soup.n} experts) in {spec.instantiate_s * 1e3:.1f} ms")
+    out = spec.save(a.out, a.format, a.overwrite, getattr(torch, a.dtype))
+    top = ", ".join(f"{d}={w:.3f}" for d, w in top_domains(spec.weights, 5))
+    print(f"wrote {a.format} specialist to {out} (weights: {top})")
+
+
+def _load_soup(path, a):
+    from soe import api
+
+    soup = api.load(path, data=a.data, device=a.device)
+    if not isinstance(soup, api.Soup):
+        raise ValueError(f"{path} is an exported specialist directory; expected a training checkpoint")
+    return soup
+
+
+def cmd_evaluate(a) -> None:
+    from soe import api
+    from soe import evaluate as ev
+
+    if not a.specialist and not a.ckpt:
+        raise ValueError("nothing to evaluate: pass --specialist DIR and/or --ckpt CKPT")
+    if a.weights and not a.ckpt:
+        raise ValueError("--weights needs --ckpt")
+    models, data = {}, a.data
+    soup = _load_soup(a.ckpt, a) if a.ckpt else None
+    if soup is not None:
+        data = soup.data_dir
+        for w in a.weights:
+            models[f"soup@{w}"] = (soup.specialist(w).model, soup.hp.get("tokenizer_sha256"))
+        if a.prior or not a.weights:
+            models["soup@prior"] = (soup.specialist("prior").model, soup.hp.get("tokenizer_sha256"))
+    for d in a.specialist:
+        spec = api.load(d, device=a.device)
+        if not isinstance(spec, api.Specialist):
+            raise ValueError(f"--specialist {d} is not an exported specialist directory")
+        models[Path(d).name] = (spec.model, spec.tokenizer_sha256)
+    if data is None:
+        raise ValueError("pass --data DIR (the prepared-data directory holding the evaluation sets)")
+    rows = ev.evaluate(models, ev.eval_sets(data, [s for s in a.sets.split(",") if s], a.split), a.max_tokens)
+    md = ev.markdown_table(rows)
+    print(md, end="")
+    if a.md:
+        Path(a.md).write_text(md)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {a.json}")
+
+
+def cmd_generate(a) -> None:
+    from soe import api
+
+    obj = api.load(a.model, data=a.data, device=a.device)
+    spec = obj.specialist(a.weights) if isinstance(obj, api.Soup) else obj
+    for i in range(a.num_samples):
+        if a.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        print(spec.generate(a.prompt, a.max_tokens, a.temperature, a.top_k, a.seed + i))
+
+
+COMMANDS = {"estimate-weights": cmd_estimate, "instantiate": cmd_instantiate, "evaluate": cmd_evaluate,
+            "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.cmd](args)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"soe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("soe: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""Write and read standalone dense specialists.
+
+Two formats, both a directory holding ``model.safetensors`` with Hugging Face ``LlamaForCausalLM``
+parameter names (no renaming: ``soe.model`` already uses them) and the prepared data's
+``tokenizer.json`` copied byte for byte (so its sha256 still matches the data's meta.json):
+
+    hf   config.json (LlamaConfig), tokenizer_config.json, + soe_specialist.json
+         → ``AutoModelForCausalLM.from_pretrained(dir)`` and ``AutoTokenizer.from_pretrained(dir)``
+    soe  soe_specialist.json only (ModelConfig, domain weights, provenance); needs no transformers
+
+Exports are atomic: everything is written into a hidden temporary directory beside the target
+and renamed into place at the end, so an interrupted export never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from soe.model import LlamaLM, ModelConfig
+
+FORMATS = ("hf", "soe")
+SOE_FILE = "soe_specialist.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def hf_config(cfg: ModelConfig, eos_id: int, bos_id: int | None = None, dtype: str = "float32") -> dict:
+    """The config.json of a LlamaForCausalLM equal to ``LlamaLM(cfg)``.
+
+    rope_theta is written both at top level (transformers 4.x) and in rope_parameters (5.x)."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.ff_dim,
+        "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
+        "attention_dropout": 0.0, "initializer_range": cfg.init_std, "pretraining_tp": 1, "use_cache": True,
+        "bos_token_id": eos_id if bos_id is None else bos_id, "eos_token_id": eos_id, "pad_token_id": None,
+        "torch_dtype": dtype, "dtype": dtype,
+    }
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    """Inverse of `hf_config` (for HF directories that lack soe_specialist.json)."""
+    rope = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    if hf.get("model_type") != "llama":
+        raise ValueError(f"config.json has model_type={hf.get('model_type')!r}; expected 'llama'")
+    return ModelConfig(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+                       n_kv_head=hf.get("num_key_value_heads"), d_model=hf["hidden_size"], d_ff=hf["intermediate_size"],
+                       max_seq_len=hf["max_position_embeddings"], rope_theta=rope, norm_eps=hf["rms_norm_eps"],
+                       tie_embeddings=hf.get("tie_word_embeddings", True))
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
+    """Yield a fresh temporary directory beside ``out``; on success rename it to ``out``.
+
+    Refuses an existing ``out`` unless ``overwrite``. On any error the temporary directory is
+    removed and ``out`` is left as it was."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output directory {out} already exists; pass --overwrite (overwrite=True) to replace it")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output path {out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():  # overwrite: move the old one aside first so the swap is two renames
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _hf_tokenizer_files(directory: Path, tokenizer_file: Path, eos_id: int, max_len: int) -> None:
+    try:
+        from tokenizers import Tokenizer
+        from transformers import PreTrainedTokenizerFast
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"the 'hf' export format needs transformers ({e}); install soe[hf] or use --format soe") from e
+    eos = Tokenizer.from_file(str(tokenizer_file)).id_to_token(eos_id)
+    if eos is None:
+        raise ValueError(f"{tokenizer_file}: eos_id={eos_id} from meta.json is not in the tokenizer's vocabulary")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos, bos_token=eos,
+                                  model_max_length=max_len)
+    tok.save_pretrained(str(directory))
+    # Keep the data's tokenizer.json byte for byte (its sha256 is what every reader checks), and
+    # name the class both transformers 4.x and 5.x resolve.
+    shutil.copyfile(tokenizer_file, directory / "tokenizer.json")
+    tc_path = directory / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text())
+    tc["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tc_path.write_text(json.dumps(tc, indent=2) + "\n")
+
+
+def save_specialist(out: str | os.PathLike, params: dict[str, torch.Tensor], cfg: ModelConfig, *,
+                    tokenizer_file: str | os.PathLike, eos_id: int, info: dict, fmt: str = "hf",
+                    overwrite: bool = False, dtype: torch.dtype = torch.float32) -> Path:
+    """Write a dense specialist (HF-named ``params``) to ``out`` atomically; returns ``out``.
+
+    info: provenance stored in soe_specialist.json (domain weights, checkpoint, tokenizer sha256...)."""
+    from safetensors.torch import save_file
+
+    if fmt not in FORMATS:
+        raise ValueError(f"export format {fmt!r} unknown; expected one of {FORMATS}")
+    tokenizer_file = Path(tokenizer_file)
+    if not tokenizer_file.is_file():
+        raise FileNotFoundError(f"tokenizer file {tokenizer_file} not found (it is copied into the export)")
+    expected = set(dict(LlamaLM(cfg).to("meta").named_parameters()))
+    if set(params) != expected:
+        raise ValueError(f"parameters do not match ModelConfig: missing {sorted(expected - set(params))[:3]}, "
+                         f"unexpected {sorted(set(params) - expected)[:3]}")
+    # Own, contiguous copies: safetensors refuses views that share storage.
+    tensors = {nm: t.detach().to("cpu", dtype).contiguous().clone() for nm, t in params.items()}
+    dname = str(dtype).removeprefix("torch.")
+    out = Path(out)
+    with atomic_dir(out, overwrite) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        meta = {"format_version": FORMAT_VERSION, "format": fmt, "model": asdict(cfg), "dtype": dname,
+                "eos_id": eos_id, **info}
+        (tmp / SOE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if fmt == "hf":
+            (tmp / "config.json").write_text(json.dumps(hf_config(cfg, eos_id, dtype=dname), indent=2) + "\n")
+            _hf_tokenizer_files(tmp, tokenizer_file, eos_id, cfg.max_seq_len)
+        else:
+            shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+    return out
+
+
+def load_specialist(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LlamaLM, dict]:
+    """Load a directory written by `save_specialist` (either format) or any Llama HF directory with a
+    single model.safetensors. Returns (model in eval mode, soe_specialist.json contents or {})."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"specialist directory {d} not found")
+    info: dict = {}
+    if (d / SOE_FILE).is_file():
+        info = json.loads((d / SOE_FILE).read_text())
+        known = {f.name for f in fields(ModelConfig)}
+        cfg = ModelConfig(**{k: v for k, v in info["model"].items() if k in known})
+    elif (d / "config.json").is_file():
+        cfg = config_from_hf(json.loads((d / "config.json").read_text()))
+    else:
+        raise FileNotFoundError(f"{d} holds neither {SOE_FILE} nor config.json: not a specialist directory")
+    wpath = d / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise FileNotFoundError(f"{wpath} not found (sharded HF checkpoints are not supported)")
+    state = load_file(str(wpath), device="cpu")
+    if cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)  # some HF writers store the tied copy too
+    net = LlamaLM(cfg)
+    try:
+        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{wpath} does not match its config: {e}") from e
+    return net.to(device).eval(), info
