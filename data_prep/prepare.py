@@ -1,0 +1,256 @@
+"""One command: raw sources -> tokenizer -> domains -> token shards (+ specialist sets).
+
+    python -m data_prep.prepare --config data_prep/configs/demo.yaml [--out DIR] [--force]
+
+Stages (each skipped when its outputs are complete and were made from the same config, recorded
+as a fingerprint in ``<out>/work/<stage>.json``; re-running a stage invalidates those after it):
+  0. offline_corpus  (optional) assemble the Debian/PyPI corpus (`build_offline_corpus`)
+  1. ingest          sources -> chunked, deduplicated work files          (data_prep.ingest)
+  2. tokenizer       byte-level BPE on a balanced sample -> tokenizer.json (data_prep.tokenizer)
+  3. domains         labels or k-means -> centroids.npy (+ assignments)    (data_prep.domains)
+  4. shards          <domain>/{train,val}.bin, specialists/, meta.json     (data_prep.tokenize_shards)
+meta.json is written last, so its presence means the whole run completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from soe.shards import Meta, dtype_for_vocab, load_meta, sha256_file
+
+from . import build_offline_corpus, config as C
+from .domains import DomainError, assign_path, kmeans_domains, label_domains
+from .ingest import SourceError, ingest, read_chunks
+from .tokenize_shards import ShardWriter, encode_stream
+from .tokenizer import EOS, train_bpe
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps([C.section(p) for p in parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _done(out: Path, stage: str, fp: str) -> dict | None:
+    path = out / "work" / f"{stage}.json"
+    if path.is_file():
+        rec = json.loads(path.read_text())
+        if rec.get("fingerprint") == fp:
+            return rec
+    return None
+
+
+def _mark(out: Path, stage: str, fp: str, **data) -> dict:
+    path = out / "work" / f"{stage}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = {"fingerprint": fp, **data}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rec, indent=1) + "\n")
+    os.replace(tmp, path)
+    return rec
+
+
+def _invalidate(out: Path, *stages: str) -> None:
+    for s in stages:
+        (out / "work" / f"{s}.json").unlink(missing_ok=True)
+    for m in (out / "meta.json", out / "specialists" / "meta.json"):
+        m.unlink(missing_ok=True)
+
+
+def _routes(cfg: C.PrepareConfig, out: Path, stats: dict, dom: dict, writer: ShardWriter):
+    """(key, text) for every chunk in corpus order: pretraining domains, then specialist sets."""
+    labels = dom["domain_source"]["method"] == "labels"
+    seen: Counter = Counter()
+    every = cfg.shards.val_every
+    for src in cfg.sources:
+        if src.holdout:
+            continue
+        assign = None if labels else np.load(assign_path(out, src.name))
+        for i, (text, label) in enumerate(read_chunks(out, src.name)):
+            d = label if labels else dom["domains"][assign[i]]
+            seen[d] += 1
+            yield (d, "val" if seen[d] % every == 2 % every else "train"), text  # 2nd, (2+every)th, ... -> val
+    for d in dom["domains"]:
+        if seen[d] < 2:
+            raise DomainError(f"domain {d!r} has {seen[d]} document(s); expected at least 2 (train and val)")
+    rng = np.random.default_rng(cfg.seed)
+    sp = cfg.specialists
+    for name in _sets(cfg):
+        members = [s for s in cfg.sources if s.holdout == name]
+        n = sum(stats[s.name]["chunks"] for s in members)
+        if n < 2:
+            raise DomainError(f"specialist set {name!r} (sources {[s.name for s in members]}) has {n} chunk(s); "
+                              "expected at least 2 (in-house sample and evaluation split)")
+        n_in = min(sp.inhouse_docs, n // 2)
+        n_ev = min(sp.eval_docs, n - n_in)
+        role = np.zeros(n, np.int8)  # 0 unused, 1 in-house (train.bin + inhouse.jsonl), 2 evaluation (val.bin)
+        perm = rng.permutation(n)
+        role[perm[:n_in]], role[perm[n_in:n_in + n_ev]] = 1, 2
+        inhouse = out / "specialists" / name / "inhouse.jsonl.tmp"
+        inhouse.parent.mkdir(parents=True, exist_ok=True)
+        writer.extra_tmp.append(inhouse)
+        i = 0
+        with open(inhouse, "w", encoding="utf-8") as f:
+            for s in members:
+                for text, _ in read_chunks(out, s.name):
+                    if role[i] == 1:
+                        f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+                        yield (f"specialists/{name}", "train"), text
+                    elif role[i] == 2:
+                        yield (f"specialists/{name}", "val"), text
+                    i += 1
+
+
+def _sets(cfg: C.PrepareConfig) -> list[str]:
+    return list(dict.fromkeys(s.holdout for s in cfg.sources if s.holdout))
+
+
+def make_shards(cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=print) -> Meta:
+    dtype = dtype_for_vocab(tok_info["vocab_size"], cfg.shards.dtype)
+    for p in list(out.rglob("*.bin")) + list(out.rglob("*.tmp")):  # stale shards from an older run
+        if "work" not in p.relative_to(out).parts:
+            p.unlink()
+    writer = ShardWriter(out, dtype)
+    total = sum(st["chunks"] for st in stats.values())
+    t0 = time.time()
+    with tqdm(total=total, unit="chunk", desc="tokenize", mininterval=2, disable=None) as bar:
+        for key, arr, ndocs, nbytes in encode_stream(_routes(cfg, out, stats, dom, writer), out / "tokenizer.json",
+                                                     tok_info["eos_id"], dtype, cfg.shards.workers, cfg.shards.batch_docs):
+            writer.add(key, arr, ndocs, nbytes)
+            bar.update(ndocs)
+    writer.commit()
+    secs = time.time() - t0
+    ntok = sum(writer.tokens.values())
+    log(f"  shards: {ntok:,} tokens in {secs:.1f}s ({ntok / max(secs, 1e-9):,.0f} tokens/s)")
+
+    def table(names, prefix=""):
+        """tokens, documents, bytes as {name: {split: count}}."""
+        return tuple({n: {s: d.get((prefix + n, s), 0) for s in ("train", "val")} for n in names}
+                     for d in (writer.tokens, writer.docs, writer.bytes))
+
+    common = dict(vocab_size=tok_info["vocab_size"], tokenizer_sha256=tok_info["sha256"], eos_id=tok_info["eos_id"],
+                  dtype=dtype)
+    sets = _sets(cfg)
+    if sets:
+        t, d, b = table(sets, "specialists/")
+        spec_meta = Meta(domains=sets, tokenizer_file="../tokenizer.json", tokens=t, documents=d, bytes=b,
+                         domain_source={"method": "heldout", "sources": {n: [s.name for s in cfg.sources
+                                                                             if s.holdout == n] for n in sets}},
+                         **common)
+        spec_meta.save(out / "specialists")
+    t, d, b = table(dom["domains"])
+    meta = Meta(domains=dom["domains"], tokens=t, documents=d, bytes=b,
+                domain_source={**dom["domain_source"], "chunk_chars": cfg.chunking.max_chars},
+                specialists={n: "specialists" for n in sets},
+                extra={"fingerprint": tok_info["shards_fp"], "seed": cfg.seed, "tokenize_seconds": round(secs, 2),
+                       "sources": {s.name: {"domain": s.domain, "domain_field": s.domain_field, "holdout": s.holdout,
+                                            "path": s.path, "hub": s.hub, **{k: v for k, v in stats[s.name].items()
+                                                                            if k != "labels"}} for s in cfg.sources},
+                       "command": " ".join(sys.argv)},
+                **common)
+    meta.save(out)
+    return meta
+
+
+def print_table(out: Path, log=print) -> None:
+    """Domains (and specialist sets) with documents, tokens and bytes per token."""
+    meta = load_meta(out)
+    rows = [("", meta)]
+    if meta.specialists:
+        rows.append(("specialist ", load_meta(out / "specialists")))
+    log(f"{'domain':28s} {'documents':>10s} {'tokens':>13s} {'bytes/token':>11s}")
+    for prefix, m in rows:
+        for d in m.domains:
+            docs = sum(m.documents[d].values())
+            tok = sum(m.tokens[d].values())
+            log(f"{prefix + d:28s} {docs:10,d} {tok:13,d} {sum(m.bytes[d].values()) / max(tok - docs, 1):11.2f}")
+    tot = sum(sum(v.values()) for v in meta.tokens.values())
+    log(f"{'total (pretraining)':28s} {sum(sum(v.values()) for v in meta.documents.values()):10,d} {tot:13,d}")
+
+
+def run(cfg: C.PrepareConfig, force: bool = False, log=print) -> Meta:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if cfg.offline_corpus is not None:
+        oc = cfg.offline_corpus
+        log(f"[0/4] offline corpus -> {oc.out}")
+        build_offline_corpus.build(Path(oc.out), Path(oc.cache), None, oc.chunk_chars, oc.skip_missing)
+    fp_ingest = fingerprint(cfg.sources, cfg.chunking)
+    rec = None if force else _done(out, "ingest", fp_ingest)
+    if rec is None:
+        log("[1/4] ingest")
+        _invalidate(out, "ingest", "tokenizer", "domains")
+        rec = _mark(out, "ingest", fp_ingest, stats=ingest(cfg, out, log))
+    else:
+        log("[1/4] ingest: complete, skipped")
+    stats = rec["stats"]
+    fp_tok = fingerprint(fp_ingest, cfg.tokenizer, cfg.domains.method, cfg.seed)
+    tok = None if force else _done(out, "tokenizer", fp_tok)
+    if tok is None or not (out / "tokenizer.json").is_file() or sha256_file(out / "tokenizer.json") != tok["sha256"]:
+        log(f"[2/4] tokenizer: byte-level BPE, vocab {cfg.tokenizer.vocab_size}")
+        _invalidate(out, "tokenizer")
+        t = time.time()
+        by = (lambda n, l: l) if cfg.domains.method == "labels" else (lambda n, l: n)  # balance domains (or sources)
+        pre = [s.name for s in cfg.sources if not s.holdout]
+        from .ingest import sample_by_group
+        sample = sample_by_group(out, pre, by, cfg.tokenizer.sample_chunks_per_group, cfg.seed)
+        bpe = train_bpe(sample, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency, out / "tokenizer.json")
+        vocab = bpe.get_vocab_size()
+        dtype_for_vocab(vocab, cfg.shards.dtype)
+        tok = _mark(out, "tokenizer", fp_tok, vocab_size=vocab, eos_id=bpe.token_to_id(EOS),
+                    sha256=sha256_file(out / "tokenizer.json"),
+                    sample_mb=round(sum(len(x) for v in sample.values() for x in v) / 1e6, 1))
+        log(f"  tokenizer: vocab {vocab}, trained on {tok['sample_mb']} MB in {time.time() - t:.1f}s")
+    else:
+        log("[2/4] tokenizer: complete, skipped")
+    fp_dom = fingerprint(fp_ingest, cfg.domains, cfg.seed)
+    dom = None if force else _done(out, "domains", fp_dom)
+    if dom is None or not (out / "centroids.npy").is_file():
+        log(f"[3/4] domains: {cfg.domains.method}")
+        _invalidate(out, "domains")
+        fn = label_domains if cfg.domains.method == "labels" else kmeans_domains
+        dom = _mark(out, "domains", fp_dom, **fn(cfg, out, stats, log))
+    else:
+        log("[3/4] domains: complete, skipped")
+    fp_shards = fingerprint(fp_tok, tok["sha256"], fp_dom, cfg.shards, cfg.specialists)
+    meta_ok = False
+    if not force and (out / "meta.json").is_file():
+        meta = load_meta(out)
+        meta_ok = meta.extra.get("fingerprint") == fp_shards and all(
+            (out / d / f"{s}.bin").is_file() for d in meta.domains for s in ("train", "val"))
+    if meta_ok:
+        log("[4/4] shards: complete, skipped")
+    else:
+        log("[4/4] shards")
+        _invalidate(out)
+        meta = make_shards(cfg, out, stats, dom, {**tok, "shards_fp": fp_shards}, log)
+    log(f"prepared {out} in {time.time() - t0:.1f}s")
+    print_table(out, log)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Prepare token shards from a YAML spec (see data_prep/README.md).")
+    ap.add_argument("--config", required=True, help="YAML spec, e.g. data_prep/configs/demo.yaml")
+    ap.add_argument("--out", default=None, help="prepared directory (overrides the config's 'out')")
+    ap.add_argument("--force", action="store_true", help="re-run every stage")
+    a = ap.parse_args(argv)
+    try:
+        run(C.load_config(a.config, a.out), force=a.force)
+    except (C.ConfigError, SourceError, DomainError, build_offline_corpus.MissingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
