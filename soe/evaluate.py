@@ -38,8 +38,11 @@ def eval_sets(data_dir: str | os.PathLike, which: list[str] | None = None, split
     which = which or ["val", "specialists"]
     out: list[EvalSet] = []
 
-    def add_dir(name: str, d: Path) -> None:
+    def add_named(name: str, d: Path) -> None:
         m = load_meta(d)
+        if name in m.domains:  # the usual layout: specialists/meta.json lists every set as a domain
+            out.append(EvalSet(name, d, m, name, split))
+            return
         for dom in m.domains:
             out.append(EvalSet(name if len(m.domains) == 1 else f"{name}/{dom}", d, m, dom, split))
 
@@ -48,11 +51,11 @@ def eval_sets(data_dir: str | os.PathLike, which: list[str] | None = None, split
             out += [EvalSet(d, data_dir, meta, d, split) for d in meta.domains]
         elif w == "specialists":
             for name, rel in meta.specialists.items():
-                add_dir(name, data_dir / rel)
+                add_named(name, data_dir / rel)
         elif w in meta.specialists:
-            add_dir(w, data_dir / meta.specialists[w])
+            add_named(w, data_dir / meta.specialists[w])
         elif Path(w).is_dir():
-            add_dir(Path(w).name, Path(w))
+            add_named(Path(w).name, Path(w))
         else:
             raise ValueError(f"evaluation set {w!r} unknown: expected 'val', 'specialists', one of "
                              f"{sorted(meta.specialists)} or a prepared directory")

@@ -8,7 +8,6 @@ Everything is synthetic and built in seconds: three domains with disjoint topica
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -54,14 +53,13 @@ def train_tokenizer(texts: list[str], path: Path, vocab: int = VOCAB) -> None:
     tok.save(str(path))
 
 
-def write_set(root: Path, splits: dict[str, dict[str, list[str]]], tokenizer_file: Path, **meta_kw) -> Meta:
-    """splits: {domain: {split: docs}} → shards + meta.json under root (tokenizer copied in)."""
+def write_set(root: Path, splits: dict[str, dict[str, list[str]]], tokenizer_file: str = "tokenizer.json",
+              **meta_kw) -> Meta:
+    """splits: {domain: {split: docs}} → shards + meta.json under root (tokenizer_file relative to root)."""
     from tokenizers import Tokenizer
 
     root.mkdir(parents=True, exist_ok=True)
-    if tokenizer_file != root / "tokenizer.json":
-        shutil.copyfile(tokenizer_file, root / "tokenizer.json")
-    tok = Tokenizer.from_file(str(root / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(root / tokenizer_file))
     eos = tok.token_to_id(EOS)
     tokens, documents, nbytes = {}, {}, {}
     for dom, by_split in splits.items():
@@ -72,8 +70,8 @@ def write_set(root: Path, splits: dict[str, dict[str, list[str]]], tokenizer_fil
             tokens[dom][split], documents[dom][split] = len(ids), len(docs)
             nbytes[dom][split] = sum(len(d.encode()) for d in docs)
     assert tok.get_vocab_size() <= VOCAB, tok.get_vocab_size()
-    meta = Meta(domains=list(splits), vocab_size=VOCAB, tokenizer_sha256=sha256_file(root / "tokenizer.json"),
-                eos_id=eos, tokens=tokens, documents=documents, bytes=nbytes, **meta_kw)
+    meta = Meta(domains=list(splits), vocab_size=VOCAB, tokenizer_sha256=sha256_file(root / tokenizer_file),
+                eos_id=eos, tokenizer_file=tokenizer_file, tokens=tokens, documents=documents, bytes=nbytes, **meta_kw)
     meta.save(root)
     return meta
 
@@ -86,16 +84,16 @@ def make_text_prepared(root: Path, n_train: int = 120, n_val: int = 30) -> Path:
     emb.save(root)
     cents = np.stack([emb.encode(ds[:n_train]).mean(0) for ds in docs.values()]).astype(np.float32)  # (k, d)
     np.save(root / "centroids.npy", cents)
-    # specialist set: mostly law, some cooking, with its raw in-house texts
+    # specialist set (data_prep's layout: specialists/meta.json lists each set as a domain):
+    # mostly law, some cooking, with its raw in-house texts
     spec_docs = make_docs("law", 30, seed=10) + make_docs("cooking", 10, seed=11)
-    sdir = root / "specialists" / "legalfood"
-    write_set(sdir, {"legalfood": {"train": spec_docs[:30], "val": spec_docs[30:] + spec_docs[:5]}},
-              root / "tokenizer.json")
-    with open(sdir / "inhouse.jsonl", "w") as f:
+    write_set(root / "specialists", {"legalfood": {"train": spec_docs[:30], "val": spec_docs[30:] + spec_docs[:5]}},
+              "../tokenizer.json")
+    with open(root / "specialists" / "legalfood" / "inhouse.jsonl", "w") as f:
         for t in spec_docs:
             f.write(json.dumps({"text": t}) + "\n")
     write_set(root, {d: {"train": ds[:n_train], "val": ds[n_train:]} for d, ds in docs.items()},
-              root / "tokenizer.json", specialists={"legalfood": "specialists/legalfood"},
+              specialists={"legalfood": "specialists"},
               domain_source={"method": "kmeans", "embedder": emb.spec(), "k": len(TOPICS),
                              "centroids_file": "centroids.npy"})
     return root
