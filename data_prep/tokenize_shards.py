@@ -21,8 +21,9 @@ import numpy as np
 from .tokenizer import load_for_sharding
 
 Key = tuple[str, str]
-MAX_PENDING_CHARS = 64 << 20  # text waiting to be batched, all keys together
-FLUSH_TOKENS = 4 << 20        # tokens buffered per key before an append to disk
+MAX_PENDING_CHARS = 32 << 20  # text waiting to be batched, all keys together
+FLUSH_TOKENS = 1 << 20        # tokens buffered per key before an append to disk
+FLUSH_ALL_TOKENS = 16 << 20   # tokens buffered over all keys (k can be thousands) before flushing all
 
 _worker_tok = None  # the tokenizer inside a worker process
 
@@ -71,6 +72,7 @@ class ShardWriter:
         self.tokens: dict[Key, int] = {}
         self.docs: dict[Key, int] = {}
         self.bytes: dict[Key, int] = {}
+        self.total_buffered = 0
         self.extra_tmp: list[Path] = []  # other files (inhouse.jsonl) renamed with the shards
 
     def tmp(self, key: Key) -> Path:
@@ -86,8 +88,12 @@ class ShardWriter:
         self.tokens[key] += len(arr)
         self.docs[key] += ndocs
         self.bytes[key] += nbytes
+        self.total_buffered += len(arr)
         if self.buffered[key] >= FLUSH_TOKENS:
             self.flush(key)
+        if self.total_buffered >= FLUSH_ALL_TOKENS:
+            for k in self.buf:
+                self.flush(k)
 
     def flush(self, key: Key) -> None:
         if self.buf.get(key):
@@ -95,6 +101,7 @@ class ShardWriter:
                 np.concatenate(self.buf[key]).astype(self.dtype, copy=False).tofile(f)
                 f.flush()
                 os.fsync(f.fileno())
+        self.total_buffered -= self.buffered.get(key, 0)
         self.buf[key], self.buffered[key] = [], 0
 
     def commit(self) -> None:

@@ -226,7 +226,7 @@ def test_chunk_pack_dedupe():
     text = "".join(f"line {i} " * (i % 7) + "\n" + ("\n" if i % 5 == 0 else "") for i in range(400))
     chunks = chunk_text(text, 300)
     assert all(0 < len(c) <= 300 for c in chunks)
-    assert "".join(chunks).split() == text.split(), "chunking only cuts, never loses text"
+    assert " ".join(chunks).split() == text.split(), "chunking only cuts (and strips), never loses text"
     assert chunk_text("x" * 1000, 256)[0] == "x" * 256 and len(chunk_text("x" * 1000, 256)) == 4
     assert chunk_text("  \n ", 10) == []
     assert list(pack(["a" * 40] * 5, 100)) == ["a" * 40 + "\n\n" + "a" * 40] * 2 + ["a" * 40]
