@@ -77,6 +77,10 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
     tmp.mkdir()
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():  # some writers (safetensors) create 0600 files; exports are meant to be shared
+            os.chmod(f, 0o666 & ~umask)
         if out.exists():  # overwrite: move the old one aside first so the swap is two renames
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)

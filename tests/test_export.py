@@ -149,3 +149,17 @@ def test_save_rejects_mismatched_params(tmp_path, env):
     with pytest.raises(ValueError, match="missing"):
         export.save_specialist(tmp_path / "x", params, cfg, tokenizer_file=prepared / "tokenizer.json", eos_id=0, info={})
     assert not (tmp_path / "x").exists()
+
+
+def test_plain_hf_directory_loads_without_soe_metadata(exported, tmp_path):
+    import shutil
+
+    _, spec, out = exported
+    plain = shutil.copytree(out, tmp_path / "plain")
+    (plain / export.SOE_FILE).unlink()
+    back = soe.load(plain, device="cpu")
+    assert back.eos_id == spec.eos_id and back.weights is None
+    idx = torch.randint(0, spec.model.cfg.vocab_size, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(back.model(idx), spec.model(idx))
+    assert all((plain / f).stat().st_mode & 0o044 for f in ("model.safetensors", "config.json"))  # readable by others
