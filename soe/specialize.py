@@ -13,7 +13,6 @@ numbers, a domain name, inline "a=0.3,b=0.7" pairs, "prior", or a weights.json p
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -396,7 +395,3 @@ def timed_instantiate(soup: SoupOfExperts, h: torch.Tensor | None) -> tuple[dict
         torch.cuda.synchronize()
     return params, time.perf_counter() - t0
 
-
-def entropy_bits(h) -> float:
-    h = [w for w in torch.as_tensor(h).tolist() if w > 0]
-    return -sum(w * math.log2(w) for w in h)
