@@ -4,7 +4,8 @@ An evaluation set is one domain's split of a prepared directory: the pretraining
 validation shards, or a specialist set under ``<prepared>/specialists/``. Windows are
 non-overlapping (stride T), at most ``max_tokens`` per set, evenly spread over the shard.
 
-bits/byte = loss (nats/token) · tokens/bytes of the split (meta.json) / ln 2; perplexity = e^loss.
+bits/byte = loss (nats/token) · tokens/bytes of the split (meta.json) / ln 2; perplexity = e^loss per token,
+byte perplexity = 2^(bits/byte).
 """
 
 from __future__ import annotations
@@ -83,15 +84,18 @@ def evaluate(models: dict[str, tuple[LlamaLM, str | None]], sets: list[EvalSet],
             n_tok = es.meta.tokens.get(es.domain, {}).get(es.split, len(shard))
             bpb = loss * n_tok / n_bytes / math.log(2) if n_bytes else None
             rows.append({"model": label, "set": es.name, "split": es.split, "tokens": int(wins[:, 1:].numel()),
-                         "loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": bpb})
+                         "loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": bpb,
+                         "byte_perplexity": 2.0 ** bpb if bpb is not None else None})
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| model | set | tokens | loss (nats/token) | perplexity | bits/byte |\n|---|---|---:|---:|---:|---:|\n"
+    head = ("| model | set | tokens | loss (nats/token) | perplexity | bits/byte | byte perplexity |\n"
+            "|---|---|---:|---:|---:|---:|---:|\n")
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     return head + "\n".join(f"| {r['model']} | {r['set']} | {r['tokens']} | {r['loss']:.4f} | "
-                            f"{fmt(r['perplexity'], '.2f')} | {fmt(r['bits_per_byte'], '.4f')} |" for r in rows) + "\n"
+                            f"{fmt(r['perplexity'], '.2f')} | {fmt(r['bits_per_byte'], '.4f')} | "
+                            f"{fmt(r['byte_perplexity'], '.3f')} |" for r in rows) + "\n"
 
 
 @torch.no_grad()

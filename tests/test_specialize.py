@@ -243,6 +243,7 @@ def test_evaluate_rows_and_bits_per_byte(soup, env):
         if r["set"] in meta.domains:
             d = r["set"]
             assert r["bits_per_byte"] == pytest.approx(r["loss"] * meta.tokens[d]["val"] / meta.bytes[d]["val"] / math.log(2))
+            assert r["byte_perplexity"] == pytest.approx(2 ** r["bits_per_byte"])
     # the exported model evaluates exactly like the soup at the same h
     spec_rows = soup.specialist("law").evaluate(prepared, sets=["val"], label="x")
     law = {r["set"]: r["loss"] for r in rows if r["model"] == "soup@law" and r["set"] in meta.domains}
