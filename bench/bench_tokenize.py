@@ -1,7 +1,7 @@
 """Shard tokenization throughput ÷ raw `tokenizers.encode_batch` throughput, same text, same run;
 and peak memory of the shard stage as the corpus grows 4x (it should stay flat: streaming).
 
-    python bench/bench_tokenize.py [--mb 24] [--workers 0] [--corpus data/offline_corpus]
+    python bench/bench_tokenize.py [--mb 16] [--workers 0] [--corpus data/offline_corpus]
 
 The corpus is the committed fixture replicated to --mb MB (each copy tagged so dedupe keeps it),
 or, with --corpus, the first --mb MB of a built offline corpus. The shard stage runs in a child
@@ -87,7 +87,7 @@ def shard_stage(cfg: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mb", type=float, default=24, help="corpus size (MB of text); memory check uses 4x this")
+    ap.add_argument("--mb", type=float, default=16, help="corpus size (MB of text); memory check uses 4x this")
     ap.add_argument("--workers", type=int, default=0, help="shards.workers (0: in-process encode_batch)")
     ap.add_argument("--corpus", type=Path, default=None, help="directory of built offline-corpus *.jsonl")
     ap.add_argument("--skip-memory", action="store_true", help="skip the 4x-corpus peak-memory run")
