@@ -63,6 +63,33 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def param_groups(soup: SoupOfExperts, o: OptimConfig) -> list[dict]:
+    """AdamW groups: S (decay / no_decay), the bank (its own lr and decay), the router φ.
+
+    Each flat buffer is one parameter, so the optimizer runs a handful of large kernels, never a
+    per-tensor loop."""
+    lr_bank = o.lr if o.lr_bank is None else o.lr_bank
+    wd_bank = o.weight_decay if o.weight_decay_bank is None else o.weight_decay_bank
+    groups = []
+    for g, p in soup.shared.items():
+        groups.append({"params": [p], "lr": o.lr, "weight_decay": o.weight_decay if g == "decay" else 0.0,
+                       "name": f"shared.{g}"})
+    for g, p in soup.bank.items():
+        groups.append({"params": [p], "lr": lr_bank, "weight_decay": wd_bank if g == "decay" else 0.0,
+                       "name": f"bank.{g}"})
+    if soup.router is not None:
+        groups.append({"params": list(soup.router.parameters()),
+                       "lr": o.lr if o.lr_router is None else o.lr_router,
+                       "weight_decay": o.weight_decay_router, "name": "router"})
+    return groups
+
+
+def make_optimizer(soup: SoupOfExperts, o: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over `param_groups`, fused (one kernel per dtype/device) or foreach."""
+    kwargs = {"fused": True} if o.fused else {"foreach": True}
+    return torch.optim.AdamW(param_groups(soup, o), betas=(o.beta1, o.beta2), eps=o.eps, **kwargs)
+
+
 class SoupModule(L.LightningModule):
     def __init__(
         self,
@@ -99,15 +126,16 @@ class SoupModule(L.LightningModule):
         self.soup = SoupOfExperts(self.net_cfg, n_domains, self.soup_cfg)
         self.register_buffer("prior_h", prior_t, persistent=False)
         self._t_last: float | None = None
+        self._sharded = False  # set by configure_model under ModelParallelStrategy (FSDP2)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
         h, tokens = batch["h"], batch["tokens"]  # h: (k,), tokens: (B, T+1)
-        alpha = self.soup.coefficients(h)  # (n,)
-        _, loss = self.soup(tokens[:, :-1], targets=tokens[:, 1:], params=self.soup.instantiate(h, alpha))
+        # Instantiate inside the soup's forward so sharding wrappers (FSDP2) gather parameters first.
+        _, loss = self._forward(tokens[:, :-1], h, tokens[:, 1:])
         self.log("loss/train", loss, prog_bar=True)
         if self.soup.n and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            a = alpha.detach()
+            a = self.soup.last_alpha  # α = φ(h) of this step: (n,)
             self.log_dict({"alpha/mean": a.mean(), "alpha/std": a.std() if a.numel() > 1 else a.new_zeros(()),
                            "alpha/abs_max": a.abs().max(), "alpha/norm": a.norm()})
         return loss
@@ -119,6 +147,27 @@ class SoupModule(L.LightningModule):
             self.log("throughput/tokens_per_s", tps, prog_bar=True)
         self._t_last = now
         self.log("lr/shared", self.lr_schedulers().get_last_lr()[0])
+
+    def _forward(self, x, h, y):
+        """(logits, loss) of Θ(h) on x: (B, T); the compiled dense forward when optim.compile is set."""
+        return self.soup(x, h=h, targets=y)
+
+    def configure_model(self):
+        """Shard S, the bank and φ over the data-parallel mesh (FSDP2) under ModelParallelStrategy.
+
+        Each flat buffer is split along dim 0 (the bank: by experts), so a rank holds ≈ 1/world of
+        the parameters, gradients and AdamW state; the forward all-gathers them for one step."""
+        mesh = self.device_mesh
+        if mesh is None or self._sharded:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        dp = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+        if mesh.mesh_dim_names and "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(f"tensor_parallel_size={mesh['tensor_parallel'].size()}: the soup supports data "
+                             "parallelism only; set ModelParallelStrategy(tensor_parallel_size=1)")
+        fully_shard(self.soup, mesh=dp)
+        self._sharded = True
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self):
@@ -139,10 +188,16 @@ class SoupModule(L.LightningModule):
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         tokens = batch["tokens"]
         x, y = tokens[:, :-1], tokens[:, 1:]
-        spec, prior = self._val_params(dataloader_idx)
         name = self.domain_names[dataloader_idx]
-        _, l_spec = self.soup(x, targets=y, params=spec)
-        l_prior = l_spec if prior is spec else self.soup(x, targets=y, params=prior)[1]
+        if self._sharded:  # sharded parameters: instantiate inside the (gathering) forward
+            onehot = torch.zeros_like(self.prior_h)
+            onehot[dataloader_idx] = 1.0
+            l_spec = self.soup(x, h=onehot, targets=y)[1]
+            l_prior = l_spec if self.soup.n == 0 else self.soup(x, h=self.prior_h, targets=y)[1]
+        else:
+            spec, prior = self._val_params(dataloader_idx)
+            _, l_spec = self.soup(x, targets=y, params=spec)
+            l_prior = l_spec if prior is spec else self.soup(x, targets=y, params=prior)[1]
         for key, val in ((f"loss/val/{name}", l_spec), (f"loss/val_prior/{name}", l_prior)):
             s = self._val_sums.setdefault(key, [0.0, 0])
             s[0] += float(val) * x.shape[0]
@@ -161,21 +216,7 @@ class SoupModule(L.LightningModule):
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self):
         o = self.optim_cfg
-        lr_bank = o.lr if o.lr_bank is None else o.lr_bank
-        wd_bank = o.weight_decay if o.weight_decay_bank is None else o.weight_decay_bank
-        groups = []
-        for g, p in self.soup.shared.items():
-            groups.append({"params": [p], "lr": o.lr, "weight_decay": o.weight_decay if g == "decay" else 0.0,
-                           "name": f"shared.{g}"})
-        for g, p in self.soup.bank.items():
-            groups.append({"params": [p], "lr": lr_bank, "weight_decay": wd_bank if g == "decay" else 0.0,
-                           "name": f"bank.{g}"})
-        if self.soup.router is not None:
-            groups.append({"params": list(self.soup.router.parameters()),
-                           "lr": o.lr if o.lr_router is None else o.lr_router,
-                           "weight_decay": o.weight_decay_router, "name": "router"})
-        kwargs = {"fused": True} if o.fused else {"foreach": True}
-        opt = torch.optim.AdamW(groups, betas=(o.beta1, o.beta2), eps=o.eps, **kwargs)
+        opt = make_optimizer(self.soup, o)
         total = self.trainer.max_steps
         if total is None or total <= 0:
             raise ValueError(f"trainer.max_steps={total}: the cosine schedule needs a positive max_steps")

@@ -52,6 +52,8 @@ class SoupConfig:
     """Std of the 'normal' expert initialisation."""
     init_seed: int = 0
     """Seed of the parameter initialisation (S, E, φ), independent of the data seed."""
+    expert_rank: int = 0
+    """Low-rank experts: each souped matrix's E_j = A_j B_jᵀ with this rank (0: full-rank experts)."""
 
     def __post_init__(self) -> None:
         if self.n_experts < 0:
@@ -60,6 +62,8 @@ class SoupConfig:
             raise ValueError(f"SoupConfig.router_output={self.router_output!r}; expected one of {ROUTER_OUTPUTS}")
         if self.expert_init not in EXPERT_INITS:
             raise ValueError(f"SoupConfig.expert_init={self.expert_init!r}; expected one of {EXPERT_INITS}")
+        if self.expert_rank < 0:
+            raise ValueError(f"SoupConfig.expert_rank={self.expert_rank} must be >= 0 (0: full-rank experts)")
         if self.router_depth < 0 or self.router_hidden <= 0:
             raise ValueError(f"SoupConfig router_depth={self.router_depth}, router_hidden={self.router_hidden}: "
                              "expected depth >= 0 and hidden > 0")
@@ -160,6 +164,8 @@ class SoupOfExperts(nn.Module):
             if h is None:
                 raise ValueError("h is required for a soup with experts (n_experts > 0)")
             alpha = self.coefficients(h)
+        if alpha is not None:
+            self.last_alpha = alpha.detach()  # for logging by the training loop (forward returns only the loss)
         out = {}
         for g, S in self.shared.items():
             ps = self.n_souped[g]
