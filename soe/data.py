@@ -12,6 +12,7 @@ same for every run and every model), one dataloader per domain.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -74,6 +75,10 @@ class SoupDataModule(L.LightningDataModule):
                 'per_rank' (each rank samples its own h).
         """
         super().__init__()
+        mixture = mixture if isinstance(mixture, MixtureConfig) else MixtureConfig(**(mixture or {}))
+        # Plain values only (checkpoints load with weights_only=True); records where the data lives.
+        self.save_hyperparameters({"data_dir": str(data_dir), "seq_len": seq_len, "batch_size": batch_size,
+                                   "seed": seed, "mixture": asdict(mixture), "rank_h": rank_h})
         self.data_dir = Path(data_dir)
         self.meta: Meta = load_meta(self.data_dir)
         check_tokenizer(self.meta, self.data_dir, expected_vocab=vocab_size)
@@ -85,7 +90,7 @@ class SoupDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{name}={v} must be positive")
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.val_windows, self.val_batch_size, self.num_workers, self.rank_h = val_windows, val_batch_size, num_workers, rank_h
-        self.pi = MetaDistribution(mixture or MixtureConfig(), self.num_domains, self.meta.prior("train"))
+        self.pi = MetaDistribution(mixture, self.num_domains, self.meta.prior("train"))
         self._next_index = 0  # next training batch the model will consume
         self._sampler: MixtureSampler | None = None
 

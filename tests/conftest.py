@@ -42,3 +42,24 @@ def make_prepared(root: Path, k: int = 3, vocab: int = 64, n_train: int = 6000, 
 @pytest.fixture
 def prepared(tmp_path) -> Path:
     return make_prepared(tmp_path / "prepared")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def fixture_prepared(tmp_path_factory) -> Path:
+    """The real pipeline on the committed fixture (9 labelled domains, tf-idf centroids, 3 specialist
+    sets), prepared once per test session."""
+    import os
+
+    from data_prep.prepare import main as prepare
+
+    out = tmp_path_factory.mktemp("fixture") / "prepared"
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the fixture config names its sources relative to the repository
+    try:
+        assert prepare(["--config", "data_prep/configs/fixture.yaml", "--out", str(out)]) == 0
+    finally:
+        os.chdir(cwd)
+    return out

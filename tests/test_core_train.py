@@ -79,6 +79,7 @@ def test_checkpoint_loads_weights_only(prepared, tmp_path):
     hp = state["hyper_parameters"]
     assert hp["domain_names"] == ["dom0", "dom1", "dom2"] and hp["net"]["vocab_size"] == 64
     assert hp["tokenizer_sha256"] == dm.tokenizer_sha256 and state["SoupDataModule"]["next_index"] == 3
+    assert state["datamodule_hyper_parameters"]["data_dir"] == str(prepared)  # the checkpoint knows its data
     restored = SoupModule(**hp)
     restored.load_state_dict(state["state_dict"])
     x = torch.zeros(1, 8, dtype=torch.long)

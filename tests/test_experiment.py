@@ -1,0 +1,50 @@
+"""The comparison protocol end to end at test size, and the report it writes."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from soe.experiment import ExperimentConfig, load_config, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_experiment_report(fixture_prepared, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(ROOT / "experiments/tiny.yaml")
+    cfg.data_dir, cfg.max_steps, cfg.eval_windows = str(fixture_prepared), 4, 4
+    cfg.overrides = cfg.overrides + ["--trainer.val_check_interval=2", "--model.net.n_layer=1"]
+    out = tmp_path / "exp"
+    results = run(cfg, out)
+    sets = ["austen", "go", "metamath"]
+    assert sorted(results["sets"]) == sets
+    assert set(results["runs"]) == {"generic", "soe"} | {f"dedicated-{s}" for s in sets}
+    tokens = {r["tokens"] for r in results["runs"].values()}
+    assert len(tokens) == 1  # equal token budgets for every column
+    for s, row in results["sets"].items():
+        for key in ("generic", "soe_hist", "soe_refined", "dedicated"):
+            assert 0 < row[key] < 20, (s, key, row[key])
+        assert abs(sum(row["h_hist"].values()) - 1) < 1e-5
+        assert row["refine_fit"][1] <= row["refine_fit"][0]  # refinement never worse in-sample
+    report = (out / "report.md").read_text()
+    for heading in ("Held-out specialist sets", "Pretraining domains", "Training cost", "Commands"):
+        assert heading in report
+    for s in sets:
+        assert f"| {s} |" in report
+    for png in ("loss_curves.png", "weights.png", "alpha.png"):
+        assert (out / png).stat().st_size > 10_000, png  # a real figure, not an empty canvas
+    assert json.loads((out / "results.json").read_text())["sets"].keys() == results["sets"].keys()
+    # a second run reuses the finished training runs instead of retraining
+    again = run(cfg, out)
+    assert again["runs"]["soe"]["wall_s"] == results["runs"]["soe"]["wall_s"]
+
+
+def test_bad_experiment_config(tmp_path):
+    bad = tmp_path / "x.yaml"
+    bad.write_text("data_dir: d\nsteps: 3\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['steps'\]"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    assert ExperimentConfig().dedicated
