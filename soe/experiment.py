@@ -46,6 +46,8 @@ class ExperimentConfig:
     """Train one dedicated dense model per specialist set (costs one training run per set)."""
     refine: bool = True
     """Also evaluate the soup at h refined on the in-house sample (soe estimate-weights --refine)."""
+    refine_steps: int = 200
+    """Maximum Adam steps of the refinement (it stops early on its held-out part)."""
     eval_windows: int = 64
     """Evaluation windows per set/domain (evenly spaced over its evaluation split)."""
     overrides: list[str] = field(default_factory=list)
@@ -69,11 +71,11 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 
 # ------------------------------------------------------------------------------------ training
-def train(name: str, config: str, out: Path, cfg: ExperimentConfig, extra: list[str]) -> dict:
-    """Train (or reuse) one run under out/runs/<name>; returns its checkpoint, steps and wall time."""
+def train(name: str, config: str, runs_dir: Path, cfg: ExperimentConfig, extra: list[str]) -> dict:
+    """Train (or reuse) one run under runs_dir/<name>; returns its checkpoint, steps and wall time."""
     from soe.cli_train import main as cli_main
 
-    run_dir = out / "runs" / name
+    run_dir = runs_dir / name
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     info_file = run_dir / "run.json"
     steps = cfg.max_steps if cfg.max_steps is not None else yaml.safe_load(Path(config).read_text())["trainer"]["max_steps"]
@@ -83,7 +85,7 @@ def train(name: str, config: str, out: Path, cfg: ExperimentConfig, extra: list[
             print(f"[experiment] {name}: reusing {ckpt} ({steps} steps)")
             return info
     args = ["fit", "--config", config, f"--data.data_dir={cfg.data_dir}", f"--seed_everything={cfg.seed}",
-            f"--trainer.max_steps={steps}", f"--trainer.logger.init_args.save_dir={out / 'runs'}",
+            f"--trainer.max_steps={steps}", f"--trainer.logger.init_args.save_dir={runs_dir}",
             f"--trainer.logger.init_args.name={name}", "--trainer.logger.init_args.version=tb",
             f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}", *cfg.overrides, *extra]
     print(f"[experiment] training {name}: python train.py {' '.join(args)}", flush=True)
@@ -96,7 +98,7 @@ def train(name: str, config: str, out: Path, cfg: ExperimentConfig, extra: list[
     n = module.soup.n
     # 6·P·tokens for the dense model, plus the soup's instantiate + bank backward (≈ 6·n·P_souped per step).
     flops = module.net_cfg.flops_per_token(dm.seq_len) * tokens + 6 * n * sum(module.soup.n_souped.values()) * steps
-    info = {"name": name, "checkpoint": str(ckpt), "steps": steps, "tokens": tokens, "wall_s": wall,
+    info = {"name": name, "dir": str(run_dir), "checkpoint": str(ckpt), "steps": steps, "tokens": tokens, "wall_s": wall,
             "train_flops": float(flops), "params_instantiated": P, "params_total": module.soup.param_counts()["total"],
             "args": extra, "command": "python train.py " + " ".join(args)}
     info_file.write_text(json.dumps(info, indent=2))
@@ -118,10 +120,13 @@ def loss_of(soup, h, wins: torch.Tensor) -> float:
     return mean_loss(lambda x, y: soup(x, targets=y, params=params)[1], wins)
 
 
-def run(cfg: ExperimentConfig, out: Path) -> dict:
+def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name: str = "soe") -> dict:
+    """Train what is missing, evaluate, write out/results.json and out/report.md. ``runs_dir`` (default
+    out/runs) may be shared between experiments so that e.g. ablations reuse one generic run."""
     from soe.specialize import estimate_weights, load_checkpoint, refine
 
     out.mkdir(parents=True, exist_ok=True)
+    runs_dir = runs_dir or out / "runs"
     data_dir = Path(cfg.data_dir)
     meta = load_meta(data_dir)
     spec_dir = data_dir / "specialists"
@@ -131,8 +136,8 @@ def run(cfg: ExperimentConfig, out: Path) -> dict:
         print(f"[experiment] {data_dir} has no specialist sets: comparing on pretraining domains only")
 
     dense = ["--model.soup.n_experts=0"]  # baselines are the same code with no experts
-    runs = {"generic": train("generic", cfg.generic_config, out, cfg, dense + ["--data.mixture.fixed_h=prior"]),
-            "soe": train("soe", cfg.soe_config, out, cfg, list(cfg.soe_overrides))}
+    runs = {"generic": train("generic", cfg.generic_config, runs_dir, cfg, dense + ["--data.mixture.fixed_h=prior"]),
+            "soe": train(soe_name, cfg.soe_config, runs_dir, cfg, list(cfg.soe_overrides))}
     soup, hp, _ = load_checkpoint(runs["soe"]["checkpoint"])
     generic, _, _ = load_checkpoint(runs["generic"]["checkpoint"])
     T = soup.model_cfg.max_seq_len
@@ -149,13 +154,13 @@ def run(cfg: ExperimentConfig, out: Path) -> dict:
                "alpha_hist": soup.coefficients(h).tolist(), "n_docs": est.n_docs}
         if cfg.refine:
             stream = np.asarray(open_shard(spec_dir, spec_meta, s, "train"), dtype=np.int64)
-            ref = refine(soup, h, stream, list(meta.domains))
+            ref = refine(soup, h, stream, list(meta.domains), steps=cfg.refine_steps)
             h_ref = torch.tensor([ref.weights[d] for d in meta.domains])
             row.update(h_refined=ref.weights, soe_refined=loss_of(soup, h_ref, wins),
                        refine_fit=[ref.fit_loss_start, ref.fit_loss], refine_holdout=[ref.holdout_loss_start, ref.holdout_loss])
         if cfg.dedicated:
             fixed = "[" + ",".join(f"{w:.6g}" for w in h.tolist()) + "]"
-            runs[f"dedicated-{s}"] = train(f"dedicated-{s}", cfg.generic_config, out, cfg,
+            runs[f"dedicated-{s}"] = train(f"dedicated-{s}", cfg.generic_config, runs_dir, cfg,
                                            dense + [f"--data.mixture.fixed_h={fixed}"])
             ded, _, _ = load_checkpoint(runs[f"dedicated-{s}"]["checkpoint"])
             row["dedicated"] = loss_of(ded, None, wins)

@@ -60,14 +60,14 @@ def _scalars(run_dir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
     return {t: sorted(set(v)) for t, v in out.items()}
 
 
-def plot_curves(out: Path, domains: list[str]) -> Path:
+def plot_curves(out: Path, domains: list[str], soe_dir: Path, generic_dir: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    soe = _scalars(out / "runs" / "soe", "loss/val/")
-    gen = _scalars(out / "runs" / "generic", "loss/val/")
+    soe = _scalars(soe_dir, "loss/val/")
+    gen = _scalars(generic_dir, "loss/val/")
     cols = min(3, len(domains))
     rows = math.ceil(len(domains) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
@@ -140,7 +140,9 @@ def plot_bars(out: Path, results: dict, domains: list[str]) -> list[Path]:
 
 
 def write_report(results: dict, out: Path, domains: list[str]) -> Path:
-    figures = [plot_curves(out, domains), *plot_bars(out, results, domains)]
+    runs = results["runs"]
+    figures = [plot_curves(out, domains, Path(runs["soe"]["dir"]), Path(runs["generic"]["dir"])),
+               *plot_bars(out, results, domains)]
     parts = ["# Soup-of-Experts: specialists vs generic vs dedicated models", ""]
     if results["sets"]:
         parts += ["## Held-out specialist sets (loss in nats/token on each set's evaluation split; lower is better)", "",

@@ -48,3 +48,23 @@ def test_bad_experiment_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_config(tmp_path / "missing.yaml")
     assert ExperimentConfig().dedicated
+
+
+def test_ablation_appends_rows_and_shares_the_generic_run(fixture_prepared, tmp_path, monkeypatch):
+    import yaml
+
+    from soe.ablate import main as ablate
+
+    monkeypatch.chdir(ROOT)
+    cfg = yaml.safe_load((ROOT / "experiments/recipe-tiny.yaml").read_text())
+    cfg["experiment"]["data_dir"] = str(fixture_prepared)
+    cfg["out"] = str(tmp_path / "out")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    table = tmp_path / "RECIPE.md"
+    assert ablate(["--config", str(path), "--table", str(table)]) == 0
+    rows = [r for r in table.read_text().splitlines() if r.startswith("| naive") or r.startswith("| softmax")]
+    assert len(rows) == 2 and "/9 |" in rows[0] and "--only softmax" in rows[1]
+    runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
+    assert runs == ["generic", "soe-naive", "soe-softmax"]  # one generic run for all variants
+    assert ablate(["--config", str(path), "--only", "nope"]) == 2

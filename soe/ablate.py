@@ -1,0 +1,82 @@
+"""Ablations of the soup's training recipe against one generic baseline of the same budget.
+
+    python -m soe.ablate --config experiments/recipe.yaml [--only name1,name2] [--table experiments/RECIPE.md]
+
+The config holds one experiment (see soe/experiment.py; usually dedicated: false) and a list of
+variants, each a set of train.py overrides for the soup only. Every variant trains one soup with the
+same data, seed, steps, batch and evaluation windows; the generic model is trained once and shared.
+Each finished variant appends one row to the results table (markdown), with the command that
+reproduces it. Rows are never rewritten: negative results stay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from soe.experiment import ExperimentConfig, run
+
+HEADER = ("| variant | change vs naive | steps | domains won (one-hot h) | mean Δ domains | sets won (estimated h) | "
+          "mean Δ sets | Δ mixture (prior h) | per-domain Δ | command |\n|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def summarise(name: str, change: str, res: dict, command: str) -> str:
+    """One markdown row; Δ = soup loss − generic loss (nats/token; negative: the soup wins)."""
+    dom = {d: r["soe_onehot"] - r["generic"] for d, r in res["domains"].items()}
+    sets = {s: min(r.get("soe_refined", r["soe_hist"]), r["soe_hist"]) - r["generic"] for s, r in res["sets"].items()}
+    mix = res["mixture"]["soe_prior"] - res["mixture"]["generic"]
+    per_domain = " ".join(f"{d[:5]}{v:+.2f}" for d, v in dom.items())
+    mean = (lambda v: sum(v) / len(v) if v else float("nan"))
+    steps = res["runs"]["soe"]["steps"]
+    return (f"| {name} | {change} | {steps} | {sum(v < 0 for v in dom.values())}/{len(dom)} | {mean(list(dom.values())):+.3f} | "
+            f"{sum(v < 0 for v in sets.values())}/{len(sets)} | {mean(list(sets.values())):+.3f} | {mix:+.3f} | "
+            f"{per_domain} | `{command}` |\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m soe.ablate", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="ablation YAML: {experiment: {...}, out: DIR, variants: [...]}")
+    ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
+    ap.add_argument("--table", default="experiments/RECIPE.md", help="markdown file the rows are appended to")
+    args = ap.parse_args(argv)
+    try:
+        raw = yaml.safe_load(Path(args.config).read_text())
+        unknown = set(raw) - {"experiment", "out", "variants"}
+        if unknown:
+            raise ValueError(f"{args.config}: unknown keys {sorted(unknown)}; expected experiment, out, variants")
+        base = ExperimentConfig(**raw["experiment"])
+        out = Path(raw.get("out", f"experiments/out/{Path(args.config).stem}"))
+        variants = raw["variants"]
+        names = [v["name"] for v in variants]
+        only = args.only.split(",") if args.only else names
+        missing = set(only) - set(names)
+        if missing:
+            raise ValueError(f"--only names {sorted(missing)} are not variants of {args.config}: {names}")
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = Path(args.table)
+    for v in variants:
+        if v["name"] not in only:
+            continue
+        cfg = dataclasses.replace(base, soe_overrides=list(v.get("overrides", [])))
+        res = run(cfg, out / v["name"], runs_dir=out / "runs", soe_name=f"soe-{v['name']}")
+        command = f"python -m soe.ablate --config {args.config} --only {v['name']}"
+        row = summarise(v["name"], v.get("change", " ".join(cfg.soe_overrides) or "—"), res, command)
+        if not table.exists():
+            table.write_text(HEADER)
+        with open(table, "a") as f:
+            f.write(row)
+        (out / v["name"] / "row.md").write_text(row)
+        print(f"[ablate] {row}", flush=True)
+        print(json.dumps(res["mixture"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
