@@ -119,6 +119,10 @@ def main(argv=None) -> list[dict]:
           f"overhead÷floor {rows[-1]['overhead_vs_floor']:.2f} → {verdict(rows[-1]['overhead_vs_floor'], 1.3)}")
     for n in (4, 16, 64):
         rows.append(compare("demo", n, it, fused, repeats=rep))
+    for r in (8, 32):  # low-rank experts E_j = A_j B_jᵀ: bank size and step time
+        rows.append(compare("demo", 8, it, fused, rank=r, repeats=rep))
+        print(f"        low-rank r={r}: bank {rows[-1]['bank'] / 1e6:.2f}M vs full-rank {rows[1]['bank'] / 1e6:.2f}M "
+              f"({rows[-1]['bank'] / rows[1]['bank']:.3f}×); SoE÷dense {rows[-1]['ratio']:.3f} vs {rows[1]['ratio']:.3f}")
     return rows
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from soe.model import ModelConfig
 from soe.soup import SoupConfig, SoupOfExperts, check_h
@@ -47,6 +48,8 @@ class OptimConfig:
     """Final learning rate of the cosine schedule as a fraction of the peak."""
     fused: bool = False
     """Use the fused AdamW kernel (otherwise the foreach implementation)."""
+    compile: bool = False
+    """torch.compile the soup's forward (instantiate + dense model) for training steps."""
 
 
 def _as(cls, value):
@@ -77,6 +80,9 @@ def param_groups(soup: SoupOfExperts, o: OptimConfig) -> list[dict]:
     for g, p in soup.bank.items():
         groups.append({"params": [p], "lr": lr_bank, "weight_decay": wd_bank if g == "decay" else 0.0,
                        "name": f"bank.{g}"})
+    if soup.lowrank is not None:
+        groups.append({"params": list(soup.lowrank.parameters()), "lr": lr_bank, "weight_decay": wd_bank,
+                       "name": "bank.lowrank"})
     if soup.router is not None:
         groups.append({"params": list(soup.router.parameters()),
                        "lr": o.lr if o.lr_router is None else o.lr_router,
@@ -127,6 +133,7 @@ class SoupModule(L.LightningModule):
         self.register_buffer("prior_h", prior_t, persistent=False)
         self._t_last: float | None = None
         self._sharded = False  # set by configure_model under ModelParallelStrategy (FSDP2)
+        object.__setattr__(self, "_compiled", None)  # torch.compile wrapper, hidden from nn.Module
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
@@ -149,8 +156,17 @@ class SoupModule(L.LightningModule):
         self.log("lr/shared", self.lr_schedulers().get_last_lr()[0])
 
     def _forward(self, x, h, y):
-        """(logits, loss) of Θ(h) on x: (B, T); the compiled dense forward when optim.compile is set."""
+        """(logits, loss) of Θ(h) on x: (B, T); compiled (instantiate + dense model) when optim.compile."""
+        if self.optim_cfg.compile:
+            if self._compiled is None:
+                object.__setattr__(self, "_compiled", torch.compile(self.soup))
+            return self._compiled(x, h=h, targets=y)
         return self.soup(x, h=h, targets=y)
+
+    def on_fit_start(self):
+        if "bf16" in str(self.trainer.precision) and self.device.type == "cpu":
+            rank_zero_warn("bf16 on CPU is usually slower than fp32 (no AMX here) and less accurate; "
+                           "use trainer.precision=32-true on CPU and bf16-mixed on GPU")
 
     def configure_model(self):
         """Shard S, the bank and φ over the data-parallel mesh (FSDP2) under ModelParallelStrategy.

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from soe.lowrank import LowRankBank
 from soe.model import LlamaLM, ModelConfig
 
 GROUPS = ("decay", "no_decay")
@@ -87,12 +88,18 @@ def check_h(h, k: int, name: str = "h") -> torch.Tensor:
 class Router(nn.Module):
     """φ: (..., k) → (..., n), an MLP with GELU hidden layers."""
 
-    def __init__(self, k: int, n: int, hidden: int, depth: int, output: str):
+    def __init__(self, k: int, n: int, hidden: int, depth: int, output: str, generator: torch.Generator | None = None):
         super().__init__()
         dims = [k] + [hidden] * depth + [n]
         layers: list[nn.Module] = []
         for i in range(len(dims) - 1):
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            lin = nn.Linear(dims[i], dims[i + 1])
+            if generator is not None:  # nn.Linear's default U(±1/√fan_in), but from the soup's init generator
+                with torch.no_grad():
+                    bound = 1.0 / math.sqrt(dims[i])
+                    lin.weight.uniform_(-bound, bound, generator=generator)
+                    lin.bias.uniform_(-bound, bound, generator=generator)
+            layers.append(lin)
             if i < len(dims) - 2:
                 layers.append(nn.GELU())
         self.net = nn.Sequential(*layers)
@@ -125,16 +132,33 @@ class SoupOfExperts(nn.Module):
                                  f"{list(named)[:3]}")
         is_souped = {nm: any(fnmatch.fnmatchcase(nm, p) for p in soup.souped) for nm in named}
 
-        # Layout: per group, souped tensors first so the bank covers one contiguous prefix.
+        # Low-rank experts (expert_rank = r > 0) for souped matrices where r < min(out, in).
+        r = soup.expert_rank
+        is_lowrank = {nm: bool(self.n and r and is_souped[nm] and p.ndim == 2 and r < min(p.shape))
+                      for nm, p in named.items()}
+        shape_rank = {}
+        for nm, p in named.items():
+            if is_lowrank[nm]:
+                shape_rank.setdefault(tuple(p.shape), len(shape_rank))
+
+        # Layout per group: full-rank souped tensors first (the bank covers that contiguous prefix),
+        # then low-rank souped matrices grouped by shape, then the shared-only tensors.
+        def order(nm):
+            if is_lowrank[nm]:
+                return (1, shape_rank[tuple(named[nm].shape)])
+            return (0, 0) if is_souped[nm] else (2, 0)
+
         self.layout: dict[str, list[tuple[str, torch.Size]]] = {}
         self.n_souped: dict[str, int] = {}
         self.shared = nn.ParameterDict()
         self.bank = nn.ParameterDict()
+        lowrank_shapes = []
         for g in GROUPS:
             names = [nm for nm, p in named.items() if (p.ndim >= 2) == (g == "decay")]
-            names.sort(key=lambda nm: not is_souped[nm])  # stable: souped first, model order kept
+            names.sort(key=order)  # stable: model order kept within each part
             self.layout[g] = [(nm, named[nm].shape) for nm in names]
-            self.n_souped[g] = sum(named[nm].numel() for nm in names if is_souped[nm])
+            self.n_souped[g] = sum(named[nm].numel() for nm in names if is_souped[nm] and not is_lowrank[nm])
+            lowrank_shapes += [named[nm].shape for nm in names if is_lowrank[nm]]  # only in 'decay'
             if not names:
                 continue
             self.shared[g] = nn.Parameter(torch.cat([named[nm].detach().reshape(-1) for nm in names]))
@@ -143,7 +167,10 @@ class SoupOfExperts(nn.Module):
                 if soup.expert_init == "normal":
                     E.normal_(0.0, soup.expert_init_std, generator=gen)
                 self.bank[g] = nn.Parameter(E)
-        self.router = Router(n_domains, self.n, soup.router_hidden, soup.router_depth, soup.router_output) if self.n else None
+        self.lowrank = LowRankBank(self.n, r, lowrank_shapes, soup.expert_init, soup.expert_init_std, gen) \
+            if lowrank_shapes else None
+        self.router = Router(n_domains, self.n, soup.router_hidden, soup.router_depth, soup.router_output,
+                             None) if self.n else None  # TODO: pass gen (φ from init_seed); see issue 6 report
         # The dense network is a stateless template on the meta device: it holds no memory and
         # is hidden from nn.Module so that .to()/state_dict()/optimizers never see it.
         with torch.device("meta"):
@@ -169,12 +196,20 @@ class SoupOfExperts(nn.Module):
         out = {}
         for g, S in self.shared.items():
             ps = self.n_souped[g]
+            parts = []
             if self.n and g in self.bank:
                 # S[:ps] + E^T α  — E: (n, ps), α: (n,) → (ps,)
-                souped = torch.addmv(S[:ps], self.bank[g].t(), alpha.to(S.dtype))
-                out[g] = souped if ps == S.numel() else torch.cat([souped, S[ps:]])
+                parts.append(torch.addmv(S[:ps], self.bank[g].t(), alpha.to(S.dtype)))
             else:
-                out[g] = S
+                parts.append(S[:ps])
+            end = ps
+            if g == "decay" and self.lowrank is not None:
+                end = ps + self.lowrank.numel
+                parts.append(S[ps:end] + self.lowrank.delta(alpha))  # Σ_j α_j A_j B_jᵀ, (numel,)
+            if end < S.numel():
+                parts.append(S[end:])
+            parts = [p for p in parts if p.numel()]
+            out[g] = parts[0] if len(parts) == 1 else torch.cat(parts)
         return out
 
     def instantiate(self, h: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -206,6 +241,7 @@ class SoupOfExperts(nn.Module):
     def param_counts(self) -> dict[str, int]:
         shared = sum(p.numel() for p in self.shared.values())
         bank = sum(p.numel() for p in self.bank.values())
+        bank += sum(p.numel() for p in self.lowrank.parameters()) if self.lowrank is not None else 0
         router = sum(p.numel() for p in self.router.parameters()) if self.router else 0
         return {"shared": shared, "bank": bank, "router": router, "total": shared + bank + router}
 
