@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="demo_out", help="where runs, results.json and report.md go")
     ap.add_argument("--config", default="experiments/demo.yaml", help="experiment config")
     ap.add_argument("--fixture", action="store_true", help="skip the package corpus; use the committed fixture")
+    ap.add_argument("--max-steps", type=int, default=None, help="override every run's training steps (smoke tests)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     from soe.experiment import load_config, run
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir, fell_back = build_data(args.fixture)
     cfg = load_config(args.config)
     cfg.data_dir = data_dir
+    if args.max_steps is not None:
+        cfg.max_steps = args.max_steps
     if fell_back:  # the fixture has its own, smaller tokenizer
         from soe.shards import load_meta
 

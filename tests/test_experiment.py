@@ -68,3 +68,15 @@ def test_ablation_appends_rows_and_shares_the_generic_run(fixture_prepared, tmp_
     runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
     assert runs == ["generic", "soe-naive", "soe-softmax"]  # one generic run for all variants
     assert ablate(["--config", str(path), "--only", "nope"]) == 2
+
+
+@pytest.mark.slow
+def test_demo_fixture_fallback_smoke(tmp_path, monkeypatch, capsys):
+    """`make demo`'s orchestration on the committed fixture (the offline fallback), 3 steps per run."""
+    from soe.demo import main as demo
+
+    monkeypatch.chdir(ROOT)
+    assert demo(["--fixture", "--max-steps", "3", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "Held-out specialist sets" in out and "| austen |" in out and "fixture fallback" in out
+    assert (tmp_path / "demo" / "report.md").is_file()
