@@ -20,18 +20,26 @@ import sys
 from bench.common import CONFIGS, machine, verdict
 
 
+def hwm() -> int:
+    """Peak resident bytes of this process image (VmHWM; unlike ru_maxrss it is not inherited across fork+exec)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(config: str, n: int, rank: int) -> None:
     import torch
 
     from bench.bench_step import Stepper
 
     torch.set_num_threads(2)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = hwm()
     c = CONFIGS[config]
     st = Stepper(c["net"], n, c["seq"], c["batch"], rank=rank)
     for _ in range(3):
         st.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = hwm()
     counts = st.soup.param_counts()
     print(json.dumps({"n": n, "rank": rank, "peak_bytes": peak - base, "params": counts["total"],
                       "P": c["net"].num_params()}))
