@@ -1,7 +1,7 @@
 """Memory-mapped per-domain shards → (h, tokens) batches, as a LightningDataModule.
 
 Training batches form an endless stream indexed by step: batch t is a pure function of
-(seed, t, rank) — its own generator samples h ~ π, then B windows from mix(h). The module's
+(seed, t, rank) — one generator samples h ~ π, another B windows from mix(h). The module's
 checkpointed state is the index of the next batch the *model* consumes (recorded when a batch
 reaches the training step, not when the loader prefetches it), so a resumed run sees exactly
 the batches an uninterrupted run would have seen.
@@ -120,13 +120,16 @@ class SoupDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ training stream
     def _rank(self) -> int:
-        return self.trainer.global_rank if (self.rank_h == "per_rank" and self.trainer is not None) else 0
+        return self.trainer.global_rank if self.trainer is not None else 0
 
     def train_batch(self, index: int) -> dict:
-        """Batch ``index`` of the stream: {'h': (k,) float32, 'tokens': (B, T+1) int64, 'index': int}."""
-        rng = np.random.default_rng([self.seed, index, self._rank()])
-        h = self.pi.sample(rng)
-        tokens, _ = self._sampler.sample(h, self.batch_size, rng)
+        """Batch ``index`` of this rank's stream: {'h': (k,) float32, 'tokens': (B, T+1) int64, 'index': int}.
+
+        h comes from (seed, index) — plus the rank when rank_h='per_rank' — and the sequences from
+        (seed, index, rank), so ranks sharing an h still draw different sequences."""
+        rank = self._rank()
+        h = self.pi.sample(np.random.default_rng([self.seed, index] + ([rank] if self.rank_h == "per_rank" else [])))
+        tokens, _ = self._sampler.sample(h, self.batch_size, np.random.default_rng([self.seed, index, rank, 1]))
         return {"h": torch.from_numpy(h.astype(np.float32)), "tokens": torch.from_numpy(tokens), "index": index}
 
     def train_dataloader(self) -> DataLoader:

@@ -95,9 +95,9 @@ def train(name: str, config: str, runs_dir: Path, cfg: ExperimentConfig, extra: 
     module, dm = cli.model, cli.datamodule
     tokens = steps * dm.batch_size * dm.seq_len * cli.trainer.world_size
     P = module.net_cfg.num_params()
-    n = module.soup.n
-    # 6·P·tokens for the dense model, plus the soup's instantiate + bank backward (≈ 6·n·P_souped per step).
-    flops = module.net_cfg.flops_per_token(dm.seq_len) * tokens + 6 * n * sum(module.soup.n_souped.values()) * steps
+    # 6·P·tokens for the dense model, plus the soup's instantiate, bank backward and update (≈ 6 per bank
+    # number per step, full-rank or low-rank).
+    flops = module.net_cfg.flops_per_token(dm.seq_len) * tokens + 6 * module.soup.param_counts()["bank"] * steps
     info = {"name": name, "dir": str(run_dir), "checkpoint": str(ckpt), "steps": steps, "tokens": tokens, "wall_s": wall,
             "train_flops": float(flops), "params_instantiated": P, "params_total": module.soup.param_counts()["total"],
             "args": extra, "command": "python train.py " + " ".join(args)}

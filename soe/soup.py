@@ -188,7 +188,7 @@ class SoupOfExperts(nn.Module):
         self.lowrank = LowRankBank(self.n, r, lowrank_shapes, soup.expert_init, soup.expert_init_std, gen) \
             if lowrank_shapes else None
         self.router = Router(n_domains, self.n, soup.router_hidden, soup.router_depth, soup.router_output,
-                             None) if self.n else None  # TODO: pass gen (φ from init_seed); see issue 6 report
+                             gen) if self.n else None  # φ from init_seed too, never the global RNG
         # The dense network is a stateless template on the meta device: it holds no memory and
         # is hidden from nn.Module so that .to()/state_dict()/optimizers never see it.
         with torch.device("meta"):

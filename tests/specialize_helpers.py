@@ -126,3 +126,13 @@ def text_env(tmp_path_factory) -> tuple[Path, Path]:
         prepared = make_text_prepared(root / "prepared")
         _CACHE["env"] = (prepared, train_checkpoint(prepared, root / "ckpt"))
     return _CACHE["env"]
+
+
+def strip_data_dir(ckpt, out):
+    """A copy of a checkpoint that does not record its prepared-data directory (older checkpoints)."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state.pop("datamodule_hyper_parameters", None)
+    torch.save(state, out)
+    return out

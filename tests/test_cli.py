@@ -10,7 +10,7 @@ import pytest
 
 from soe.cli import main
 from soe.shards import load_meta, sha256_file
-from specialize_helpers import text_env
+from specialize_helpers import strip_data_dir, text_env
 
 pytest.importorskip("transformers")
 
@@ -125,17 +125,21 @@ def test_user_errors_exit_2_with_a_clear_message(env, tmp_path, capsys, case):
                          "not found"),
         "not_a_ckpt": (["instantiate", tmp_path / "junk.ckpt", "--data", prepared, "--out", out, "--weights", "law"],
                        "not a readable checkpoint"),
-        "no_data": (["instantiate", ckpt, "--out", out, "--weights", "law"], "--data"),
+        "no_data": (["instantiate", tmp_path / "old.ckpt", "--out", out, "--weights", "law"], "--data"),
         "refine_without_ckpt": (["estimate-weights", prepared, "--texts", tmp_path / "empty.jsonl", "--refine"],
                                 "--refine needs a checkpoint"),
         "eval_nothing": (["evaluate", "--data", prepared], "nothing to evaluate"),
     }[case]
+    if case == "no_data":  # a checkpoint that does not record its data directory
+        strip_data_dir(ckpt, tmp_path / "old.ckpt")
     if case == "existing_out":
         out.mkdir()
         (out / "mine.txt").write_text("keep")
     code, stdout, err = run(args, capsys)
     assert code == 2, (stdout, err)
     assert err.startswith("soe: error: ") and expect in err and "Traceback" not in err, err
+    if case == "no_data":  # a checkpoint that does not record its data directory
+        strip_data_dir(ckpt, tmp_path / "old.ckpt")
     if case == "existing_out":
         assert [p.name for p in out.iterdir()] == ["mine.txt"]
     else:

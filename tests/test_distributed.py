@@ -175,8 +175,6 @@ def test_rank_streams_are_deterministic_and_resumable(prepared, rank_h):
         assert not torch.equal(r0["h"], r1["h"])
 
 
-@pytest.mark.xfail(strict=True, reason="soe/data.py seeds a 'shared'-h rank's tokens without the rank, so every "
-                                       "rank trains on the same sequences (reported to the data owner)")
 def test_shared_h_ranks_draw_different_sequences(prepared):
     dms = []
     for r in (0, 1):

@@ -108,8 +108,6 @@ def test_low_rank_trains_through_the_optimizer():
     assert not torch.equal(before, soup.lowrank.A[soup.lowrank.groups[0][0]])
 
 
-@pytest.mark.xfail(strict=True, reason="φ is initialised from the global RNG, not SoupConfig.init_seed; the fix "
-                                       "(Router(..., generator)) changes trained fixtures that test_specialize relies on")
 def test_init_depends_only_on_init_seed():
     """S, E and φ come from SoupConfig.init_seed alone, not from the global RNG."""
     cfg = SoupConfig(n_experts=2, expert_rank=2, expert_init="normal", init_seed=4)

@@ -211,9 +211,11 @@ def test_checkpoint_from_another_tokenizer_is_refused(env, tmp_path):
         s.estimate_weights(["the court"])
 
 
-def test_checkpoint_without_data_dir_says_what_to_pass(env):
+def test_checkpoint_without_data_dir_says_what_to_pass(env, tmp_path):
+    from specialize_helpers import strip_data_dir
+
     _, ckpt = env
-    s = soe.load(ckpt, device="cpu")
+    s = soe.load(strip_data_dir(ckpt, tmp_path / "old.ckpt"), device="cpu")
     with pytest.raises(ValueError, match="--data"):
         s.specialist("law")
 
@@ -276,8 +278,14 @@ def test_generate_greedy_is_deterministic_and_sampling_is_seeded(soup):
 
 def test_generate_stops_at_eos(soup):
     spec = soup.specialist("law")
-    with torch.no_grad():
-        spec.model.model.embed_tokens.weight[spec.eos_id] += 100.0  # tied head: EOS logit dominates
+    forward = spec.model.forward
+
+    def eos_first(idx, targets=None):  # the model always prefers EOS: generation must stop at once
+        logits = forward(idx)
+        logits[..., spec.eos_id] = logits.max() + 10.0
+        return logits
+
+    spec.model.forward = eos_first
     assert spec.generate("The", max_new_tokens=20, temperature=0) == "The"
 
 
