@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         res = run(cfg, out / v["name"], runs_dir=out / "runs", soe_name=f"soe-{v['name']}")
         command = f"python -m soe.ablate --config {args.config} --only {v['name']}"
         row = summarise(v["name"], v.get("change", " ".join(cfg.soe_overrides) or "—"), res, command)
-        if not table.exists():
-            table.write_text(HEADER)
+        text = table.read_text() if table.exists() else ""
         with open(table, "a") as f:
+            if HEADER.splitlines()[0] not in text:  # start the table (after any prose already in the file)
+                f.write(("\n" if text and not text.endswith("\n\n") else "") + HEADER)
             f.write(row)
         (out / v["name"] / "row.md").write_text(row)
         print(f"[ablate] {row}", flush=True)
