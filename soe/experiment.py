@@ -88,6 +88,15 @@ def train(name: str, config: str, runs_dir: Path, cfg: ExperimentConfig, extra: 
             f"--trainer.max_steps={steps}", f"--trainer.logger.init_args.save_dir={runs_dir}",
             f"--trainer.logger.init_args.name={name}", "--trainer.logger.init_args.version=tb",
             f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}", *cfg.overrides, *extra]
+    # An interrupted run with the same command resumes from its last checkpoint (exact resume: the data
+    # module's state travels in the checkpoint) instead of starting over.
+    launch = run_dir / "launch.json"  # the exact command, written before training starts
+    want = {"config": config, "args": args}
+    if ckpt.is_file() and launch.is_file() and json.loads(launch.read_text()) == want:
+        print(f"[experiment] {name}: resuming the interrupted run from {ckpt}", flush=True)
+        args = args + [f"--ckpt_path={ckpt}"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    launch.write_text(json.dumps(want, indent=2))
     print(f"[experiment] training {name}: python train.py {' '.join(args)}", flush=True)
     t0 = time.perf_counter()
     cli = cli_main(args)
@@ -100,7 +109,9 @@ def train(name: str, config: str, runs_dir: Path, cfg: ExperimentConfig, extra: 
     flops = module.net_cfg.flops_per_token(dm.seq_len) * tokens + 6 * module.soup.param_counts()["bank"] * steps
     info = {"name": name, "dir": str(run_dir), "checkpoint": str(ckpt), "steps": steps, "tokens": tokens, "wall_s": wall,
             "train_flops": float(flops), "params_instantiated": P, "params_total": module.soup.param_counts()["total"],
-            "args": extra, "command": "python train.py " + " ".join(args)}
+            "args": extra, "command": "python train.py " + " ".join(want["args"])}
+    if any(a.startswith("--ckpt_path=") for a in args):
+        info["resumed"] = True  # wall_s covers only the steps after the resume
     info_file.write_text(json.dumps(info, indent=2))
     return info
 

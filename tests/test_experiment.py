@@ -80,3 +80,36 @@ def test_demo_fixture_fallback_smoke(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "Held-out specialist sets" in out and "| austen |" in out and "fixture fallback" in out
     assert (tmp_path / "demo" / "report.md").is_file()
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path, monkeypatch):
+    """A training run killed after its last checkpoint (launch.json written, run.json not) is resumed
+    from that checkpoint by the next experiment call, not retrained from step 0."""
+    import torch
+
+    from soe.experiment import train
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(ROOT / "experiments/tiny.yaml")
+    cfg.data_dir, cfg.max_steps = str(fixture_prepared), 2
+    cfg.overrides = cfg.overrides + ["--model.net.n_layer=1", "--trainer.callbacks.init_args.every_n_train_steps=1"]
+    runs = tmp_path / "runs"
+    first = train("soe", cfg.soe_config, runs, cfg, [])
+    assert "resumed" not in first and (runs / "soe" / "launch.json").is_file()
+    ckpt = Path(first["checkpoint"])
+    (runs / "soe" / "run.json").unlink()  # simulate the kill: the run never wrote run.json
+    # mark the checkpoint: a resumed run carries the mark; a retrain from step 0 would not
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["state_dict"]["soup.shared.no_decay"] += 0.5  # the norms' flat buffer
+    torch.save(state, ckpt)
+    again = train("soe", cfg.soe_config, runs, cfg, [])
+    assert again["resumed"] and again["steps"] == 2
+    from soe.specialize import load_checkpoint
+
+    soup, _, _ = load_checkpoint(ckpt)
+    assert torch.equal(soup.shared["no_decay"].detach(), state["state_dict"]["soup.shared.no_decay"])
+    # a changed command (another step budget) does not resume: it trains from scratch
+    (runs / "soe" / "run.json").unlink()
+    cfg.max_steps = 3
+    third = train("soe", cfg.soe_config, runs, cfg, [])
+    assert "resumed" not in third and third["steps"] == 3
