@@ -60,6 +60,22 @@ def _scalars(run_dir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
     return {t: sorted(set(v)) for t, v in out.items()}
 
 
+def margin_table(domains: list[str], soe_dir: Path, generic_dir: Path) -> str:
+    """Δ = SoE (one-hot h) − generic validation loss per domain at every step both runs validated at:
+    does the soup's margin hold, grow or shrink as training goes on? Empty if fewer than 2 such steps."""
+    soe, gen = _scalars(soe_dir, "loss/val/"), _scalars(generic_dir, "loss/val/")
+    per = {d: (dict(soe.get(f"loss/val/{d}", [])), dict(gen.get(f"loss/val/{d}", []))) for d in domains}
+    steps = sorted(set.intersection(*(set(a) & set(b) for a, b in per.values()))) if per else []
+    if len(steps) < 2:
+        return ""
+    lines = ["| domain | " + " | ".join(f"step {s}" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+    for d, (a, b) in per.items():
+        lines.append(f"| {d} | " + " | ".join(f"{a[s] - b[s]:+.3f}" for s in steps) + " |")
+    won = [sum(per[d][0][s] < per[d][1][s] for d in domains) for s in steps]
+    lines.append("| domains won | " + " | ".join(f"{w}/{len(domains)}" for w in won) + " |")
+    return "\n".join(lines)
+
+
 def plot_curves(out: Path, domains: list[str], soe_dir: Path, generic_dir: Path) -> Path:
     import matplotlib
 
@@ -151,6 +167,10 @@ def write_report(results: dict, out: Path, domains: list[str]) -> Path:
     parts += ["## Pretraining domains (validation split)", "", domain_table(results), "",
               "## Training cost (equal tokens for every run)", "", cost_table(results), "",
               "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
+    margin = margin_table(domains, Path(runs["soe"]["dir"]), Path(runs["generic"]["dir"]))
+    if margin:
+        parts += ["## Margin over training (SoE at the one-hot h − generic, validation loss during training)", "",
+                  margin, ""]
     parts += ["## Commands", ""] + [f"- {name}: `{r['command']}`" for name, r in results["runs"].items()] + [""]
     path = out / "report.md"
     path.write_text("\n".join(parts))

@@ -28,7 +28,7 @@ def test_tiny_experiment_report(fixture_prepared, tmp_path, monkeypatch):
         assert abs(sum(row["h_hist"].values()) - 1) < 1e-5
         assert row["refine_fit"][1] <= row["refine_fit"][0]  # refinement never worse in-sample
     report = (out / "report.md").read_text()
-    for heading in ("Held-out specialist sets", "Pretraining domains", "Training cost", "Commands"):
+    for heading in ("Held-out specialist sets", "Pretraining domains", "Training cost", "Margin over training", "Commands"):
         assert heading in report
     for s in sets:
         assert f"| {s} |" in report
