@@ -59,6 +59,7 @@ class SoupDataModule(L.LightningDataModule):
         vocab_size: int | None = None,
         num_workers: int = 0,
         rank_h: str = "shared",
+        h_per_step: int = 1,
     ):
         """
         Args:
@@ -73,12 +74,16 @@ class SoupDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes for the training stream.
             rank_h: with several processes, 'shared' (all ranks use the same h per step) or
                 'per_rank' (each rank samples its own h).
+            h_per_step: M, the number of independent h ~ π per training batch: the batch_size sequences
+                form M equal groups, group m drawn from mix(h_m) and run by Θ(h_m) (batch['h'] is then
+                (M, k)). Every optimizer step then averages M mixtures instead of following one skewed
+                h (see experiments/RECIPE.md), at the cost of one GEMM, not M gradient-accumulation passes.
         """
         super().__init__()
         mixture = mixture if isinstance(mixture, MixtureConfig) else MixtureConfig(**(mixture or {}))
         # Plain values only (checkpoints load with weights_only=True); records where the data lives.
         self.save_hyperparameters({"data_dir": str(data_dir), "seq_len": seq_len, "batch_size": batch_size,
-                                   "seed": seed, "mixture": asdict(mixture), "rank_h": rank_h})
+                                   "seed": seed, "mixture": asdict(mixture), "rank_h": rank_h, "h_per_step": h_per_step})
         self.data_dir = Path(data_dir)
         self.meta: Meta = load_meta(self.data_dir)
         check_tokenizer(self.meta, self.data_dir, expected_vocab=vocab_size)
@@ -88,6 +93,10 @@ class SoupDataModule(L.LightningDataModule):
                         ("val_batch_size", val_batch_size)):
             if v <= 0:
                 raise ValueError(f"data.{name}={v} must be positive")
+        if h_per_step <= 0 or batch_size % h_per_step:
+            raise ValueError(f"data.h_per_step={h_per_step} must be positive and divide data.batch_size={batch_size} "
+                             "(each h gets batch_size / h_per_step sequences)")
+        self.h_per_step = h_per_step
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.val_windows, self.val_batch_size, self.num_workers, self.rank_h = val_windows, val_batch_size, num_workers, rank_h
         self.pi = MetaDistribution(mixture, self.num_domains, self.meta.prior("train"))
@@ -123,14 +132,20 @@ class SoupDataModule(L.LightningDataModule):
         return self.trainer.global_rank if self.trainer is not None else 0
 
     def train_batch(self, index: int) -> dict:
-        """Batch ``index`` of this rank's stream: {'h': (k,) float32, 'tokens': (B, T+1) int64, 'index': int}.
+        """Batch ``index`` of this rank's stream: {'h': (k,) float32 — (M, k) with h_per_step = M > 1 —,
+        'tokens': (B, T+1) int64, 'index': int}.
 
         h comes from (seed, index) — plus the rank when rank_h='per_rank' — and the sequences from
-        (seed, index, rank), so ranks sharing an h still draw different sequences."""
+        (seed, index, rank), so ranks sharing an h still draw different sequences. Group m of the
+        batch is rows [m·B/M, (m+1)·B/M), drawn from mix(h_m)."""
         rank = self._rank()
-        h = self.pi.sample(np.random.default_rng([self.seed, index] + ([rank] if self.rank_h == "per_rank" else [])))
-        tokens, _ = self._sampler.sample(h, self.batch_size, np.random.default_rng([self.seed, index, rank, 1]))
-        return {"h": torch.from_numpy(h.astype(np.float32)), "tokens": torch.from_numpy(tokens), "index": index}
+        M = self.h_per_step
+        rng_h = np.random.default_rng([self.seed, index] + ([rank] if self.rank_h == "per_rank" else []))
+        H = np.stack([self.pi.sample(rng_h) for _ in range(M)])  # (M, k); M = 1 draws exactly as before
+        rng = np.random.default_rng([self.seed, index, rank, 1])
+        tokens = np.concatenate([self._sampler.sample(h, self.batch_size // M, rng)[0] for h in H])
+        h = torch.from_numpy(H.astype(np.float32))
+        return {"h": h[0] if M == 1 else h, "tokens": torch.from_numpy(tokens), "index": index}
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

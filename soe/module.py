@@ -137,14 +137,14 @@ class SoupModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
-        h, tokens = batch["h"], batch["tokens"]  # h: (k,), tokens: (B, T+1)
+        h, tokens = batch["h"], batch["tokens"]  # h: (k,) or (M, k) with data.h_per_step = M; tokens: (B, T+1)
         # Instantiate inside the soup's forward so sharding wrappers (FSDP2) gather parameters first.
         _, loss = self._forward(tokens[:, :-1], h, tokens[:, 1:])
         self.log("loss/train", loss, prog_bar=True)
         if self.soup.n and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            a = self.soup.last_alpha  # α = φ(h) of this step: (n,)
+            a = self.soup.last_alpha.reshape(-1, self.soup.n)  # α = φ(h) of this step's M h's: (M, n)
             self.log_dict({"alpha/mean": a.mean(), "alpha/std": a.std() if a.numel() > 1 else a.new_zeros(()),
-                           "alpha/abs_max": a.abs().max(), "alpha/norm": a.norm()})
+                           "alpha/abs_max": a.abs().max(), "alpha/norm": a.norm(dim=-1).mean()})
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):

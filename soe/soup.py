@@ -88,19 +88,27 @@ def check_h(h, k: int, name: str = "h") -> torch.Tensor:
 class _Mix(torch.autograd.Function):
     """θ = S + Eᵀα with a hand-written backward: ∂S = g, ∂E = α ⊗ g written contiguously in E's
     (n, P) layout (autograd's addmv backward builds g ⊗ α as (P, n) and transposes it: ~3× slower
-    on CPU), ∂α = E g."""
+    on CPU), ∂α = E g.
+
+    With M domain weights per step (alpha: (M, n)) it instantiates all M models in one GEMM,
+    θ: (M, P), and the backward reads and writes the bank once for all of them: ∂S = Σ_m g_m,
+    ∂E = αᵀ G, ∂α = G Eᵀ (M micro-batches of gradient accumulation would touch it M times)."""
 
     @staticmethod
-    def forward(ctx, S, E, alpha):  # S: (P,), E: (n, P), alpha: (n,)
+    def forward(ctx, S, E, alpha):  # S: (P,), E: (n, P), alpha: (n,) or (M, n)
         ctx.save_for_backward(E, alpha)
-        return torch.addmv(S, E.t(), alpha)
+        return torch.addmv(S, E.t(), alpha) if alpha.ndim == 1 else torch.addmm(S, alpha, E)
 
     @staticmethod
-    def backward(ctx, g):  # g: (P,)
+    def backward(ctx, g):  # g: (P,) or (M, P)
         E, alpha = ctx.saved_tensors
-        gE = torch.outer(alpha, g) if ctx.needs_input_grad[1] else None
-        ga = torch.mv(E, g) if ctx.needs_input_grad[2] else None
-        return g, gE, ga
+        if alpha.ndim == 1:
+            gE = torch.outer(alpha, g) if ctx.needs_input_grad[1] else None
+            ga = torch.mv(E, g) if ctx.needs_input_grad[2] else None
+            return g, gE, ga
+        gE = alpha.t() @ g if ctx.needs_input_grad[1] else None  # (n, M) @ (M, P)
+        ga = g @ E.t() if ctx.needs_input_grad[2] else None       # (M, P) @ (P, n)
+        return g.sum(0), gE, ga
 
 
 class Router(nn.Module):
@@ -204,7 +212,8 @@ class SoupOfExperts(nn.Module):
         return self.router(h.to(device=w.device, dtype=w.dtype))
 
     def flat(self, h: torch.Tensor | None, alpha: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Θ(h) per group as flat vectors: {g: (P_g,)}. One addmv per group, differentiable."""
+        """Θ(h) per group as flat vectors: {g: (P_g,)}. One addmv per group, differentiable.
+        With M domain weights, h: (M, k) (or alpha: (M, n)), every vector gets a leading M: {g: (M, P_g)}."""
         if self.n and alpha is None:
             if h is None:
                 raise ValueError("h is required for a soup with experts (n_experts > 0)")
@@ -223,24 +232,41 @@ class SoupOfExperts(nn.Module):
             end = ps
             if g == "decay" and self.lowrank is not None:
                 end = ps + self.lowrank.numel
-                parts.append(S[ps:end] + self.lowrank.delta(alpha))  # Σ_j α_j A_j B_jᵀ, (numel,)
+                delta = self.lowrank.delta(alpha) if alpha.ndim == 1 else torch.stack([self.lowrank.delta(a) for a in alpha])
+                parts.append(S[ps:end] + delta)  # Σ_j α_j A_j B_jᵀ, (numel,) or (M, numel)
             if end < S.numel():
                 parts.append(S[end:])
             parts = [p for p in parts if p.numel()]
-            out[g] = parts[0] if len(parts) == 1 else torch.cat(parts)
+            if alpha is not None and alpha.ndim == 2:  # M models: shared-only parts repeat along M
+                parts = [p.expand(alpha.shape[0], -1) if p.ndim == 1 else p for p in parts]
+            out[g] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return out
 
     def instantiate(self, h: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Θ(h) as a dict of HF-named tensors (views into the flat result). h: (k,) on the simplex."""
+        """Θ(h) as a dict of HF-named tensors (views into the flat result). h: (k,) on the simplex.
+        With h: (M, k) (or alpha: (M, n)) each tensor gets a leading M: one model per row."""
         params = {}
         for g, theta in self.flat(h, alpha).items():
-            for (nm, shape), piece in zip(self.layout[g], theta.split(self._sizes[g])):
-                params[nm] = piece.view(shape)
+            for (nm, shape), piece in zip(self.layout[g], theta.split(self._sizes[g], dim=-1)):
+                params[nm] = piece.view(*theta.shape[:-1], *shape)
         return params
 
     def forward(self, idx: torch.Tensor, h: torch.Tensor | None = None, targets: torch.Tensor | None = None,
                 params: dict[str, torch.Tensor] | None = None):
-        """Run Θ(h) (or pre-instantiated ``params``) on idx: (B, T). Returns logits, or (logits, loss)."""
+        """Run Θ(h) (or pre-instantiated ``params``) on idx: (B, T). Returns logits, or (logits, loss).
+
+        With M domain weights, h: (M, k), the batch is M equal groups of B/M sequences, group m run by
+        Θ(h_m); the loss is the mean over groups (= over tokens), logits (B, T, V) in batch order."""
+        if params is None and h is not None and h.ndim == 2 and self.n:  # (n = 0: Θ does not depend on h)
+            M, B = h.shape[0], idx.shape[0]
+            if B % M:
+                raise ValueError(f"batch of {B} sequences cannot be split into {M} equal groups (one per h)")
+            batched = self.instantiate(h)
+            outs = [self.forward(x, targets=None if targets is None else y, params={nm: t[m] for nm, t in batched.items()})
+                    for m, (x, y) in enumerate(zip(idx.chunk(M), (targets if targets is not None else idx).chunk(M)))]
+            if targets is None:
+                return torch.cat(outs)
+            return torch.cat([o[0] for o in outs]), torch.stack([o[1] for o in outs]).mean()
         params = params if params is not None else self.instantiate(h)
         args = (idx,) if targets is None else (idx, targets)
         return functional_call(self._template, params, args, strict=True)

@@ -85,7 +85,29 @@ def test_dtype_rules():
         dtype_for_vocab(70000, "uint16")
 
 
-@pytest.mark.parametrize("kw,msg", [({"batch_size": 0}, "data.batch_size=0"), ({"rank_h": "each"}, "rank_h")])
+def test_several_h_per_step(prepared):
+    """h_per_step = M: M independent h per batch, group m of the batch drawn from mix(h_m) only."""
+    one = SoupDataModule(str(prepared), seq_len=16, batch_size=6, seed=3, mixture=MixtureConfig(support_size=1))
+    dm = SoupDataModule(str(prepared), seq_len=16, batch_size=6, seed=3, mixture=MixtureConfig(support_size=1),
+                        h_per_step=3)
+    one.setup(), dm.setup()
+    b = dm.train_batch(7)
+    assert b["h"].shape == (3, 3) and b["tokens"].shape == (6, 17) and torch.equal(b["h"][0], one.train_batch(7)["h"])
+    assert torch.equal(dm.train_batch(7)["tokens"], b["tokens"])  # still a function of (seed, index)
+    assert len({tuple(r.tolist()) for r in torch.cat([dm.train_batch(i)["h"] for i in range(5)])}) > 1
+    shards = [np.asarray(a) for a in dm._sampler.arrays]
+
+    def occurs(window, arr):  # is this window a slice of that domain's shard?
+        v = np.lib.stride_tricks.sliding_window_view(arr, len(window))
+        return bool((v == window).all(1).any())
+
+    for m in range(3):  # one-hot h (support 1): every sequence of group m comes from domain argmax(h_m)
+        d = int(b["h"][m].argmax())
+        assert all(occurs(row.numpy(), shards[d]) for row in b["tokens"][2 * m:2 * m + 2])
+
+
+@pytest.mark.parametrize("kw,msg", [({"batch_size": 0}, "data.batch_size=0"), ({"rank_h": "each"}, "rank_h"),
+                                    ({"batch_size": 4, "h_per_step": 3}, "h_per_step=3 must be positive and divide")])
 def test_bad_data_args(prepared, kw, msg):
     with pytest.raises(ValueError, match=msg):
         SoupDataModule(str(prepared), **kw)

@@ -113,3 +113,31 @@ def test_check_h_normalises():
 def test_bad_soup_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
         SoupOfExperts(CFG, 3, SoupConfig(**kw))
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_several_h_per_step_equal_gradient_accumulation(rank):
+    """h: (M, k) runs group m of the batch with Θ(h_m) from one GEMM; loss and every gradient (S, E
+    or the low-rank factors, φ) equal M micro-batches of gradient accumulation, each loss / M."""
+    cfg = SoupConfig(n_experts=3, expert_init="normal", expert_rank=rank)
+    H = torch.tensor([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0], [0.0, 0.6, 0.4]])
+    g = torch.Generator().manual_seed(1)
+    t = torch.randint(0, CFG.vocab_size, (6, 7), generator=g)
+    x, y = t[:, :-1], t[:, 1:]
+    batched = SoupOfExperts(CFG, 3, cfg)
+    logits, loss = batched(x, h=H, targets=y)
+    loss.backward()
+    accum = SoupOfExperts(CFG, 3, cfg)
+    ref_loss, ref_logits = 0.0, []
+    for m in range(3):
+        lg, lm = accum(x[2 * m:2 * m + 2], h=H[m], targets=y[2 * m:2 * m + 2])
+        (lm / 3).backward()
+        ref_loss, ref_logits = ref_loss + lm.item() / 3, ref_logits + [lg]
+    assert torch.allclose(loss, torch.tensor(ref_loss), atol=1e-6)
+    assert torch.allclose(logits, torch.cat(ref_logits), atol=1e-5)
+    grads = dict(accum.named_parameters())
+    for name, p in batched.named_parameters():
+        assert torch.allclose(p.grad, grads[name].grad, atol=1e-6, rtol=1e-4), name
+    assert batched.last_alpha.shape == (3, 3)
+    with pytest.raises(ValueError, match="cannot be split into 3 equal groups"):
+        batched(x[:4], h=H, targets=y[:4])

@@ -28,8 +28,9 @@ class RecordLoss(L.Callback):
             trainer.should_stop = True  # a clean "interruption" after step stop_at
 
 
-def make(prepared, n_experts=2, seed=0):
-    dm = SoupDataModule(str(prepared), seq_len=32, batch_size=8, seed=seed, val_windows=4, val_batch_size=4)
+def make(prepared, n_experts=2, seed=0, h_per_step=1):
+    dm = SoupDataModule(str(prepared), seq_len=32, batch_size=8, seed=seed, val_windows=4, val_batch_size=4,
+                        h_per_step=h_per_step)
     model = SoupModule(net=NET, soup=SoupConfig(n_experts=n_experts, router_hidden=8, router_depth=1),
                        optim=OptimConfig(lr=1e-2, warmup_steps=2), n_domains=dm.num_domains,
                        domain_names=dm.domain_names, prior=dm.prior, tokenizer_sha256=dm.tokenizer_sha256)
@@ -42,29 +43,30 @@ def trainer(tmp_path, max_steps, callbacks, **kw):
                      num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=tmp_path, **kw)
 
 
-@pytest.mark.parametrize("n_experts", [0, 2])
-def test_loss_falls(prepared, tmp_path, n_experts):
-    dm, model = make(prepared, n_experts)
+@pytest.mark.parametrize("n_experts,h_per_step", [(0, 1), (2, 1), (2, 4)])
+def test_loss_falls(prepared, tmp_path, n_experts, h_per_step):
+    dm, model = make(prepared, n_experts, h_per_step=h_per_step)
     rec = RecordLoss()
     trainer(tmp_path, 60, [rec], enable_checkpointing=False).fit(model, dm)
     first, last = sum(rec.losses[s] for s in range(1, 6)) / 5, sum(rec.losses[s] for s in range(56, 61)) / 5
     assert last < first - 1.0, (first, last)  # log(64) ≈ 4.16 at init; the Markov chains are learnable
 
 
-def test_resume_is_exact(prepared, tmp_path):
+@pytest.mark.parametrize("h_per_step", [1, 2])
+def test_resume_is_exact(prepared, tmp_path, h_per_step):
     full = RecordLoss()
     L.seed_everything(0)
-    trainer(tmp_path / "a", 12, [full], enable_checkpointing=False).fit(*make(prepared)[::-1])
+    trainer(tmp_path / "a", 12, [full], enable_checkpointing=False).fit(*make(prepared, h_per_step=h_per_step)[::-1])
 
     L.seed_everything(0)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=3, save_last=True, save_top_k=0)
     part = RecordLoss(stop_at=6)
-    trainer(tmp_path / "b", 12, [part, ckpt]).fit(*make(prepared)[::-1])
+    trainer(tmp_path / "b", 12, [part, ckpt]).fit(*make(prepared, h_per_step=h_per_step)[::-1])
     assert max(part.losses) == 6
 
     L.seed_everything(123)  # resuming must not depend on the global seed
     rest = RecordLoss()
-    dm, model = make(prepared)
+    dm, model = make(prepared, h_per_step=h_per_step)
     trainer(tmp_path / "b", 12, [rest]).fit(model, dm, ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
     assert sorted(rest.losses) == list(range(7, 13))
     for step in range(7, 13):
