@@ -29,16 +29,19 @@ class Stepper:
     """A soup, its optimizer and one fixed batch; ``step()`` runs one full training step."""
 
     def __init__(self, net, n: int, seq: int, batch: int, fused: bool = True, rank: int = 0, clip: float = 1.0,
-                 device: str = "cpu", compile: bool = False):
+                 device: str = "cpu", compile: bool = False, h_per_step: int = 1):
         self.soup = SoupOfExperts(net, K, SoupConfig(n_experts=n, expert_init="normal", expert_rank=rank)).to(device)
         self.opt = make_optimizer(self.soup, OptimConfig(fused=fused))
         g = torch.Generator().manual_seed(0)
         self.tokens = torch.randint(0, net.vocab_size, (batch, seq + 1), generator=g).to(device)
-        self.h = torch.softmax(torch.randn(K, generator=g), 0).to(device)
+        shape = (K,) if h_per_step == 1 else (h_per_step, K)
+        self.h = torch.softmax(torch.randn(shape, generator=g), -1).to(device)
         self.clip = clip
         self.params = [p for p in self.soup.parameters()]
 
     def loss(self):
+        if self.h.ndim == 2:  # M models from one GEMM, batch split into M groups (data.h_per_step)
+            return self.soup(self.tokens[:, :-1], h=self.h, targets=self.tokens[:, 1:])[1]
         alpha = self.soup.coefficients(self.h)
         _, loss = self.soup(self.tokens[:, :-1], targets=self.tokens[:, 1:], params=self.soup.instantiate(self.h, alpha))
         return loss
@@ -46,6 +49,18 @@ class Stepper:
     def step(self):
         loss = self.loss()
         loss.backward()
+        return self.update(loss)
+
+    def accumulate(self):
+        """The same step as M micro-batches of gradient accumulation (one h each, loss / M)."""
+        M = self.h.shape[0]
+        B = self.tokens.shape[0] // M
+        for m in range(M):
+            tok = self.tokens[m * B:(m + 1) * B]
+            (self.soup(tok[:, :-1], h=self.h[m], targets=tok[:, 1:])[1] / M).backward()
+        return self.update(None)
+
+    def update(self, loss):
         if self.clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
         self.opt.step()
@@ -104,6 +119,20 @@ def compare(name: str, n: int, iters: int, fused: bool = True, rank: int = 0, sh
     return row
 
 
+def h_per_step_vs_accumulation(name: str, n: int, M: int, iters: int, repeats: int) -> dict:
+    """data.h_per_step = M (M models from one GEMM, one backward into the bank) ÷ M micro-batches of
+    gradient accumulation (M instantiations, M rank-one bank gradients summed): the same update."""
+    c = CONFIGS[name]
+    one = Stepper(c["net"], n, c["seq"], c["batch"], h_per_step=M)
+    acc = Stepper(c["net"], n, c["seq"], c["batch"], h_per_step=M)
+    t = interleaved({"h_per_step": one.step, "accumulate": acc.accumulate}, iters=iters, repeats=repeats)
+    row = {"config": name, "n": n, "M": M, "h_per_step_s": t["h_per_step"], "accumulate_s": t["accumulate"],
+           "ratio": t["h_per_step"] / t["accumulate"]}
+    print(f"[step] {name:5s} n={n:3d} M={M}: h_per_step {t['h_per_step'] * 1e3:8.1f} ms  accumulation "
+          f"{t['accumulate'] * 1e3:8.1f} ms  h_per_step÷accumulation = {row['ratio']:.3f}", flush=True)
+    return row
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
@@ -119,6 +148,8 @@ def main(argv=None) -> list[dict]:
           f"overhead÷floor {rows[-1]['overhead_vs_floor']:.2f} → {verdict(rows[-1]['overhead_vs_floor'], 1.3)}")
     for n in (4, 16, 64):
         rows.append(compare("demo", n, it, fused, repeats=rep))
+    for M in (4, 8):  # several h per step (the recipe of experiments/RECIPE.md)
+        rows.append(h_per_step_vs_accumulation("demo", 8, M, it, rep))
     for r in (8, 32):  # low-rank experts E_j = A_j B_jᵀ: bank size and step time
         rows.append(compare("demo", 8, it, fused, rank=r, repeats=rep))
         print(f"        low-rank r={r}: bank {rows[-1]['bank'] / 1e6:.2f}M vs full-rank {rows[1]['bank'] / 1e6:.2f}M "

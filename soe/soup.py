@@ -245,8 +245,12 @@ class SoupOfExperts(nn.Module):
     def instantiate(self, h: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Θ(h) as a dict of HF-named tensors (views into the flat result). h: (k,) on the simplex.
         With h: (M, k) (or alpha: (M, n)) each tensor gets a leading M: one model per row."""
+        return self._named(self.flat(h, alpha))
+
+    def _named(self, flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{g: (..., P_g)} → HF-named views {name: (..., *shape)}."""
         params = {}
-        for g, theta in self.flat(h, alpha).items():
+        for g, theta in flat.items():
             for (nm, shape), piece in zip(self.layout[g], theta.split(self._sizes[g], dim=-1)):
                 params[nm] = piece.view(*theta.shape[:-1], *shape)
         return params
@@ -261,8 +265,10 @@ class SoupOfExperts(nn.Module):
             M, B = h.shape[0], idx.shape[0]
             if B % M:
                 raise ValueError(f"batch of {B} sequences cannot be split into {M} equal groups (one per h)")
-            batched = self.instantiate(h)
-            outs = [self.forward(x, targets=None if targets is None else y, params={nm: t[m] for nm, t in batched.items()})
+            # unbind, not indexing: its backward stacks the M row gradients in one op, where M
+            # selects would each scatter into a zero (M, P) buffer (M² traffic)
+            rows = {g: theta.unbind(0) for g, theta in self.flat(h).items()}
+            outs = [self.forward(x, targets=None if targets is None else y, params=self._named({g: r[m] for g, r in rows.items()}))
                     for m, (x, y) in enumerate(zip(idx.chunk(M), (targets if targets is not None else idx).chunk(M)))]
             if targets is None:
                 return torch.cat(outs)
