@@ -71,7 +71,7 @@ def worker(args) -> None:
     torch.set_num_threads(1)
     L.seed_everything(0)
     dm = SoupDataModule(args.data, seq_len=NET.max_seq_len, batch_size=B, seed=7, val_windows=2,
-                        val_batch_size=2, rank_h=args.rank_h)
+                        val_batch_size=2, rank_h=args.rank_h, h_per_step=args.h_per_step)
     module = make_module(dm)
     rec = Record()
     if args.strategy == "ddp":
@@ -91,26 +91,29 @@ def worker(args) -> None:
                Path(args.out) / f"rank{tr.global_rank}.pt")
 
 
-def launch(tmp_path: Path, strategy: str, rank_h: str = "shared") -> list[dict]:
+def launch(tmp_path: Path, strategy: str, rank_h: str = "shared", h_per_step: int = 1) -> list[dict]:
     data = make_prepared(tmp_path / "data", k=3, vocab=NET.vocab_size)
-    out = tmp_path / f"run_{strategy}_{rank_h}"
+    out = tmp_path / f"run_{strategy}_{rank_h}_{h_per_step}"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--data", str(data), "--out", str(out),
-           "--strategy", strategy, "--rank-h", rank_h]
+           "--strategy", strategy, "--rank-h", rank_h, "--h-per-step", str(h_per_step)]
     r = subprocess.run(cmd, env=env, cwd=str(out), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
 
 
-def single_process_on_global_batch(tmp_path: Path, ranks: list[dict]) -> tuple[dict, list[float]]:
-    """Replay the global batch (ranks' sequences concatenated, rank 0's h) in one process."""
+def single_process_on_global_batch(tmp_path: Path, ranks: list[dict], M: int = 1) -> tuple[dict, list[float]]:
+    """Replay the global batch (ranks' sequences concatenated group by group, rank 0's h) in one process."""
     L.seed_everything(0)
     dm = SoupDataModule(str(tmp_path / "data"), seq_len=NET.max_seq_len, batch_size=B, seed=7)
     module = make_module(dm)
-    batches = [{"h": ranks[0]["batches"][t]["h"],
-                "tokens": torch.cat([r["batches"][t]["tokens"] for r in ranks]),
-                "index": t} for t in range(STEPS)]
+
+    def merged(t):  # group m of the global batch = group m of every rank (each rank: M groups of B/M)
+        per_rank = [r["batches"][t]["tokens"].reshape(M, B // M, -1) for r in ranks]
+        return torch.cat(per_rank, dim=1).reshape(len(ranks) * B, -1)
+
+    batches = [{"h": ranks[0]["batches"][t]["h"], "tokens": merged(t), "index": t} for t in range(STEPS)]
     rec = Record()
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     L.Trainer(devices=1, callbacks=[rec], **trainer_kw(tmp_path / "single")).fit(module, train_dataloaders=loader)
@@ -118,13 +121,13 @@ def single_process_on_global_batch(tmp_path: Path, ranks: list[dict]) -> tuple[d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_processes_match_one_process_on_the_global_batch(tmp_path, strategy):
-    ranks = launch(tmp_path, strategy)
+@pytest.mark.parametrize("strategy,h_per_step", [("ddp", 1), ("fsdp2", 1), ("fsdp2", 2)])
+def test_two_processes_match_one_process_on_the_global_batch(tmp_path, strategy, h_per_step):
+    ranks = launch(tmp_path, strategy, h_per_step=h_per_step)
     for t in range(STEPS):  # 'shared': one h per step on every rank, each rank its own step index
         assert torch.equal(ranks[0]["batches"][t]["h"], ranks[1]["batches"][t]["h"])
         assert ranks[0]["batches"][t]["index"] == ranks[1]["batches"][t]["index"] == t
-    state, losses = single_process_on_global_batch(tmp_path, ranks)
+    state, losses = single_process_on_global_batch(tmp_path, ranks, h_per_step)
     dist = ranks[0]["state"]
     assert dist.keys() == state.keys()
     init = make_module(SoupDataModule(str(tmp_path / "data"), seq_len=NET.max_seq_len, batch_size=B, seed=7))
@@ -191,4 +194,5 @@ if __name__ == "__main__":
     ap.add_argument("--out", required=True)
     ap.add_argument("--strategy", choices=["ddp", "fsdp2"], default="ddp")
     ap.add_argument("--rank-h", choices=["shared", "per_rank"], default="shared")
+    ap.add_argument("--h-per-step", type=int, default=1)
     worker(ap.parse_args())
