@@ -86,7 +86,9 @@ class MixtureSampler:
 
     def sample(self, h: np.ndarray, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """→ tokens: (B, T+1) int64 (inputs are [:, :-1], targets [:, 1:]) and domains: (B,) int64."""
-        domains = rng.choice(len(self.arrays), size=batch_size, p=h)
+        p = np.asarray(h, dtype=np.float64)
+        p = p / p.sum()  # h may come normalised in float32 (check_h): numpy's choice wants sum 1 to ~1e-8
+        domains = rng.choice(len(self.arrays), size=batch_size, p=p)
         out = np.empty((batch_size, self.seq_len + 1), dtype=np.int64)
         offsets = np.arange(self.seq_len + 1)
         for d in np.unique(domains):

@@ -76,3 +76,17 @@ def test_bad_fixed_h_and_short_domain():
         MetaDistribution(MixtureConfig(fixed_h=[1, 1]), 3, np.ones(3))
     with pytest.raises(ValueError, match="'tiny' has 5 tokens"):
         MixtureSampler([np.zeros(100), np.zeros(5)], seq_len=8, names=["big", "tiny"])
+
+
+def test_fixed_h_with_many_rounded_weights_samples():
+    """A dedicated model's fixed_h is an estimated histogram printed with 6 digits: normalised in float32
+    it missed numpy's sum-to-1 tolerance ("Probabilities do not sum to 1") before mix(h) renormalised."""
+    import numpy as np
+
+    from soe.mixture import MetaDistribution, MixtureConfig, MixtureSampler
+
+    h = [0.135736, 0.0106845, 0.0, 0.0, 0.0125933, 0.559414, 0.132015, 0.138137, 0.0114207]
+    pi = MetaDistribution(MixtureConfig(fixed_h=h), 9, np.full(9, 1 / 9))
+    arrays = [np.arange(100, dtype=np.int64) + 100 * i for i in range(9)]
+    tokens, domains = MixtureSampler(arrays, 8).sample(pi.sample(np.random.default_rng(0)), 64, np.random.default_rng(1))
+    assert tokens.shape == (64, 9) and set(domains.tolist()) <= {0, 1, 4, 5, 6, 7, 8}
