@@ -77,7 +77,7 @@ class SoupDataModule(L.LightningDataModule):
             h_per_step: M, the number of independent h ~ π per training batch: the batch_size sequences
                 form M equal groups, group m drawn from mix(h_m) and run by Θ(h_m) (batch['h'] is then
                 (M, k)). Every optimizer step then averages M mixtures instead of following one skewed
-                h (see experiments/RECIPE.md), at the cost of one GEMM, not M gradient-accumulation passes.
+                h (see experiments/RECIPE.md); the M models come from one GEMM (speed vs accumulation: bench/RESULTS.md).
         """
         super().__init__()
         mixture = mixture if isinstance(mixture, MixtureConfig) else MixtureConfig(**(mixture or {}))
