@@ -8,7 +8,8 @@ tokens) and instantiates the same dense size:
 - soe: one soup; for each held-out specialist set, h is estimated from its small in-house sample
   (nearest-centroid histogram), optionally refined on the in-house tokens, and Θ(h) evaluated;
 - dedicated: one dense model per specialist set trained on its estimated mixture (CRISP-style), the
-  costly upper reference.
+  costly upper reference;
+- optionally, the generic model and the SoE specialist each fine-tuned briefly on the in-house tokens.
 All are evaluated on the same windows of each set's evaluation split and of each pretraining domain's
 validation split. Training runs are resumable: a run whose last checkpoint reached max_steps is reused.
 """
@@ -48,6 +49,15 @@ class ExperimentConfig:
     """Also evaluate the soup at h refined on the in-house sample (soe estimate-weights --refine)."""
     refine_steps: int = 200
     """Maximum Adam steps of the refinement (it stops early on its held-out part)."""
+    finetune: bool = False
+    """Also fine-tune the generic model and the SoE specialist (histogram h) on each set's in-house tokens,
+    by the same procedure (soe/finetune.py), and evaluate both."""
+    finetune_steps: int = 100
+    """Fine-tuning steps; early stopping on a 10 % held-out part of the in-house tokens."""
+    finetune_batch_size: int = 16
+    """Fine-tuning batch size (sequences of the model's max_seq_len)."""
+    finetune_lr: float = 3e-4
+    """Peak fine-tuning learning rate (warmup, then cosine to 10 %)."""
     eval_windows: int = 64
     """Evaluation windows per set/domain (evenly spaced over its evaluation split)."""
     overrides: list[str] = field(default_factory=list)
@@ -134,7 +144,8 @@ def loss_of(soup, h, wins: torch.Tensor) -> float:
 def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name: str = "soe") -> dict:
     """Train what is missing, evaluate, write out/results.json and out/report.md. ``runs_dir`` (default
     out/runs) may be shared between experiments so that e.g. ablations reuse one generic run."""
-    from soe.specialize import estimate_weights, load_checkpoint, refine
+    from soe.finetune import finetune
+    from soe.specialize import estimate_weights, load_checkpoint, mean_loss, refine
 
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = runs_dir or out / "runs"
@@ -163,8 +174,8 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
         wins = eval_windows(open_shard(spec_dir, spec_meta, s, "val"), cfg.eval_windows, T)
         row = {"h_hist": est.weights, "generic": loss_of(generic, None, wins), "soe_hist": loss_of(soup, h, wins),
                "alpha_hist": soup.coefficients(h).tolist(), "n_docs": est.n_docs}
+        stream = np.asarray(open_shard(spec_dir, spec_meta, s, "train"), dtype=np.int64)  # in-house tokens
         if cfg.refine:
-            stream = np.asarray(open_shard(spec_dir, spec_meta, s, "train"), dtype=np.int64)
             ref = refine(soup, h, stream, list(meta.domains), steps=cfg.refine_steps)
             h_ref = torch.tensor([ref.weights[d] for d in meta.domains])
             row.update(h_refined=ref.weights, soe_refined=loss_of(soup, h_ref, wins),
@@ -175,8 +186,14 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
                                            dense + [f"--data.mixture.fixed_h={fixed}"])
             ded, _, _ = load_checkpoint(runs[f"dedicated-{s}"]["checkpoint"])
             row["dedicated"] = loss_of(ded, None, wins)
+        if cfg.finetune:
+            for key, net in (("generic_ft", generic.specialist(None)), ("soe_ft", soup.specialist(h))):
+                ft = finetune(net, stream, steps=cfg.finetune_steps, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size,
+                              seq_len=T, seed=cfg.seed)
+                row[key] = mean_loss(lambda x, y, net=net: net(x, targets=y)[1], wins)
+                row[key + "_run"] = dataclasses.asdict(ft)
         results["sets"][s] = row
-        print(f"[experiment] {s}: " + ", ".join(f"{m}={row[m]:.3f}" for m in ("generic", "soe_hist", "soe_refined", "dedicated") if m in row))
+        print(f"[experiment] {s}: " + ", ".join(f"{m}={row[m]:.3f}" for m in ("generic", "soe_hist", "soe_refined", "dedicated", "generic_ft", "soe_ft") if m in row))
 
     # ---- pretraining domains: the specialist at the one-hot h vs generic; soup at the prior
     prior = torch.tensor(meta.prior("train"), dtype=torch.float32)

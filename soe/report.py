@@ -28,6 +28,21 @@ def set_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def finetune_table(results: dict) -> str:
+    """Generic vs SoE specialist, each fine-tuned the same way on the set's in-house tokens ("" if not run)."""
+    rows = {s: r for s, r in results["sets"].items() if "generic_ft" in r and "soe_ft" in r}
+    if not rows:
+        return ""
+    lines = ["| specialist set | generic → fine-tuned | SoE (histogram h) → fine-tuned | SoE ft − generic ft | "
+             "best step (generic / SoE) | fine-tuning tokens, wall (each) |", "|---|---|---|---|---|---|"]
+    for s, r in rows.items():
+        g, e = r["generic_ft_run"], r["soe_ft_run"]
+        lines.append(f"| {s} | {r['generic']:.3f} → {r['generic_ft']:.3f} | {r['soe_hist']:.3f} → {r['soe_ft']:.3f} | "
+                     f"{r['soe_ft'] - r['generic_ft']:+.3f} | {g['best_step']} / {e['best_step']} of {g['steps']} | "
+                     f"{g['tokens']:,}, {g['wall_s']:.0f} s / {e['wall_s']:.0f} s |")
+    return "\n".join(lines)
+
+
 def domain_table(results: dict) -> str:
     lines = ["| domain | prior weight | generic | SoE one-hot h | SoE − generic | SoE at prior h |", "|---|---|---|---|---|---|"]
     for d, r in results["domains"].items():
@@ -164,6 +179,11 @@ def write_report(results: dict, out: Path, domains: list[str]) -> Path:
         parts += ["## Held-out specialist sets (loss in nats/token on each set's evaluation split; lower is better)", "",
                   set_table(results), "",
                   "*gap closed*: (generic − best SoE) ÷ (generic − dedicated); 100 % matches the dedicated model.", ""]
+    ft = finetune_table(results)
+    if ft:
+        parts += ["## Fine-tuned on the in-house sample (same procedure for both; soe/finetune.py)", "", ft, "",
+                  "Each model is fine-tuned on the set's in-house tokens (90 %; the other 10 % picks the best step, "
+                  "step 0 = unchanged) and evaluated on the same evaluation split as above.", ""]
     parts += ["## Pretraining domains (validation split)", "", domain_table(results), "",
               "## Training cost (equal tokens for every run)", "", cost_table(results), "",
               "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]

@@ -27,8 +27,11 @@ def test_tiny_experiment_report(fixture_prepared, tmp_path, monkeypatch):
             assert 0 < row[key] < 20, (s, key, row[key])
         assert abs(sum(row["h_hist"].values()) - 1) < 1e-5
         assert row["refine_fit"][1] <= row["refine_fit"][0]  # refinement never worse in-sample
+        for key in ("generic_ft", "soe_ft"):  # both start points fine-tuned by the same procedure
+            ft = row[key + "_run"]
+            assert 0 < row[key] < 20 and ft["steps"] == 6 and ft["holdout_loss"] <= ft["holdout_loss_start"]
     report = (out / "report.md").read_text()
-    for heading in ("Held-out specialist sets", "Pretraining domains", "Training cost", "Margin over training", "Commands"):
+    for heading in ("Held-out specialist sets", "Fine-tuned on the in-house sample", "Pretraining domains", "Training cost", "Margin over training", "Commands"):
         assert heading in report
     for s in sets:
         assert f"| {s} |" in report

@@ -1,0 +1,98 @@
+"""Brief full fine-tuning of a dense model (a specialist Θ(h), or the generic model) on in-house tokens.
+
+The same procedure for every starting point, so that "SoE specialist, then fine-tuned" and "generic,
+then fine-tuned" are compared on equal terms: AdamW on non-overlapping windows of the first
+1 − holdout of the token stream (reshuffled every epoch), linear warmup then cosine decay to 10 %,
+gradient clipping at 1.0; the held-out tail is evaluated every ``eval_every`` steps and the model ends
+in its best state (early stopping, so a too-long budget cannot make a start point look worse).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from soe.model import LlamaLM
+from soe.specialize import mean_loss, windows
+
+
+@dataclass
+class FineTune:
+    """What one fine-tuning run did; losses in nats/token."""
+
+    holdout_loss_start: float
+    """Loss on the held-out part of the stream before fine-tuning."""
+    holdout_loss: float
+    """Best held-out loss (the state the model was left in)."""
+    best_step: int
+    """Step of that state (0: fine-tuning never helped and the model is unchanged)."""
+    steps: int
+    """Steps taken."""
+    tokens: int
+    """Training tokens seen (steps × batch × seq_len)."""
+    wall_s: float
+    history: list[dict]
+    """[{step, holdout}] at every evaluation."""
+
+
+def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float = 3e-4, weight_decay: float = 0.0,
+             batch_size: int = 16, warmup: int = 10, holdout: float = 0.1, eval_every: int = 20,
+             seq_len: int | None = None, seed: int = 0) -> FineTune:
+    """Fine-tune ``model`` in place on ``stream`` (1-D token ids) and leave it in eval mode at its best
+    held-out state."""
+    if steps < 0 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"fine-tuning needs steps ≥ 0, batch_size ≥ 1, lr > 0; got {steps}, {batch_size}, {lr}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout={holdout} must be in (0, 1)")
+    dev = next(model.parameters()).device
+    cut = int(len(stream) * (1 - holdout))
+    T = min(seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+    if cut - 1 < T or len(stream) - cut - 1 < T:
+        raise ValueError(f"in-house data too small to fine-tune: {len(stream)} tokens cannot hold one window of "
+                         f"{T + 1} tokens in both the training part and the {holdout:.0%} held-out part")
+    train, held = windows(stream[:cut], T).to(dev), windows(stream[cut:], T, max_windows=256).to(dev)
+
+    def held_loss() -> float:
+        model.eval()
+        return mean_loss(lambda x, y: model(x, targets=y)[1], held)
+
+    start = held_loss()
+    best = (start, 0, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    hist = [{"step": 0, "holdout": start}]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:  # step counts from 1
+        if step <= warmup:
+            return lr * step / max(warmup, 1)
+        t = (step - warmup) / max(steps - warmup, 1)
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    gen = torch.Generator().manual_seed(seed)
+    order, pos = torch.randperm(len(train), generator=gen), 0
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        if pos + batch_size > len(order):  # new epoch
+            order, pos = torch.randperm(len(train), generator=gen), 0
+        b = train[order[pos:pos + batch_size].to(dev)]
+        pos += batch_size
+        model.train()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = model(b[:, :-1], targets=b[:, 1:])[1]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % eval_every == 0 or step == steps:
+            hl = held_loss()
+            hist.append({"step": step, "holdout": hl})
+            if hl < best[0]:
+                best = (hl, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    wall = time.perf_counter() - t0
+    model.load_state_dict(best[2])
+    model.eval()
+    return FineTune(start, best[0], best[1], steps, steps * min(batch_size, len(train)) * T, wall, hist)
