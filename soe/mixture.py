@@ -24,6 +24,9 @@ class MixtureConfig:
     histogram (the generic model's natural mixture); a list gives one weight per domain."""
     support_size: int = 2
     """s: how many domains a sampled h mixes (clipped to k; 0 means all k)."""
+    random_support: bool = False
+    """Draw each h's support size uniformly from {1, …, s} instead of always s (so that π covers
+    one-hot, few-domain and many-domain h alike)."""
     concentration: float = 1.0
     """Dirichlet concentration of the weights on the chosen support (small → near one-hot)."""
     domain_sampling: str = "uniform"
@@ -68,9 +71,10 @@ class MetaDistribution:
         if c.full_support_prob > 0 and rng.random() < c.full_support_prob:
             return rng.dirichlet(np.maximum(c.concentration * self.k * self.prior, 1e-3))
         p = self.prior if c.domain_sampling == "prior" else None
-        support = rng.choice(self.k, size=self.s, replace=False, p=p)
+        s = int(rng.integers(1, self.s + 1)) if c.random_support else self.s
+        support = rng.choice(self.k, size=s, replace=False, p=p)
         h = np.zeros(self.k)
-        h[support] = rng.dirichlet(np.full(self.s, c.concentration))
+        h[support] = rng.dirichlet(np.full(s, c.concentration))
         return h
 
 

@@ -39,6 +39,16 @@ def test_pi_support_and_simplex():
     assert np.all(np.abs(counts - 1 / 3) < 0.05), counts
 
 
+def test_pi_random_support_sizes_cover_one_to_s():
+    pi = MetaDistribution(MixtureConfig(support_size=0, random_support=True), 5, np.ones(5))
+    rng = np.random.default_rng(0)
+    sizes = np.array([(pi.sample(rng) > 0).sum() for _ in range(5000)])
+    freq = np.bincount(sizes, minlength=6)[1:] / len(sizes)  # sizes 1..5, each w.p. 1/5
+    assert np.all(np.abs(freq - 0.2) < 0.03), freq
+    fixed = MetaDistribution(MixtureConfig(support_size=3), 5, np.ones(5))
+    assert {(fixed.sample(rng) > 0).sum() for _ in range(200)} == {3}
+
+
 def test_pi_prior_sampling_and_fixed_h():
     prior = np.array([0.7, 0.1, 0.1, 0.1])
     pi = MetaDistribution(MixtureConfig(support_size=1, domain_sampling="prior"), 4, prior)

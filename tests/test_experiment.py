@@ -116,3 +116,21 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
     cfg.max_steps = 3
     third = train("soe", cfg.soe_config, runs, cfg, [])
     assert "resumed" not in third and third["steps"] == 3
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "experiments").glob("*.yaml")))
+def test_every_shipped_experiment_config_parses(path):
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "experiments" / path).read_text())
+    if "variants" in raw:  # an ablation (soe.ablate): one experiment and named variants of it
+        assert set(raw) <= {"experiment", "out", "variants"}
+        cfg = ExperimentConfig(**raw["experiment"])
+        names = [v["name"] for v in raw["variants"]]
+        assert len(names) == len(set(names)), "variant names must be unique"
+        for v in raw["variants"]:
+            assert set(v) <= {"name", "change", "overrides"} and all(o.startswith("--") for o in v.get("overrides", []))
+    else:
+        cfg = load_config(ROOT / "experiments" / path)
+    for config in (cfg.soe_config, cfg.generic_config):
+        assert (ROOT / config).is_file(), config
