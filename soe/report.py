@@ -62,6 +62,19 @@ def cost_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def amortised_cost(results: dict) -> str:
+    """One line: the soup's one-off cost vs the dedicated models' per-specialist cost ("" without dedicated)."""
+    runs = results["runs"]
+    ded = [r for name, r in runs.items() if name.startswith("dedicated-")]
+    if not ded or "soe" not in runs:
+        return ""
+    soe, per = runs["soe"], sum(r["train_flops"] for r in ded) / len(ded)
+    wall = sum(r["wall_s"] for r in ded) / len(ded)
+    return (f"For N specialists the soup costs one training run ({soe['train_flops']:.2e} FLOPs, "
+            f"{soe['wall_s'] / 60:.1f} min here) plus N instantiations (milliseconds); dedicated models cost N runs "
+            f"({per:.2e} FLOPs, {wall / 60:.1f} min each here: {len(ded) * per:.2e} FLOPs for these {len(ded)}).")
+
+
 def _scalars(run_dir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -185,7 +198,7 @@ def write_report(results: dict, out: Path, domains: list[str]) -> Path:
                   "Each model is fine-tuned on the set's in-house tokens (90 %; the other 10 % picks the best step, "
                   "step 0 = unchanged) and evaluated on the same evaluation split as above.", ""]
     parts += ["## Pretraining domains (validation split)", "", domain_table(results), "",
-              "## Training cost (equal tokens for every run)", "", cost_table(results), "",
+              "## Training cost (equal tokens for every run)", "", cost_table(results), "", amortised_cost(results), "",
               "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
     margin = margin_table(domains, Path(runs["soe"]["dir"]), Path(runs["generic"]["dir"]))
     if margin:

@@ -35,6 +35,7 @@ def test_tiny_experiment_report(fixture_prepared, tmp_path, monkeypatch):
         assert heading in report
     for s in sets:
         assert f"| {s} |" in report
+    assert "plus N instantiations" in report and "for these 3" in report
     for png in ("loss_curves.png", "weights.png", "alpha.png"):
         assert (out / png).stat().st_size > 10_000, png  # a real figure, not an empty canvas
     assert json.loads((out / "results.json").read_text())["sets"].keys() == results["sets"].keys()
