@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from soe.experiment import ExperimentConfig, run
+from soe.report import soe_answer
 
 HEADER = ("| variant | change vs naive | steps | domains won (one-hot h) | mean Δ domains | sets won (estimated h) | "
           "mean Δ sets | Δ mixture (prior h) | per-domain Δ | command |\n|---|---|---|---|---|---|---|---|---|---|\n")
@@ -28,7 +29,7 @@ HEADER = ("| variant | change vs naive | steps | domains won (one-hot h) | mean 
 def summarise(name: str, change: str, res: dict, command: str) -> str:
     """One markdown row; Δ = soup loss − generic loss (nats/token; negative: the soup wins)."""
     dom = {d: r["soe_onehot"] - r["generic"] for d, r in res["domains"].items()}
-    sets = {s: min(r.get("soe_refined", r["soe_hist"]), r["soe_hist"]) - r["generic"] for s, r in res["sets"].items()}
+    sets = {s: soe_answer(r) - r["generic"] for s, r in res["sets"].items()}
     mix = res["mixture"]["soe_prior"] - res["mixture"]["generic"]
     per_domain = " ".join(f"{d[:5]}{v:+.2f}" for d, v in dom.items())
     mean = (lambda v: sum(v) / len(v) if v else float("nan"))

@@ -135,3 +135,13 @@ def test_every_shipped_experiment_config_parses(path):
         cfg = load_config(ROOT / "experiments" / path)
     for config in (cfg.soe_config, cfg.generic_config):
         assert (ROOT / config).is_file(), config
+
+
+def test_report_never_picks_the_soe_column_on_the_evaluation_split():
+    from soe.report import set_table, soe_answer
+
+    row = {"generic": 5.0, "soe_hist": 4.8, "soe_refined": 4.9, "dedicated": 4.6}  # refined worse on eval
+    assert soe_answer(row) == 4.9  # the refined h is the answer when it was computed
+    line = set_table({"sets": {"x": row}}).splitlines()[-1]
+    assert line.endswith("| -0.100 | 25% |"), line
+    assert soe_answer({"generic": 5.0, "soe_hist": 4.8}) == 4.8
