@@ -1,6 +1,6 @@
 """The comparison protocol: generic vs Soup-of-Experts specialists vs dedicated models.
 
-    python -m soe.experiment --config experiments/demo.yaml [--out DIR]
+    python -m soe.experiment --config experiments/demo.yaml [--out DIR] [--runs RUNS_DIR]
 
 Every model trains for the same number of steps with the same batch and sequence length (so the same
 tokens) and instantiates the same dense size:
@@ -217,11 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m soe.experiment", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="experiment YAML (see experiments/*.yaml)")
     ap.add_argument("--out", default=None, help="output directory (default: experiments/out/<config name>)")
+    ap.add_argument("--runs", default=None, help="training runs directory to reuse/extend (default: OUT/runs), "
+                                                 "e.g. another experiment's runs for a variant of its evaluation")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config)
         out = Path(args.out or Path("experiments/out") / Path(args.config).stem)
-        run(cfg, out)
+        runs = Path(args.runs) if args.runs else None
+        if runs is not None and not runs.is_dir():
+            raise FileNotFoundError(f"--runs {runs} is not a directory")
+        run(cfg, out, runs_dir=runs)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -54,6 +54,15 @@ def test_bad_experiment_config(tmp_path):
     assert ExperimentConfig().dedicated
 
 
+def test_experiment_cli_errors(tmp_path, capsys):
+    from soe.experiment import main
+
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "experiment config" in capsys.readouterr().err
+    assert main(["--config", str(ROOT / "experiments/tiny.yaml"), "--runs", str(tmp_path / "nope")]) == 2
+    assert f"--runs {tmp_path / 'nope'} is not a directory" in capsys.readouterr().err
+
+
 def test_ablation_appends_rows_and_shares_the_generic_run(fixture_prepared, tmp_path, monkeypatch):
     import yaml
 
