@@ -61,7 +61,8 @@ class MetaDistribution:
         elif cfg.fixed_h is not None:
             from soe.soup import check_h  # one validation rule for h everywhere
 
-            self.fixed = check_h(list(cfg.fixed_h), k, "mixture.fixed_h").double().numpy()
+            check_h(list(cfg.fixed_h), k, "mixture.fixed_h")  # validation only: it normalises in float32
+            self.fixed = np.asarray(cfg.fixed_h, dtype=np.float64) / float(np.sum(cfg.fixed_h))
         self.s = k if cfg.support_size in (0,) or cfg.support_size > k else cfg.support_size
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:

@@ -100,3 +100,4 @@ def test_fixed_h_with_many_rounded_weights_samples():
     arrays = [np.arange(100, dtype=np.int64) + 100 * i for i in range(9)]
     tokens, domains = MixtureSampler(arrays, 8).sample(pi.sample(np.random.default_rng(0)), 64, np.random.default_rng(1))
     assert tokens.shape == (64, 9) and set(domains.tolist()) <= {0, 1, 4, 5, 6, 7, 8}
+    assert abs(pi.sample(np.random.default_rng(0)).sum() - 1) < 1e-12  # π's fixed h is normalised in float64 itself
