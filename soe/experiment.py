@@ -105,12 +105,22 @@ def train(name: str, config: str, runs_dir: Path, cfg: ExperimentConfig, extra: 
     if ckpt.is_file() and launch.is_file() and json.loads(launch.read_text()) == want:
         print(f"[experiment] {name}: resuming the interrupted run from {ckpt}", flush=True)
         args = args + [f"--ckpt_path={ckpt}"]
+    elif (run_dir / "checkpoints").is_dir():
+        # Another command's checkpoints: Lightning would write this run's last.ckpt as last-v1.ckpt beside them
+        # and every evaluation would load the stale last.ckpt. Keep them, out of the way.
+        stale = run_dir / f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        (run_dir / "checkpoints").rename(stale)
+        print(f"[experiment] {name}: the command changed; previous checkpoints kept in {stale}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     launch.write_text(json.dumps(want, indent=2))
     print(f"[experiment] training {name}: python train.py {' '.join(args)}", flush=True)
     t0 = time.perf_counter()
     cli = cli_main(args)
     wall = time.perf_counter() - t0
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    if saved != steps:  # everything below evaluates this file: it must be the trained model
+        raise RuntimeError(f"{ckpt} holds step {saved}, not the final step {steps}: the run's checkpoint callback "
+                           "must keep the final step (class_path: soe.checkpoint.ModelCheckpoint)")
     module, dm = cli.model, cli.datamodule
     tokens = steps * dm.batch_size * dm.seq_len * cli.trainer.world_size
     P = module.net_cfg.num_params()

@@ -73,6 +73,20 @@ def test_resume_is_exact(prepared, tmp_path, h_per_step):
         assert rest.losses[step] == full.losses[step], (step, rest.losses[step], full.losses[step])
 
 
+@pytest.mark.parametrize("max_steps", [7, 6])
+def test_last_checkpoint_holds_the_final_step(prepared, tmp_path, max_steps):
+    """Lightning's own ModelCheckpoint leaves last.ckpt at step 6 of a 7-step run with every_n_train_steps=3."""
+    from soe.checkpoint import ModelCheckpoint
+
+    dm, model = make(prepared)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=3, save_last=True, save_top_k=0)
+    trainer(tmp_path, max_steps, [ckpt]).fit(model, dm)
+    state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == max_steps and state["SoupDataModule"]["next_index"] == max_steps
+    live = model.state_dict()
+    assert all(torch.equal(t, live[k]) for k, t in state["state_dict"].items())  # the trained weights, not step 6's
+
+
 def test_checkpoint_loads_weights_only(prepared, tmp_path):
     dm, model = make(prepared)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0)
@@ -91,11 +105,12 @@ def test_checkpoint_loads_weights_only(prepared, tmp_path):
 
 def test_cli_trains_logs_and_resumes(prepared, tmp_path):
     args = ["fit", "--config", str(ROOT / "configs/tiny.yaml"), f"--data.data_dir={prepared}",
-            "--model.net.vocab_size=64", "--trainer.max_steps=6", "--trainer.val_check_interval=3",
+            "--model.net.vocab_size=64", "--trainer.max_steps=7", "--trainer.val_check_interval=3",
             "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
             f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck", "--trainer.callbacks.init_args.every_n_train_steps=3"]
     cli = cli_main(args)
-    assert cli.trainer.global_step == 6 and (tmp_path / "ck" / "last.ckpt").is_file()
+    assert cli.trainer.global_step == 7  # the shipped config's checkpoint callback keeps the final step
+    assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 7
     events = list((tmp_path / "runs").rglob("events.out.tfevents*"))
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -105,7 +120,7 @@ def test_cli_trains_logs_and_resumes(prepared, tmp_path):
     for tag in ("loss/train", "loss/val/dom0", "loss/val_prior/dom2", "loss/val_prior/mixture", "lr/shared",
                 "throughput/tokens_per_s", "alpha/norm"):
         assert tag in tags, (tag, tags)
-    cli = cli_main([a.replace("max_steps=6", "max_steps=9") for a in args] + ["--ckpt_path=last"])
+    cli = cli_main([a.replace("max_steps=7", "max_steps=9") for a in args] + ["--ckpt_path=last"])
     assert cli.trainer.global_step == 9
 
 

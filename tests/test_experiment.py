@@ -126,6 +126,9 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
     cfg.max_steps = 3
     third = train("soe", cfg.soe_config, runs, cfg, [])
     assert "resumed" not in third and third["steps"] == 3
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 3  # not the stale step-2 file
+    kept = list((runs / "soe").glob("checkpoints.replaced-*/last.ckpt"))
+    assert len(kept) == 1 and torch.load(kept[0], map_location="cpu", weights_only=True)["global_step"] == 2
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "experiments").glob("*.yaml")))
