@@ -106,11 +106,12 @@ def train(name: str, config: str, runs_dir: Path, cfg: ExperimentConfig, extra: 
         print(f"[experiment] {name}: resuming the interrupted run from {ckpt}", flush=True)
         args = args + [f"--ckpt_path={ckpt}"]
     elif (run_dir / "checkpoints").is_dir():
-        # Another command's checkpoints: Lightning would write this run's last.ckpt as last-v1.ckpt beside them
-        # and every evaluation would load the stale last.ckpt. Keep them, out of the way.
+        # Checkpoints this run cannot resume from (another command's, or no last.ckpt): Lightning would write
+        # this run's last.ckpt as last-v1.ckpt beside a stale last.ckpt, which every evaluation would load.
+        # Keep them, out of the way.
         stale = run_dir / f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
         (run_dir / "checkpoints").rename(stale)
-        print(f"[experiment] {name}: the command changed; previous checkpoints kept in {stale}", flush=True)
+        print(f"[experiment] {name}: training from scratch; previous checkpoints kept in {stale}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     launch.write_text(json.dumps(want, indent=2))
     print(f"[experiment] training {name}: python train.py {' '.join(args)}", flush=True)
