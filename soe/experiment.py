@@ -81,6 +81,11 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 
 # ------------------------------------------------------------------------------------ training
+def _step_of(ckpt: Path) -> int:
+    """The global step a Lightning checkpoint was saved at (memory-mapped: no weights are read)."""
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
 def train(name: str, config: str, runs_dir: Path, cfg: ExperimentConfig, extra: list[str]) -> dict:
     """Train (or reuse) one run under runs_dir/<name>; returns its checkpoint, steps and wall time."""
     from soe.cli_train import main as cli_main
@@ -92,8 +97,11 @@ def train(name: str, config: str, runs_dir: Path, cfg: ExperimentConfig, extra: 
     if info_file.is_file() and ckpt.is_file():
         info = json.loads(info_file.read_text())
         if info.get("steps") == steps and info.get("args") == extra:
-            print(f"[experiment] {name}: reusing {ckpt} ({steps} steps)")
-            return info
+            if _step_of(ckpt) == steps:
+                print(f"[experiment] {name}: reusing {ckpt} ({steps} steps)")
+                return info
+            # written before soe.checkpoint.ModelCheckpoint: last.ckpt stopped short of the final step
+            print(f"[experiment] {name}: {ckpt} holds step {_step_of(ckpt)}, not {steps}: finishing the run", flush=True)
     args = ["fit", "--config", config, f"--data.data_dir={cfg.data_dir}", f"--seed_everything={cfg.seed}",
             f"--trainer.max_steps={steps}", f"--trainer.logger.init_args.save_dir={runs_dir}",
             f"--trainer.logger.init_args.name={name}", "--trainer.logger.init_args.version=tb",
@@ -118,7 +126,7 @@ def train(name: str, config: str, runs_dir: Path, cfg: ExperimentConfig, extra: 
     t0 = time.perf_counter()
     cli = cli_main(args)
     wall = time.perf_counter() - t0
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    saved = _step_of(ckpt)
     if saved != steps:  # everything below evaluates this file: it must be the trained model
         raise RuntimeError(f"{ckpt} holds step {saved}, not the final step {steps}: the run's checkpoint callback "
                            "must keep the final step (class_path: soe.checkpoint.ModelCheckpoint)")

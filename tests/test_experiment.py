@@ -129,6 +129,14 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 3  # not the stale step-2 file
     kept = list((runs / "soe").glob("checkpoints.replaced-*/last.ckpt"))
     assert len(kept) == 1 and torch.load(kept[0], map_location="cpu", weights_only=True)["global_step"] == 2
+    # a finished run whose last.ckpt stopped short (written before soe.checkpoint.ModelCheckpoint) is not
+    # reused as if it were final: it is finished from that checkpoint
+    import shutil
+
+    info = json.loads((runs / "soe" / "run.json").read_text())
+    shutil.copy(kept[0], ckpt)  # a genuine step-2 checkpoint where run.json promises step 3
+    fourth = train("soe", cfg.soe_config, runs, cfg, [])
+    assert fourth["wall_s"] != info["wall_s"] and torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 3
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "experiments").glob("*.yaml")))
