@@ -27,7 +27,8 @@ class OptimConfig:
     lr: float = 3e-3
     """Peak learning rate of the shared parameters S."""
     lr_bank: float | None = None
-    """Peak learning rate of the expert bank E (None: same as lr)."""
+    """Peak learning rate of the expert bank E (None: same as lr). Θ's step from the bank is Σ_j α_j ΔE_j, so
+    it grows with n: when changing n, scale lr_bank with 1/n (experiments/RECIPE.md, rows best+n16*)."""
     lr_router: float | None = None
     """Peak learning rate of the router φ (None: same as lr)."""
     weight_decay: float = 0.1
