@@ -97,11 +97,12 @@ def train(name: str, config: str, runs_dir: Path, cfg: ExperimentConfig, extra: 
     if info_file.is_file() and ckpt.is_file():
         info = json.loads(info_file.read_text())
         if info.get("steps") == steps and info.get("args") == extra:
-            if _step_of(ckpt) == steps:
+            saved = _step_of(ckpt)
+            if saved == steps:
                 print(f"[experiment] {name}: reusing {ckpt} ({steps} steps)")
                 return info
             # written before soe.checkpoint.ModelCheckpoint: last.ckpt stopped short of the final step
-            print(f"[experiment] {name}: {ckpt} holds step {_step_of(ckpt)}, not {steps}: finishing the run", flush=True)
+            print(f"[experiment] {name}: {ckpt} holds step {saved}, not {steps}: finishing the run", flush=True)
     args = ["fit", "--config", config, f"--data.data_dir={cfg.data_dir}", f"--seed_everything={cfg.seed}",
             f"--trainer.max_steps={steps}", f"--trainer.logger.init_args.save_dir={runs_dir}",
             f"--trainer.logger.init_args.name={name}", "--trainer.logger.init_args.version=tb",

@@ -296,7 +296,7 @@ def refine(soup: SoupOfExperts, h0: torch.Tensor, stream: np.ndarray, domains: l
     fit, held = windows(stream[:cut], T).to(dev), windows(stream[cut:], T, max_windows=256).to(dev)
     # The in-sample check evaluates at most 256 evenly spaced fit windows: evaluating all of them every
     # eval_every steps made refinement on a 300k-token sample take minutes on CPU.
-    fit_eval = fit[torch.from_numpy(np.unique(np.linspace(0, len(fit) - 1, min(len(fit), 256)).astype(np.int64))).to(dev)]
+    fit_eval = windows(stream[:cut], T, max_windows=256).to(dev)
     h0 = h0.to(dev)
 
     def loss_at(h, wins):
