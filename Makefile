@@ -28,7 +28,7 @@ test-all: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "slow or not slow"
 
 demo: $(STAMP)
-	$(PY) -m soe.demo --out $(DEMO_OUT)
+	$(PY) demo.py --out $(DEMO_OUT)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

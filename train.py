@@ -5,7 +5,7 @@
     python train.py fit --config configs/demo-cpu.yaml --print_config
 """
 
-from soe.cli_train import main
+from soe.train.cli import main
 
 if __name__ == "__main__":
     main()

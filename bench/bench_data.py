@@ -18,7 +18,7 @@ import torch
 
 from bench.bench_step import Stepper
 from bench.common import CONFIGS, interleaved, machine, verdict
-from soe.data import SoupDataModule
+from soe.data.datamodule import SoupDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 

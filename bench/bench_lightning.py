@@ -18,9 +18,10 @@ import lightning as L
 import torch
 
 from bench.common import CONFIGS, machine, verdict
-from soe.model import LlamaLM
-from soe.module import OptimConfig, SoupModule, lr_lambda
-from soe.soup import SoupConfig
+from soe.core.model import LlamaLM
+from soe.train.module import SoupModule
+from soe.train.optim import OptimConfig, lr_lambda
+from soe.core.soup import SoupConfig
 
 K = 9
 

@@ -19,8 +19,8 @@ import time
 import torch
 
 from bench.common import CONFIGS, copy_bandwidth, interleaved, machine, verdict
-from soe.module import OptimConfig, make_optimizer
-from soe.soup import SoupConfig, SoupOfExperts
+from soe.train.module import OptimConfig, make_optimizer
+from soe.core.soup import SoupConfig, SoupOfExperts
 
 K = 9  # domains (the demo corpus)
 
@@ -99,7 +99,7 @@ def compare(name: str, n: int, iters: int, fused: bool = True, rank: int = 0, sh
     soe = Stepper(c["net"], n, c["seq"], c["batch"], fused=fused, rank=rank)
     t = interleaved({"dense": dense.step, "soe": soe.step}, iters=iters, repeats=repeats)
     P = dense.soup.param_counts()["total"]
-    bank = soe.soup.param_counts()["bank"]
+    bank = soe.core.soup.param_counts()["bank"]
     bw = copy_bandwidth(max(bank, P) * 4)
     floor = 7 * bank * 4 / bw  # read E (instantiate) + read E, m, v and write them (one fused update)
     over = t["soe"] - t["dense"]

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from soe.model import ModelConfig
+from soe.core.model import ModelConfig
 
 # The configurations the issue names. "demo" is configs/demo-cpu.yaml's model at seq 256 (≈5.3M params).
 CONFIGS = {

@@ -24,8 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from soe.data.text import chunk_text
+
 from .offline_sources import SOURCES, Source
-from .text import Deduper, chunk_text, pack
+from .text import Deduper, pack
 
 FALLBACK = ("Without the package archives, use the committed fixture instead:\n"
             "  python -m data_prep.prepare --config data_prep/configs/fixture.yaml")

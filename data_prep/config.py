@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from soe.shards import dtype_for_vocab
+from soe.data.shards import dtype_for_vocab
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -77,7 +77,7 @@ class DomainsSpec:
     order: list[str] | None = None
     """labels: the fixed domain order (index i of h); default: sorted labels. Every name must get documents."""
     embedder: dict[str, Any] = field(default_factory=lambda: {"kind": "tfidf"})
-    """soe.embed spec: {'kind': 'minilm', ...} or {'kind': 'tfidf', 'svd_dim': 128, ...}."""
+    """soe.data.embed spec: {'kind': 'minilm', ...} or {'kind': 'tfidf', 'svd_dim': 128, ...}."""
     centroid_sample: int = 64
     """labels: random chunks per domain whose mean embedding is the domain centroid."""
     k: int = 8

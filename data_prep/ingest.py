@@ -14,8 +14,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+from soe.data.text import chunk_text
+
 from .config import PrepareConfig, SourceSpec
-from .text import Deduper, chunk_text
+from .text import Deduper
 
 BATCH = 1000  # records per `datasets` batch: batched iteration is ~8x faster than per record
 

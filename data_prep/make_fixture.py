@@ -15,7 +15,7 @@ import json
 import random
 from pathlib import Path
 
-from .text import chunk_text
+from soe.data.text import chunk_text
 
 # fixture file -> (corpus source, fixture domain, licence, KB budget, optional chunk filter)
 FIXTURE = {

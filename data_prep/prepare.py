@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from soe.shards import Meta, dtype_for_vocab, load_meta, sha256_file
+from soe.data.shards import Meta, dtype_for_vocab, load_meta, sha256_file
 
 from . import build_offline_corpus, config as C
 from .domains import DomainError, assign_path, kmeans_domains, label_domains

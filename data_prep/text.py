@@ -1,43 +1,12 @@
-"""Text utilities shared by the corpus builder and the pipeline: chunking, packing, exact dedupe."""
+"""Text utilities of the corpus builder and the pipeline: packing tiny documents, exact dedupe.
+
+(Chunking is `soe.data.text.chunk_text`: specialist estimation must cut text exactly as preparation does.)
+"""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Iterable, Iterator
-
-
-def chunk_text(text: str, max_chars: int) -> list[str]:
-    """Split ``text`` into pieces of at most ``max_chars`` characters, at line boundaries.
-
-    Documents in real corpora are very unequal (a whole play, a whole dictionary), so they are cut
-    into chunks of a few KB. A cut prefers a blank line once the chunk is half full; a single line
-    longer than ``max_chars`` is cut hard. Pieces are stripped; whitespace-only pieces are dropped.
-    """
-    if max_chars <= 0:
-        raise ValueError(f"chunk size max_chars={max_chars} must be positive")
-    if len(text) <= max_chars:
-        return [text.strip()] if text.strip() else []
-    out, cur, size = [], [], 0
-
-    def flush():
-        nonlocal cur, size
-        piece = "".join(cur).strip()
-        if piece:
-            out.append(piece)
-        cur, size = [], 0
-
-    for line in text.splitlines(keepends=True):
-        while len(line) > max_chars:  # one huge line: cut hard
-            flush()
-            head, line = line[:max_chars], line[max_chars:]
-            if head.strip():
-                out.append(head.strip())
-        if size + len(line) > max_chars or (size > max_chars // 2 and not line.strip()):
-            flush()
-        cur.append(line)
-        size += len(line)
-    flush()
-    return out
 
 
 def pack(docs: Iterable[str], max_chars: int, sep: str = "\n\n") -> Iterator[str]:

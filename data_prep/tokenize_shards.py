@@ -18,6 +18,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from soe.data.shards import shard_path
+
 from .tokenizer import load_for_sharding
 
 Key = tuple[str, str]
@@ -75,8 +77,11 @@ class ShardWriter:
         self.total_buffered = 0
         self.extra_tmp: list[Path] = []  # other files (inhouse.jsonl) renamed with the shards
 
+    def final(self, key: Key) -> Path:
+        return shard_path(self.root, *key)  # <root>/<dir>/<split>.bin: the format's one path rule
+
     def tmp(self, key: Key) -> Path:
-        return self.root / key[0] / f"{key[1]}.bin.tmp"
+        return self.final(key).with_name(self.final(key).name + ".tmp")
 
     def add(self, key: Key, arr: np.ndarray, ndocs: int, nbytes: int) -> None:
         if key not in self.tokens:
@@ -112,7 +117,7 @@ class ShardWriter:
             if size != self.tokens[key] * np.dtype(self.dtype).itemsize:
                 raise RuntimeError(f"{self.tmp(key)}: {size} bytes written, expected {self.tokens[key]} tokens")
         for key in self.tokens:
-            os.replace(self.tmp(key), self.root / key[0] / f"{key[1]}.bin")
+            os.replace(self.tmp(key), self.final(key))
         for p in self.extra_tmp:
             os.replace(p, p.with_name(p.name[: -len(".tmp")]))
 

@@ -6,12 +6,22 @@ Importing ``soe`` is cheap; torch and friends load on first use of the API:
     soup = soe.load("runs/tiny/checkpoints/last.ckpt", data="data/fixture")
     spec = soup.specialist(soup.estimate_weights("inhouse.jsonl").weights)
     spec.save("my-specialist")     # AutoModelForCausalLM.from_pretrained("my-specialist") works
+
+The package, by concern (each part imports only the parts listed before it):
+    soe.core         the dense model, the soup (S, bank, φ), low-rank experts, domain weights h
+    soe.data         the shard format, embedders, text and windows, π and mix(h), the data module
+    soe.train        the LightningModule, optimizer, checkpoint I/O, the CLI behind train.py
+    soe.specialists  estimate / refine h, evaluate, export, generate, fine-tune
+    soe.experiments  generic vs SoE vs dedicated comparisons, ablations, reports
+    soe.api, soe.cli the Python API (soe.load) and the `soe` command line
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["load", "Soup", "Specialist", "read_texts", "parse_weights"]
+
+_LAZY = {"Soup": "soe.api", "Specialist": "soe.api", "read_texts": "soe.data.text", "parse_weights": "soe.core.weights"}
 
 
 def load(path, data=None, device=None):
@@ -22,12 +32,9 @@ def load(path, data=None, device=None):
 
 
 def __getattr__(name):
-    if name in ("Soup", "Specialist"):
-        import soe.api
+    # Deferred so that `import soe` (and `python -m soe --help`) does not pay for torch.
+    if name in _LAZY:
+        import importlib
 
-        return getattr(soe.api, name)
-    if name in ("read_texts", "parse_weights"):
-        import soe.specialize
-
-        return getattr(soe.specialize, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'soe' has no attribute {name!r}")

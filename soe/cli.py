@@ -3,6 +3,7 @@
     soe estimate-weights CKPT --texts inhouse.jsonl [--refine] --out weights.json
     soe instantiate CKPT --weights weights.json --out my-specialist [--format hf|soe] [--overwrite]
     soe evaluate --specialist my-specialist --ckpt CKPT --weights weights.json --prior --json eval.json
+    soe evaluate --specialist my-specialist --texts my-eval-set.jsonl
     soe generate my-specialist --prompt "Once upon a time" --max-tokens 80
 
 CKPT is a Lightning checkpoint or a directory holding last.ckpt; --data names its prepared-data
@@ -54,15 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     _common(p)
 
-    p = sub.add_parser("evaluate", help="loss / perplexity / bits-per-byte table")
+    p = sub.add_parser("evaluate", help="loss / perplexity / bits-per-byte table",
+                       description="Loss of each model on each set: the token-mean next-token loss over at most "
+                                   "--windows non-overlapping windows of the model's context length, evenly spread "
+                                   "(the rule of training validation and experiments: soe/data/windows.py).")
     p.add_argument("--specialist", action="append", default=[], help="exported specialist directory (repeatable)")
     p.add_argument("--ckpt", help="checkpoint or run directory")
     p.add_argument("--weights", action="append", default=[], help="evaluate the checkpoint at these weights (repeatable)")
     p.add_argument("--prior", action="store_true", help="evaluate the checkpoint at its prior h (default with --ckpt alone)")
-    p.add_argument("--sets", default="val,specialists",
-                   help="comma list: val, specialists, a specialist set name, or a prepared dir (default: val,specialists)")
+    p.add_argument("--sets", default=None,
+                   help="comma list: val, specialists, a specialist set name, or a prepared dir "
+                        "(default: val,specialists; none when only --texts is given)")
+    p.add_argument("--texts", action="append", default=[],
+                   help="evaluate on raw documents: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT] (repeatable)")
+    p.add_argument("--text-field", default="text", help="field/column holding the text of --texts (default: text)")
+    p.add_argument("--max-docs", type=int, help="use at most this many documents of each --texts input")
     p.add_argument("--split", default="val", choices=("train", "val"))
-    p.add_argument("--max-tokens", type=int, default=65536, help="tokens evaluated per set at most")
+    p.add_argument("--windows", type=int, default=512, help="windows evaluated per set at most (default: 512)")
     p.add_argument("--json", help="write the rows as JSON here")
     p.add_argument("--md", help="write the markdown table here")
     _common(p)
@@ -86,15 +95,15 @@ def _is_prepared(path: str) -> bool:
 
 def cmd_estimate(a) -> None:
     from soe import api
-    from soe import specialize as sp
+    from soe.core.weights import parse_weights, save_weights, top_domains
+    from soe.data.shards import load_meta
+    from soe.specialists.estimate import estimate_weights
 
     if _is_prepared(a.source):
         if a.refine:
             raise ValueError(f"--refine needs a checkpoint, but {a.source} is a prepared-data directory")
-        from soe.shards import load_meta
-
         domains, data_dir, soup = load_meta(a.source).domains, a.source, None
-        est = sp.estimate_weights(data_dir, a.texts, max_docs=a.max_docs, min_weight=a.min_weight, text_field=a.text_field)
+        est = estimate_weights(data_dir, a.texts, max_docs=a.max_docs, min_weight=a.min_weight, text_field=a.text_field)
     else:
         soup = api.load(a.source, data=a.data, device=a.device)
         if not isinstance(soup, api.Soup):
@@ -103,7 +112,7 @@ def cmd_estimate(a) -> None:
         est = soup.estimate_weights(a.texts, max_docs=a.max_docs, min_weight=a.min_weight, text_field=a.text_field)
     total = sum(est.tokens.values())
     print(f"estimated domain weights from {est.n_docs} documents ({est.n_chunks} chunks, {total} tokens); top domains:")
-    for d, w in sp.top_domains(est.weights, a.top):
+    for d, w in top_domains(est.weights, a.top):
         print(f"  {d:<24} {w:.4f}")
     weights = est.weights
     if a.refine:
@@ -113,24 +122,24 @@ def cmd_estimate(a) -> None:
         print(f"  in-sample loss  {r.fit_loss_start:.4f} (histogram) -> {r.fit_loss:.4f} (refined)")
         print(f"  held-out loss   {r.holdout_loss_start:.4f} (histogram) -> {r.holdout_loss:.4f} (refined)")
         print("  kept the refined weights" if r.improved else "  no held-out improvement: kept the histogram")
-        for d, w in sp.top_domains(r.weights, a.top):
+        for d, w in top_domains(r.weights, a.top):
             print(f"  {d:<24} {w:.4f}")
         weights = r.weights
-    out = sp.save_weights(a.out, sp.parse_weights(weights, domains), domains)
+    out = save_weights(a.out, parse_weights(weights, domains), domains)
     print(f"wrote {out}")
 
 
 def cmd_instantiate(a) -> None:
     import torch
 
-    from soe.specialize import top_domains
+    from soe.core.weights import top_domains
 
     if Path(a.out).exists() and not a.overwrite:  # fail before loading anything
         raise FileExistsError(f"output directory {a.out} already exists; pass --overwrite to replace it")
     soup = _load_soup(a.ckpt, a)
     spec = soup.specialist(a.weights)
     n = sum(p.numel() for p in spec.model.parameters())
-    print(f"instantiated Θ(h) ({n / 1e6:.2f}M parameters, n={soup.soup.n} experts) in {spec.instantiate_s * 1e3:.1f} ms")
+    print(f"instantiated Θ(h) ({n / 1e6:.2f}M parameters, n={soup.model.n} experts) in {spec.instantiate_s * 1e3:.1f} ms")
     out = spec.save(a.out, a.format, a.overwrite, getattr(torch, a.dtype))
     top = ", ".join(f"{d}={w:.3f}" for d, w in top_domains(spec.weights, 5))
     print(f"wrote {a.format} specialist to {out} (weights: {top})")
@@ -147,28 +156,33 @@ def _load_soup(path, a):
 
 def cmd_evaluate(a) -> None:
     from soe import api
-    from soe import evaluate as ev
+    from soe.specialists import evaluate as ev
 
     if not a.specialist and not a.ckpt:
         raise ValueError("nothing to evaluate: pass --specialist DIR and/or --ckpt CKPT")
     if a.weights and not a.ckpt:
         raise ValueError("--weights needs --ckpt")
+    if a.windows <= 0:
+        raise ValueError(f"--windows {a.windows}: expected a positive number of windows per set")
     models, data = {}, a.data
     soup = _load_soup(a.ckpt, a) if a.ckpt else None
     if soup is not None:
         data = soup.data_dir
         for w in a.weights:
-            models[f"soup@{w}"] = (soup.specialist(w).model, soup.hp.get("tokenizer_sha256"))
+            models[f"soup@{w}"] = soup.specialist(w)
         if a.prior or not a.weights:
-            models["soup@prior"] = (soup.specialist("prior").model, soup.hp.get("tokenizer_sha256"))
+            models["soup@prior"] = soup.specialist("prior")
     for d in a.specialist:
         spec = api.load(d, device=a.device)
         if not isinstance(spec, api.Specialist):
             raise ValueError(f"--specialist {d} is not an exported specialist directory")
-        models[Path(d).name] = (spec.model, spec.tokenizer_sha256)
-    if data is None:
-        raise ValueError("pass --data DIR (the prepared-data directory holding the evaluation sets)")
-    rows = ev.evaluate(models, ev.eval_sets(data, [s for s in a.sets.split(",") if s], a.split), a.max_tokens)
+        models[Path(d).name] = spec
+    sets = [] if a.sets is None and a.texts else (a.sets or "val,specialists").split(",")
+    if sets and data is None:
+        raise ValueError("pass --data DIR (the prepared-data directory holding the evaluation sets) or --texts FILE")
+    eval_sets = ev.eval_sets(data, [s for s in sets if s], a.split) if sets else []
+    eval_sets += [ev.text_set(t, a.text_field, a.max_docs) for t in a.texts]
+    rows = ev.evaluate(models, eval_sets, a.windows)
     md = ev.markdown_table(rows)
     print(md, end="")
     if a.md:

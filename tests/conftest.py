@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soe.shards import Meta, sha256_file, write_tokens_atomic
+from soe.data.shards import Meta, sha256_file, shard_path
+
+
+def write_shard(root: Path, domain: str, split: str, tokens: np.ndarray) -> None:
+    path = shard_path(root, domain, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokens.tofile(path)
 
 
 def make_prepared(root: Path, k: int = 3, vocab: int = 64, n_train: int = 6000, n_val: int = 1500,
@@ -32,7 +38,7 @@ def make_prepared(root: Path, k: int = 3, vocab: int = 64, n_train: int = 6000, 
             for j in range(1, n):
                 t[j] = rand[j] if noise[j] else (a * t[j - 1] + b) % (vocab - 1) + 1
             t[rng.random(n) < 0.01] = 0  # EOS = 0 between "documents"
-            write_tokens_atomic(root / name / f"{split}.bin", t.astype(np.uint16))
+            write_shard(root, name, split, t.astype(np.uint16))
             tokens[name][split] = n
     Meta(domains=names, vocab_size=vocab, tokenizer_sha256=sha256_file(root / "tokenizer.json"), eos_id=0,
          tokens=tokens, domain_source={"method": "labels"}).save(root)

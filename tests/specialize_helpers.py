@@ -13,11 +13,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
-from soe.embed import TfidfEmbedder
-from soe.model import ModelConfig
-from soe.module import OptimConfig, SoupModule
-from soe.shards import Meta, sha256_file, write_tokens_atomic
-from soe.soup import SoupConfig
+from soe.data.embed import TfidfEmbedder
+from soe.core.model import ModelConfig
+from soe.train.module import SoupModule
+from soe.train.optim import OptimConfig
+from soe.data.shards import Meta, sha256_file
+from conftest import write_shard
+from soe.core.soup import SoupConfig
 
 EOS = "<|endoftext|>"
 TOPICS = {
@@ -66,7 +68,7 @@ def write_set(root: Path, splits: dict[str, dict[str, list[str]]], tokenizer_fil
         tokens[dom], documents[dom], nbytes[dom] = {}, {}, {}
         for split, docs in by_split.items():
             ids = np.concatenate([np.append(e.ids, eos) for e in tok.encode_batch(docs)]).astype(np.uint16)
-            write_tokens_atomic(root / dom / f"{split}.bin", ids)
+            write_shard(root, dom, split, ids)
             tokens[dom][split], documents[dom][split] = len(ids), len(docs)
             nbytes[dom][split] = sum(len(d.encode()) for d in docs)
     assert tok.get_vocab_size() <= VOCAB, tok.get_vocab_size()
@@ -101,7 +103,7 @@ def make_text_prepared(root: Path, n_train: int = 120, n_val: int = 30) -> Path:
 
 def train_checkpoint(prepared: Path, out: Path, steps: int = 30, n_experts: int = 2) -> Path:
     """A few training steps; returns the path of last.ckpt."""
-    from soe.data import SoupDataModule
+    from soe.data.datamodule import SoupDataModule
 
     L.seed_everything(0)
     dm = SoupDataModule(str(prepared), seq_len=32, batch_size=8, val_windows=4, val_batch_size=4, vocab_size=VOCAB)

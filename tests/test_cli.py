@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from soe.cli import main
-from soe.shards import load_meta, sha256_file
+from soe.data.shards import load_meta, sha256_file
 from specialize_helpers import strip_data_dir, text_env
 
 pytest.importorskip("transformers")
@@ -46,7 +46,7 @@ def test_end_to_end(env, tmp_path, capsys):
 
     js, md = tmp_path / "eval.json", tmp_path / "eval.md"
     code, out, err = run(["evaluate", "--specialist", spec, "--ckpt", ckpt, "--data", prepared, "--weights", "law",
-                          "--prior", "--json", js, "--md", md, "--max-tokens", "2048"], capsys)
+                          "--prior", "--json", js, "--md", md, "--windows", "32"], capsys)
     assert code == 0, err
     rows = json.loads(js.read_text())
     assert {r["model"] for r in rows} == {"spec", "soup@law", "soup@prior"}

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 def test_fixture_end_to_end(tmp_path, monkeypatch, capsys):
     from data_prep.prepare import main as prepare
     from soe.cli import main as soe_main
-    from soe.cli_train import main as train
+    from soe.train.cli import main as train
 
     monkeypatch.chdir(ROOT)  # the fixture config names its sources relative to the repository
     data = tmp_path / "fixture"
@@ -35,7 +35,7 @@ def test_fixture_end_to_end(tmp_path, monkeypatch, capsys):
     assert max(weights, key=weights.get) == "math", weights  # metamath proofs look like the math domain
     assert soe_main(["instantiate", str(ckpt), "--data", str(data), "--weights", str(w), "--out", str(spec)]) == 0
     assert soe_main(["evaluate", "--specialist", str(spec), "--ckpt", str(ckpt), "--data", str(data), "--prior",
-                     "--max-tokens", "1024", "--json", str(tmp_path / "eval.json")]) == 0
+                     "--windows", "16", "--json", str(tmp_path / "eval.json")]) == 0
     rows = json.loads((tmp_path / "eval.json").read_text())
     assert {"austen", "go", "metamath", "math"} <= {r["set"] for r in rows}
     assert all(r["bits_per_byte"] is not None and r["bits_per_byte"] > 0 for r in rows)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from soe.data import SoupDataModule
-from soe.mixture import MixtureConfig
-from soe.shards import dtype_for_vocab, load_meta
+from soe.data.datamodule import SoupDataModule
+from soe.data.mixture import MixtureConfig
+from soe.data.shards import dtype_for_vocab, load_meta
 
 
 def test_batches_are_a_function_of_seed_and_index(prepared):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from soe.mixture import MetaDistribution, MixtureConfig, MixtureSampler
+from soe.data.mixture import MetaDistribution, MixtureConfig, MixtureSampler
 
 
 def test_sequence_domains_follow_h():
@@ -93,7 +93,7 @@ def test_fixed_h_with_many_rounded_weights_samples():
     it missed numpy's sum-to-1 tolerance ("Probabilities do not sum to 1") before mix(h) renormalised."""
     import numpy as np
 
-    from soe.mixture import MetaDistribution, MixtureConfig, MixtureSampler
+    from soe.data.mixture import MetaDistribution, MixtureConfig, MixtureSampler
 
     h = [0.135736, 0.0106845, 0.0, 0.0, 0.0125933, 0.559414, 0.132015, 0.138137, 0.0114207]
     pi = MetaDistribution(MixtureConfig(fixed_h=h), 9, np.full(9, 1 / 9))

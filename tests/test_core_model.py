@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from soe.model import LlamaLM, ModelConfig
+from soe.core.model import LlamaLM, ModelConfig
 
 
 def reference_forward(sd: dict, cfg: ModelConfig, idx: torch.Tensor) -> torch.Tensor:

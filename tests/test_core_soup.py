@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from numerics import directional_derivative
-from soe.model import LlamaLM, ModelConfig
-from soe.soup import SoupConfig, SoupOfExperts, check_h
+from soe.core.model import LlamaLM, ModelConfig
+from soe.core.soup import SoupConfig, SoupOfExperts
+from soe.core.weights import check_h
 
 CFG = ModelConfig(vocab_size=23, n_layer=1, n_head=2, d_model=8, max_seq_len=8)
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 import yaml
 
-from soe.cli_train import main as cli_main
-from soe.data import SoupDataModule
-from soe.model import ModelConfig
-from soe.module import OptimConfig, SoupModule
-from soe.soup import SoupConfig
+from soe.train.cli import main as cli_main
+from soe.data.datamodule import SoupDataModule
+from soe.core.model import ModelConfig
+from soe.train.module import SoupModule
+from soe.train.optim import OptimConfig
+from soe.core.soup import SoupConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NET = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=32)
@@ -76,7 +77,7 @@ def test_resume_is_exact(prepared, tmp_path, h_per_step):
 @pytest.mark.parametrize("max_steps", [7, 6])
 def test_last_checkpoint_holds_the_final_step(prepared, tmp_path, max_steps):
     """Lightning's own ModelCheckpoint leaves last.ckpt at step 6 of a 7-step run with every_n_train_steps=3."""
-    from soe.checkpoint import ModelCheckpoint
+    from soe.train.callbacks import ModelCheckpoint
 
     dm, model = make(prepared)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=3, save_last=True, save_top_k=0)

@@ -13,8 +13,9 @@ from tokenizers import Tokenizer
 
 from data_prep import config as C
 from data_prep.prepare import run
-from data_prep.text import Deduper, chunk_text, pack
-from soe.shards import check_tokenizer, load_meta, open_shard
+from data_prep.text import Deduper, pack
+from soe.data.text import chunk_text
+from soe.data.shards import check_tokenizer, load_meta, open_shard
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_CFG = REPO / "data_prep" / "configs" / "fixture.yaml"
@@ -83,7 +84,7 @@ def test_specialists_and_centroids(fixture_run):
     pre = {t for d in meta.domains for s in ("train", "val") for t in decode_docs(out, meta, d, s, tok)}
     assert not austen & pre, "held-out text must not reach the pretraining shards"
     # centroids + embedder rebuilt from meta.json: most val documents land on their own domain
-    from soe.embed import build_embedder, nearest_centroid
+    from soe.data.embed import build_embedder, nearest_centroid
     src = meta.domain_source
     assert src["method"] == "labels" and src["k"] == len(meta.domains) and src["chunk_chars"] == 2000
     cents = np.load(out / src["centroids_file"], allow_pickle=False)
@@ -213,7 +214,7 @@ def test_kmeans_recovers_planted_domains(tmp_path, hierarchy):
         assert meta.domain_source["hierarchy"]["k1"] == 2 and (out / "centroids_top.npy").is_file()
     # estimation path: the embedder rebuilt from meta.json + centroids.npy puts *new* text of planted
     # domain j into the cluster that holds most of domain j's corpus chunks
-    from soe.embed import build_embedder, nearest_centroid
+    from soe.data.embed import build_embedder, nearest_centroid
     emb = build_embedder(meta.domain_source["embedder"], root=out)
     labels = np.array([r["label"] for r in recs])
     majority = {lab: np.bincount(assign[labels == lab]).argmax() for lab in set(labels)}

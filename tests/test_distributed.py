@@ -24,10 +24,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import make_prepared  # noqa: E402
-from soe.data import SoupDataModule  # noqa: E402
-from soe.model import ModelConfig  # noqa: E402
-from soe.module import OptimConfig, SoupModule  # noqa: E402
-from soe.soup import SoupConfig  # noqa: E402
+from soe.data.datamodule import SoupDataModule  # noqa: E402
+from soe.core.model import ModelConfig  # noqa: E402
+from soe.train.module import SoupModule
+from soe.train.optim import OptimConfig  # noqa: E402
+from soe.core.soup import SoupConfig  # noqa: E402
 
 NET = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=16)
 STEPS, B = 4, 4

@@ -1,4 +1,4 @@
-"""soe.embed: embedders rebuilt from their spec embed identically; nearest_centroid is k-means' rule."""
+"""soe.data.embed: embedders rebuilt from their spec embed identically; nearest_centroid is k-means' rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from soe.embed import TfidfEmbedder, build_embedder, nearest_centroid
+from soe.data.embed import TfidfEmbedder, build_embedder, nearest_centroid
 
 TEXTS = [f"the cat {i} sat on the mat with dog {i % 3}" for i in range(30)] + \
         [f"def f{i}(x):\n    return x * {i} + sum(range({i}))" for i in range(30)]

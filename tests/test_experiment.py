@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from soe.experiment import ExperimentConfig, load_config, run
+from soe.experiments.experiment import ExperimentConfig, load_config, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_bad_experiment_config(tmp_path):
 
 
 def test_experiment_cli_errors(tmp_path, capsys):
-    from soe.experiment import main
+    from soe.experiments.experiment import main
 
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "experiment config" in capsys.readouterr().err
@@ -66,7 +66,7 @@ def test_experiment_cli_errors(tmp_path, capsys):
 def test_ablation_appends_rows_and_shares_the_generic_run(fixture_prepared, tmp_path, monkeypatch):
     import yaml
 
-    from soe.ablate import main as ablate
+    from soe.experiments.ablate import main as ablate
 
     monkeypatch.chdir(ROOT)
     cfg = yaml.safe_load((ROOT / "experiments/recipe-tiny.yaml").read_text())
@@ -86,7 +86,7 @@ def test_ablation_appends_rows_and_shares_the_generic_run(fixture_prepared, tmp_
 @pytest.mark.slow
 def test_demo_fixture_fallback_smoke(tmp_path, monkeypatch, capsys):
     """`make demo`'s orchestration on the committed fixture (the offline fallback), 3 steps per run."""
-    from soe.demo import main as demo
+    from demo import main as demo
 
     monkeypatch.chdir(ROOT)
     assert demo(["--fixture", "--max-steps", "3", "--out", str(tmp_path / "demo")]) == 0
@@ -100,7 +100,13 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
     from that checkpoint by the next experiment call, not retrained from step 0."""
     import torch
 
-    from soe.experiment import train
+    from soe.experiments.runs import budget, fit_args, train as train_run
+    from soe.train.checkpoint import load_checkpoint
+
+    def train(name, config, runs, cfg, extra):
+        common = [f"--data.data_dir={cfg.data_dir}", f"--seed_everything={cfg.seed}", f"--trainer.max_steps={cfg.max_steps}"]
+        args = fit_args(config, name, runs, common, cfg.overrides, extra)
+        return train_run(name, runs, args, extra, budget(args))
 
     monkeypatch.chdir(ROOT)
     cfg = load_config(ROOT / "experiments/tiny.yaml")
@@ -117,8 +123,6 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
     torch.save(state, ckpt)
     again = train("soe", cfg.soe_config, runs, cfg, [])
     assert again["resumed"] and again["steps"] == 2
-    from soe.specialize import load_checkpoint
-
     soup, _, _ = load_checkpoint(ckpt)
     assert torch.equal(soup.shared["no_decay"].detach(), state["state_dict"]["soup.shared.no_decay"])
     # a changed command (another step budget) does not resume: it trains from scratch
@@ -129,7 +133,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 3  # not the stale step-2 file
     kept = list((runs / "soe").glob("checkpoints.replaced-*/last.ckpt"))
     assert len(kept) == 1 and torch.load(kept[0], map_location="cpu", weights_only=True)["global_step"] == 2
-    # a finished run whose last.ckpt stopped short (written before soe.checkpoint.ModelCheckpoint) is not
+    # a finished run whose last.ckpt stopped short (written before soe.train.callbacks.ModelCheckpoint) is not
     # reused as if it were final: it is finished from that checkpoint
     import shutil
 
@@ -144,7 +148,7 @@ def test_every_shipped_experiment_config_parses(path):
     import yaml
 
     raw = yaml.safe_load((ROOT / "experiments" / path).read_text())
-    if "variants" in raw:  # an ablation (soe.ablate): one experiment and named variants of it
+    if "variants" in raw:  # an ablation (soe.experiments.ablate): one experiment and named variants of it
         assert set(raw) <= {"experiment", "out", "variants"}
         cfg = ExperimentConfig(**raw["experiment"])
         names = [v["name"] for v in raw["variants"]]
@@ -158,7 +162,7 @@ def test_every_shipped_experiment_config_parses(path):
 
 
 def test_report_never_picks_the_soe_column_on_the_evaluation_split():
-    from soe.report import set_table, soe_answer
+    from soe.experiments.report import set_table, soe_answer
 
     row = {"generic": 5.0, "soe_hist": 4.8, "soe_refined": 4.9, "dedicated": 4.6}  # refined worse on eval
     assert soe_answer(row) == 4.9  # the refined h is the answer when it was computed

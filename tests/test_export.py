@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import soe
-from soe import export
-from soe.model import LlamaLM, ModelConfig
-from soe.shards import sha256_file
+from soe.specialists import export
+from soe.core.model import LlamaLM, ModelConfig
+from soe.data.shards import sha256_file
 from specialize_helpers import text_env
 
 transformers = pytest.importorskip("transformers")
@@ -33,9 +33,9 @@ def test_hf_logits_match_our_forward(exported):
     soup, spec, out = exported
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     assert type(hf).__name__ == "LlamaForCausalLM"
-    idx = torch.randint(0, soup.soup.model_cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(0, soup.model.net_cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ours = soup.soup(idx, h=soup.weights({"law": 0.7, "cooking": 0.3}))
+        ours = soup.model(idx, h=soup.weights({"law": 0.7, "cooking": 0.3}))
         theirs = hf(input_ids=idx).logits
         mine = spec.model(idx)
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
@@ -45,7 +45,7 @@ def test_hf_logits_match_our_forward(exported):
 
 def test_hf_config_values(exported):
     soup, _, out = exported
-    cfg = soup.soup.model_cfg
+    cfg = soup.model.net_cfg
     raw = json.loads((out / "config.json").read_text())
     assert raw["rope_theta"] == cfg.rope_theta and raw["rms_norm_eps"] == cfg.norm_eps
     assert raw["tie_word_embeddings"] is cfg.tie_embeddings and raw["vocab_size"] == cfg.vocab_size

@@ -1,12 +1,13 @@
-"""Brief fine-tuning (soe/finetune.py): it learns, it ends at its best held-out state, it refuses bad input."""
+"""Brief fine-tuning (soe/specialists/finetune.py): it learns, it ends at its best held-out state, it refuses bad input."""
 
 import numpy as np
 import pytest
 import torch
 
-from soe.finetune import finetune
-from soe.model import LlamaLM, ModelConfig
-from soe.specialize import mean_loss, windows
+from soe.specialists.finetune import finetune
+from soe.core.model import LlamaLM, ModelConfig
+from soe.data.windows import eval_windows
+from soe.specialists.evaluate import mean_loss
 
 
 def _model(seed=0):
@@ -27,7 +28,7 @@ def _stream(n=4000, seed=0):
 
 def _held_loss(net, stream, holdout=0.1):
     cut = int(len(stream) * (1 - holdout))
-    return mean_loss(lambda x, y: net(x, targets=y)[1], windows(stream[cut:], 16, max_windows=256))
+    return mean_loss(lambda x, y: net(x, targets=y)[1], eval_windows(stream[cut:], 16, max_windows=256))
 
 
 def test_finetune_learns_and_ends_at_its_best_state():

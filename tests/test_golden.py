@@ -12,11 +12,12 @@ import lightning as L
 import pytest
 import torch
 
-from soe.data import SoupDataModule
-from soe.mixture import MixtureConfig
-from soe.model import ModelConfig
-from soe.module import OptimConfig, SoupModule
-from soe.soup import SoupConfig
+from soe.data.datamodule import SoupDataModule
+from soe.data.mixture import MixtureConfig
+from soe.core.model import ModelConfig
+from soe.train.module import SoupModule
+from soe.train.optim import OptimConfig
+from soe.core.soup import SoupConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_losses.json"
 TOL = 2e-3  # nats: far above float noise on one machine, far below any real change in training

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from numerics import directional_derivative
-from soe.model import LlamaLM, ModelConfig
-from soe.module import OptimConfig, make_optimizer
-from soe.soup import SoupConfig, SoupOfExperts
+from soe.core.model import LlamaLM, ModelConfig
+from soe.train.optim import OptimConfig, make_optimizer
+from soe.core.soup import SoupConfig, SoupOfExperts
 
 CFG = ModelConfig(vocab_size=23, n_layer=2, n_head=2, d_model=8, max_seq_len=8, d_ff=12)
 

@@ -5,10 +5,11 @@ import lightning as L
 import pytest
 import torch
 
-from soe.data import SoupDataModule
-from soe.model import ModelConfig
-from soe.module import OptimConfig, SoupModule
-from soe.soup import SoupConfig
+from soe.data.datamodule import SoupDataModule
+from soe.core.model import ModelConfig
+from soe.train.module import SoupModule
+from soe.train.optim import OptimConfig
+from soe.core.soup import SoupConfig
 
 NET = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=16)
 

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 import soe
-from soe import specialize as sp
-from soe.evaluate import eval_sets, evaluate
-from soe.shards import load_meta, sha256_file
+from soe.core.weights import save_weights
+from soe.data.shards import load_meta, sha256_file
+from soe.data.text import read_texts, token_stream
+from soe.data.windows import eval_windows
+from soe.specialists.estimate import estimate_weights
+from soe.specialists.evaluate import eval_sets, evaluate, mean_loss
 from specialize_helpers import TOPICS, make_docs, text_env
 
 
@@ -31,7 +34,7 @@ def soup(env):
 @pytest.mark.parametrize("domain", list(TOPICS))
 def test_histogram_concentrates_on_the_source_domain(env, domain):
     prepared, _ = env
-    est = sp.estimate_weights(prepared, make_docs(domain, 20, seed=99))  # unseen documents of one domain
+    est = estimate_weights(prepared, make_docs(domain, 20, seed=99))  # unseen documents of one domain
     assert list(est.weights) == load_meta(prepared).domains  # ordered as meta.json
     assert est.weights[domain] > 0.9, est.weights
     assert sum(est.weights.values()) == pytest.approx(1.0)
@@ -41,12 +44,12 @@ def test_histogram_concentrates_on_the_source_domain(env, domain):
 def test_histogram_is_token_weighted_and_min_weight_drops(env):
     prepared, _ = env
     law, cook = make_docs("law", 3, seed=1, words=200), make_docs("cooking", 3, seed=2, words=20)
-    est = sp.estimate_weights(prepared, law + cook)
+    est = estimate_weights(prepared, law + cook)
     # equal document counts, but law documents are ~10x longer: the histogram follows tokens
     assert est.weights["law"] > 0.8 and 0.02 < est.weights["cooking"] < 0.2
-    trimmed = sp.estimate_weights(prepared, law + cook, min_weight=0.2)
+    trimmed = estimate_weights(prepared, law + cook, min_weight=0.2)
     assert trimmed.weights == {"cooking": 0.0, "law": 1.0, "space": 0.0}
-    limited = sp.estimate_weights(prepared, law + cook, max_docs=3)
+    limited = estimate_weights(prepared, law + cook, max_docs=3)
     assert limited.n_docs == 3 and limited.weights["law"] == 1.0
 
 
@@ -57,7 +60,7 @@ def test_estimate_needs_centroids(tmp_path, env):
     meta.domain_source = {"method": "labels"}
     meta.save(copy)
     with pytest.raises(ValueError, match="no embedder and centroids_file"):
-        sp.estimate_weights(copy, ["the court"])
+        estimate_weights(copy, ["the court"])
 
 
 # ---------------------------------------------------------------- weights
@@ -72,7 +75,7 @@ def test_weights_forms(soup):
 
 
 def test_weights_file_round_trip(soup, tmp_path):
-    path = sp.save_weights(tmp_path / "w.json", torch.tensor([0.2, 0.3, 0.5]), soup.domains)
+    path = save_weights(tmp_path / "w.json", torch.tensor([0.2, 0.3, 0.5]), soup.domains)
     assert list(json.loads(path.read_text())) == soup.domains
     torch.testing.assert_close(soup.weights(str(path)), torch.tensor([0.2, 0.3, 0.5]))
 
@@ -107,7 +110,7 @@ def test_one_hot_specialist_equals_soup_instantiate(soup):
         spec = soup.specialist(d)
         onehot = torch.zeros(len(soup.domains))
         onehot[i] = 1.0
-        ref = soup.soup.instantiate(onehot)
+        ref = soup.model.instantiate(onehot)
         got = dict(spec.model.named_parameters())
         assert set(got) == set(ref)
         for name in ref:
@@ -117,11 +120,11 @@ def test_one_hot_specialist_equals_soup_instantiate(soup):
 
 def test_specialist_is_independent_of_the_soup(soup):
     spec = soup.specialist("law")
-    before = {k: v.clone() for k, v in soup.soup.instantiate(soup.weights("law")).items()}
+    before = {k: v.clone() for k, v in soup.model.instantiate(soup.weights("law")).items()}
     with torch.no_grad():
         for p in spec.model.parameters():
             p.add_(1.0)
-    after = soup.soup.instantiate(soup.weights("law"))
+    after = soup.model.instantiate(soup.weights("law"))
     assert all(torch.equal(before[k], after[k]) for k in before)
     # and different h give different models (the experts matter after training)
     a, b = soup.specialist("law").model, soup.specialist("space").model
@@ -138,13 +141,13 @@ def test_refinement_never_worse_in_sample(soup, env, lr):
     assert r.fit_loss <= r.fit_loss_start
     assert r.start_weights == start and sum(r.weights.values()) == pytest.approx(1.0, abs=1e-5)
     # the reported losses are those of the returned weights
-    docs = sp.read_texts(texts)
+    docs = read_texts(texts)
     meta = load_meta(prepared)
-    stream = sp.token_stream(docs, prepared / "tokenizer.json", meta.eos_id)
+    stream = token_stream(docs, prepared / "tokenizer.json", meta.eos_id)
     cut = int(len(stream) * 0.8)
-    params = soup.soup.instantiate(soup.weights(r.weights))
-    fit = sp.windows(stream[:cut], soup.soup.model_cfg.max_seq_len)
-    loss = sp.mean_loss(lambda x, y: soup.soup(x, targets=y, params=params)[1], fit)
+    params = soup.model.instantiate(soup.weights(r.weights))
+    fit = eval_windows(stream[:cut], soup.model.net_cfg.max_seq_len)
+    loss = mean_loss(lambda x, y: soup.model(x, targets=y, params=params)[1], fit)
     assert loss == pytest.approx(r.fit_loss, rel=1e-5)
     assert r.history[0]["fit"] == r.fit_loss_start and len(r.history) >= 2
     if r.improved:
@@ -159,18 +162,18 @@ def test_refinement_rejects_tiny_data(soup):
 # ---------------------------------------------------------------- in-house readers
 def test_readers(tmp_path):
     (tmp_path / "a.txt").write_text("first doc\nline two\n\nsecond doc\n\n\n")
-    assert sp.read_texts(tmp_path / "a.txt") == ["first doc\nline two", "second doc"]
+    assert read_texts(tmp_path / "a.txt") == ["first doc\nline two", "second doc"]
     (tmp_path / "b.jsonl").write_text('{"body": "x"}\n\n{"body": "y"}\n')
-    assert sp.read_texts(tmp_path / "b.jsonl", text_field="body") == ["x", "y"]
+    assert read_texts(tmp_path / "b.jsonl", text_field="body") == ["x", "y"]
     (tmp_path / "c.json").write_text(json.dumps(["p", {"text": "q"}]))
-    assert sp.read_texts(tmp_path / "c.json") == ["p", "q"]
+    assert read_texts(tmp_path / "c.json") == ["p", "q"]
     import datasets
 
     ds = datasets.Dataset.from_dict({"text": ["u", "v", "w"]})
     ds.to_parquet(str(tmp_path / "d.parquet"))
-    assert sp.read_texts(tmp_path / "d.parquet", max_docs=2) == ["u", "v"]
+    assert read_texts(tmp_path / "d.parquet", max_docs=2) == ["u", "v"]
     ds.save_to_disk(str(tmp_path / "saved"))
-    assert sp.read_texts(tmp_path / "saved") == ["u", "v", "w"]
+    assert read_texts(tmp_path / "saved") == ["u", "v", "w"]
 
 
 @pytest.mark.parametrize("name, content, match", [
@@ -186,12 +189,12 @@ def test_bad_inhouse_files(tmp_path, name, content, match):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(ValueError, match=match):
-        sp.read_texts(path)
+        read_texts(path)
 
 
 def test_missing_inhouse_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        sp.read_texts(tmp_path / "nope.jsonl")
+        read_texts(tmp_path / "nope.jsonl")
 
 
 # ---------------------------------------------------------------- checkpoints and tokenizers
@@ -261,9 +264,29 @@ def test_eval_sets_selection(env):
 
 def test_evaluate_refuses_a_model_of_another_tokenizer(soup, env):
     prepared, _ = env
-    net = soup.specialist("law").model
+    spec = soup.specialist("law")
+    spec.info = {**spec.info, "tokenizer_sha256": "0" * 64}
     with pytest.raises(ValueError, match="another tokenizer"):
-        evaluate({"m": (net, "0" * 64)}, eval_sets(prepared, ["val"]))
+        evaluate({"m": spec}, eval_sets(prepared, ["val"]))
+
+
+def test_evaluate_raw_texts(soup, env, tmp_path):
+    """Any text file evaluates like its token stream: the same windows and loss function as everywhere."""
+    prepared, _ = env
+    docs = make_docs("cooking", 12, seed=5)
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    spec = soup.specialist("cooking")
+    (row,) = spec.evaluate(texts=tmp_path / "mine.jsonl", max_windows=7)
+    stream = token_stream(docs, spec.tokenizer_file, spec.eos_id)
+    T = spec.model.cfg.max_seq_len
+    wins = eval_windows(stream, T, 7)
+    assert row["set"] == "mine" and row["split"] == "texts" and row["tokens"] == wins[:, 1:].numel()
+    assert row["loss"] == pytest.approx(mean_loss(lambda x, y: spec.model(x, targets=y)[1], wins), rel=1e-6)
+    n_bytes = sum(len(d.encode()) for d in docs)
+    assert row["bits_per_byte"] == pytest.approx(row["loss"] * len(stream) / n_bytes / math.log(2))
+    # the soup's own evaluate takes texts too, and a cooking text is better explained at the cooking h
+    rows = {r["model"]: r["loss"] for r in soup.evaluate(weights=["cooking", "space"], texts=docs)}
+    assert rows["soup@cooking"] < rows["soup@space"]
 
 
 def test_generate_greedy_is_deterministic_and_sampling_is_seeded(soup):
@@ -297,7 +320,13 @@ def test_import_soe_is_light():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_numpy_windows():
-    w = sp.windows(np.arange(11), 3)
+def test_eval_windows_are_non_overlapping_and_evenly_spread():
+    w = eval_windows(np.arange(11), 3)
     assert w.tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
-    assert sp.windows(np.arange(101), 10, max_windows=3)[:, 0].tolist() == [0, 40, 90]
+    assert eval_windows(np.arange(101), 10, max_windows=3)[:, 0].tolist() == [0, 40, 90]
+    assert eval_windows(np.arange(101), 10, max_windows=50).shape == (10, 11)  # all there are
+    for bad in ({"seq_len": 0}, {"max_windows": 0}):
+        with pytest.raises(ValueError):
+            eval_windows(np.arange(101), **{"seq_len": 10, **bad})
+    with pytest.raises(ValueError, match="cannot hold one window"):
+        eval_windows(np.arange(10), 10)

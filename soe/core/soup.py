@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from soe.lowrank import LowRankBank
-from soe.model import LlamaLM, ModelConfig
+from soe.core.lowrank import LowRankBank
+from soe.core.model import LlamaLM, ModelConfig
+from soe.core.weights import check_h
 
 GROUPS = ("decay", "no_decay")
 ROUTER_OUTPUTS = ("none", "softmax", "scaled")
@@ -68,21 +69,6 @@ class SoupConfig:
         if self.router_depth < 0 or self.router_hidden <= 0:
             raise ValueError(f"SoupConfig router_depth={self.router_depth}, router_hidden={self.router_hidden}: "
                              "expected depth >= 0 and hidden > 0")
-
-
-def check_h(h, k: int, name: str = "h") -> torch.Tensor:
-    """Validate domain weights and return them normalised to sum 1, as a float tensor of shape (k,)."""
-    t = torch.as_tensor(h, dtype=torch.float32) if not torch.is_tensor(h) else h
-    if t.ndim != 1 or t.numel() != k:
-        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected ({k},): one weight per domain")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name}={t.tolist()} contains NaN or inf; expected finite non-negative weights")
-    if (t < 0).any():
-        raise ValueError(f"{name}={t.tolist()} has negative entries; expected non-negative weights")
-    s = t.sum()
-    if s <= 0:
-        raise ValueError(f"{name} sums to {float(s)}; expected a positive total (a histogram over domains)")
-    return t / s
 
 
 class _Mix(torch.autograd.Function):
@@ -142,16 +128,16 @@ class Router(nn.Module):
 
 
 class SoupOfExperts(nn.Module):
-    def __init__(self, model: ModelConfig, n_domains: int, soup: SoupConfig | None = None):
+    def __init__(self, net: ModelConfig, n_domains: int, soup: SoupConfig | None = None):
         super().__init__()
         soup = soup or SoupConfig()
         if n_domains <= 0:
             raise ValueError(f"n_domains={n_domains}: a soup needs at least one domain")
-        self.model_cfg, self.soup_cfg, self.k, self.n = model, soup, n_domains, soup.n_experts
+        self.net_cfg, self.soup_cfg, self.k, self.n = net, soup, n_domains, soup.n_experts
         gen = torch.Generator().manual_seed(soup.init_seed)
-        net = LlamaLM(model)
-        net.reset_parameters(gen)
-        named = dict(net.named_parameters())
+        dense = LlamaLM(net)
+        dense.reset_parameters(gen)
+        named = dict(dense.named_parameters())
         for pat in soup.souped:
             if not any(fnmatch.fnmatchcase(nm, pat) for nm in named):
                 raise ValueError(f"SoupConfig.souped pattern {pat!r} matches no parameter; names look like "
@@ -200,7 +186,7 @@ class SoupOfExperts(nn.Module):
         # The dense network is a stateless template on the meta device: it holds no memory and
         # is hidden from nn.Module so that .to()/state_dict()/optimizers never see it.
         with torch.device("meta"):
-            object.__setattr__(self, "_template", LlamaLM(model))
+            object.__setattr__(self, "_template", LlamaLM(net))
         self._sizes = {g: [math.prod(s) for _, s in self.layout[g]] for g in GROUPS}
 
     # ---------------------------------------------------------------- soup
@@ -279,12 +265,19 @@ class SoupOfExperts(nn.Module):
 
     @torch.no_grad()
     def specialist(self, h) -> LlamaLM:
-        """A standalone dense model for domain weights h (detached copy; eval mode)."""
+        """Θ(h) as a standalone dense model in eval mode, sharing no memory with the soup.
+
+        h: (k,) domain weights (validated by `check_h`); ignored when n = 0. Tensors that are fresh
+        results of S + α·E are moved in as they are; only those that are plain views of S (shared-only
+        tensors, or every tensor when n = 0) are copied, so instantiation reads the bank once."""
         h = check_h(h, self.k) if self.n else None
         dev = next(self.parameters()).device
         params = self.instantiate(h.to(dev) if h is not None else None)
-        net = LlamaLM(self.model_cfg).to(dev)
-        net.load_state_dict({nm: t.detach().clone() for nm, t in params.items()}, strict=True)
+        soup_storage = {p.untyped_storage().data_ptr() for p in self.parameters()}
+        params = {nm: t.clone() if t.untyped_storage().data_ptr() in soup_storage else t for nm, t in params.items()}
+        with torch.device("meta"):
+            net = LlamaLM(self.net_cfg)
+        net.load_state_dict(params, strict=True, assign=True)
         return net.eval()
 
     # ---------------------------------------------------------------- bookkeeping
@@ -294,6 +287,3 @@ class SoupOfExperts(nn.Module):
         bank += sum(p.numel() for p in self.lowrank.parameters()) if self.lowrank is not None else 0
         router = sum(p.numel() for p in self.router.parameters()) if self.router else 0
         return {"shared": shared, "bank": bank, "router": router, "total": shared + bank + router}
-
-    def config_dict(self) -> dict:
-        return {"model": asdict(self.model_cfg), "soup": asdict(self.soup_cfg), "n_domains": self.k}

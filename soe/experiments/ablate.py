@@ -1,8 +1,8 @@
 """Ablations of the soup's training recipe against one generic baseline of the same budget.
 
-    python -m soe.ablate --config experiments/recipe.yaml [--only name1,name2] [--table experiments/RECIPE.md]
+    python -m soe.experiments.ablate --config experiments/recipe.yaml [--only name1,name2] [--table experiments/RECIPE.md]
 
-The config holds one experiment (see soe/experiment.py; usually dedicated: false) and a list of
+The config holds one experiment (see soe/experiments/experiment.py; usually dedicated: false) and a list of
 variants, each a set of train.py overrides for the soup only. Every variant trains one soup with the
 same data, seed, steps, batch and evaluation windows; the generic model is trained once and shared.
 Each finished variant appends one row to the results table (markdown), with the command that
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from soe.experiment import ExperimentConfig, run
-from soe.report import soe_answer
+from soe.experiments.experiment import ExperimentConfig, run
+from soe.experiments.report import soe_answer
 
 HEADER = ("| variant | change vs naive | steps | domains won (one-hot h) | mean Δ domains | sets won (estimated h) | "
           "mean Δ sets | Δ mixture (prior h) | per-domain Δ | command |\n|---|---|---|---|---|---|---|---|---|---|\n")
@@ -40,7 +40,7 @@ def summarise(name: str, change: str, res: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m soe.ablate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m soe.experiments.ablate", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="ablation YAML: {experiment: {...}, out: DIR, variants: [...]}")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
     ap.add_argument("--table", default="experiments/RECIPE.md", help="markdown file the rows are appended to")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cfg = dataclasses.replace(base, soe_overrides=list(v.get("overrides", [])))
         res = run(cfg, out / v["name"], runs_dir=out / "runs", soe_name=f"soe-{v['name']}")
-        command = f"python -m soe.ablate --config {args.config} --only {v['name']}"
+        command = f"python -m soe.experiments.ablate --config {args.config} --only {v['name']}"
         row = summarise(v["name"], v.get("change", " ".join(cfg.soe_overrides) or "—"), res, command)
         text = table.read_text() if table.exists() else ""
         with open(table, "a") as f:

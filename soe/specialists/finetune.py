@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from soe.model import LlamaLM
-from soe.specialize import mean_loss, windows
+from soe.core.model import LlamaLM
+from soe.data.windows import eval_windows
+from soe.specialists.evaluate import model_loss
 
 
 @dataclass
@@ -35,6 +36,8 @@ class FineTune:
     tokens: int
     """Training tokens seen (steps × batch × seq_len)."""
     wall_s: float
+    holdout: float
+    """Fraction of the stream held out to choose the best step."""
     history: list[dict]
     """[{step, holdout}] at every evaluation."""
 
@@ -54,11 +57,10 @@ def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float 
     if cut - 1 < T or len(stream) - cut - 1 < T:
         raise ValueError(f"in-house data too small to fine-tune: {len(stream)} tokens cannot hold one window of "
                          f"{T + 1} tokens in both the training part and the {holdout:.0%} held-out part")
-    train, held = windows(stream[:cut], T).to(dev), windows(stream[cut:], T, max_windows=256).to(dev)
+    train, held = eval_windows(stream[:cut], T).to(dev), eval_windows(stream[cut:], T, max_windows=256).to(dev)
 
     def held_loss() -> float:
-        model.eval()
-        return mean_loss(lambda x, y: model(x, targets=y)[1], held)
+        return model_loss(model, held)
 
     start = held_loss()
     best = (start, 0, {k: v.detach().clone() for k, v in model.state_dict().items()})
@@ -95,4 +97,4 @@ def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float 
     wall = time.perf_counter() - t0
     model.load_state_dict(best[2])
     model.eval()
-    return FineTune(start, best[0], best[1], steps, steps * min(batch_size, len(train)) * T, wall, hist)
+    return FineTune(start, best[0], best[1], steps, steps * min(batch_size, len(train)) * T, wall, holdout, hist)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from soe.core.weights import check_h  # one validation rule for h everywhere
+
 DOMAIN_SAMPLING = ("uniform", "prior")
 
 
@@ -59,8 +61,6 @@ class MetaDistribution:
         if cfg.fixed_h == "prior":
             self.fixed = self.prior
         elif cfg.fixed_h is not None:
-            from soe.soup import check_h  # one validation rule for h everywhere
-
             check_h(list(cfg.fixed_h), k, "mixture.fixed_h")  # validation only: it normalises in float32
             self.fixed = np.asarray(cfg.fixed_h, dtype=np.float64) / float(np.sum(cfg.fixed_h))
         self.s = k if cfg.support_size in (0,) or cfg.support_size > k else cfg.support_size

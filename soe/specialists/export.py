@@ -1,7 +1,7 @@
 """Write and read standalone dense specialists.
 
 Two formats, both a directory holding ``model.safetensors`` with Hugging Face ``LlamaForCausalLM``
-parameter names (no renaming: ``soe.model`` already uses them) and the prepared data's
+parameter names (no renaming: ``soe.core.model`` already uses them) and the prepared data's
 ``tokenizer.json`` copied byte for byte (so its sha256 still matches the data's meta.json):
 
     hf   config.json (LlamaConfig), tokenizer_config.json, + soe_specialist.json
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from soe.model import LlamaLM, ModelConfig
+from soe.core.model import LlamaLM, ModelConfig
 
 FORMATS = ("hf", "soe")
 SOE_FILE = "soe_specialist.json"

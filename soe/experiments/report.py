@@ -1,4 +1,4 @@
-"""Markdown tables and PNG plots for an experiment's results.json (see soe/experiment.py)."""
+"""Markdown tables and PNG plots for an experiment's results.json (see soe/experiments/experiment.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ from pathlib import Path
 
 MODEL_COLUMNS = (("generic", "generic"), ("soe_hist", "SoE (histogram h)"), ("soe_refined", "SoE (refined h)"),
                  ("dedicated", "dedicated"))
-
-
-def _fmt(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f}"
 
 
 def soe_answer(row: dict) -> float:
@@ -190,6 +186,30 @@ def plot_bars(out: Path, results: dict, domains: list[str]) -> list[Path]:
     return paths
 
 
+def evaluation_line(results: dict) -> str:
+    """How the losses above were measured, from what the experiment recorded."""
+    e = results["eval"]
+    return (f"Losses: token-mean next-token loss of each model as a dense network on at most {e['windows']} "
+            f"non-overlapping windows of {e['seq_len']} tokens per set, evenly spread (soe/data/windows.py; "
+            "`soe evaluate --windows` measures the same).")
+
+
+def budget_line(results: dict) -> str:
+    """What the experiment checked about the runs' budgets (it refuses to train runs whose tokens differ)."""
+    runs = results["runs"]
+    tokens = {r["tokens"] for r in runs.values()}
+    if len(tokens) != 1:  # only possible for runs reused from an older experiment (soe.experiments --runs)
+        return "**The runs did not see the same tokens**: " + ", ".join(f"{n} {r['tokens']:,}" for n, r in runs.items())
+    b = next(iter(runs.values())).get("budget")
+    how = ""
+    if b:
+        how = f" ({b['steps']} steps × {b['batch_size']} sequences × {b['seq_len']} tokens"
+        how += (f" × {b['accumulate']} accumulated" if b["accumulate"] != 1 else "")
+        how += (f" × {b['processes']} processes" if b["processes"] != 1 else "") + ")"
+    return (f"Every run saw the same {tokens.pop():,} training tokens{how}: checked on the resolved training "
+            "configurations before training, and on each trained run.")
+
+
 def write_report(results: dict, out: Path, domains: list[str]) -> Path:
     runs = results["runs"]
     figures = [plot_curves(out, domains, Path(runs["soe"]["dir"]), Path(runs["generic"]["dir"])),
@@ -200,14 +220,16 @@ def write_report(results: dict, out: Path, domains: list[str]) -> Path:
                   set_table(results), "",
                   "*SoE − generic* and *gap closed* use the SoE at the refined h when it was computed (chosen on the in-house "
                   "sample, never on the evaluation split), else at the histogram h; gap closed = (generic − SoE) ÷ "
-                  "(generic − dedicated), 100 % matches the dedicated model, negative: SoE behind generic.", ""]
+                  "(generic − dedicated), 100 % matches the dedicated model, negative: SoE behind generic. "
+                  + evaluation_line(results), ""]
     ft = finetune_table(results)
     if ft:
-        parts += ["## Fine-tuned on the in-house sample (same procedure for both; soe/finetune.py)", "", ft, "",
-                  "Each model is fine-tuned on the set's in-house tokens (90 %; the other 10 % picks the best step, "
-                  "step 0 = unchanged) and evaluated on the same evaluation split as above.", ""]
-    parts += ["## Pretraining domains (validation split)", "", domain_table(results), "",
-              "## Training cost (equal tokens for every run)", "", cost_table(results), "", amortised_cost(results), "",
+        held = next(r["generic_ft_run"]["holdout"] for r in results["sets"].values() if "generic_ft_run" in r)
+        parts += ["## Fine-tuned on the in-house sample (same procedure for both; soe/specialists/finetune.py)", "", ft, "",
+                  f"Each model is fine-tuned on the set's in-house tokens ({1 - held:.0%}; the other {held:.0%} picks the "
+                  "best step, step 0 = unchanged) and evaluated on the same evaluation split as above.", ""]
+    parts += ["## Pretraining domains (validation split)", "", domain_table(results), "", evaluation_line(results), "",
+              "## Training cost", "", budget_line(results), "", cost_table(results), "", amortised_cost(results), "",
               "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
     margin = margin_table(domains, Path(runs["soe"]["dir"]), Path(runs["generic"]["dir"]))
     if margin:

@@ -161,15 +161,3 @@ def open_shard(directory: str | os.PathLike, meta: Meta, domain: str, split: str
     if expected is not None and expected != size // itemsize:
         raise ValueError(f"shard {path}: holds {size // itemsize} tokens, meta.json says {expected}")
     return np.memmap(path, dtype=meta.dtype, mode="r")
-
-
-def write_tokens_atomic(path: str | os.PathLike, tokens: np.ndarray) -> None:
-    """Write a token array to ``path`` via a temporary file so a crash never leaves a finished-looking shard."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        tokens.tofile(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -1,0 +1,153 @@
+"""Evaluate dense models: loss, perplexity and bits per byte on prepared sets or on any text.
+
+The loss of a model on a token array is the token-mean next-token loss over the windows of
+`soe.data.windows.eval_windows` (`mean_loss`); validation during training, experiments, ablations and
+``soe evaluate`` all measure it that way, so their numbers agree for the same windows.
+
+An evaluation set is either one domain's split of a prepared directory (the pretraining domains'
+validation shards, or a specialist set under ``<prepared>/specialists/``), or raw documents
+(txt/jsonl/json/parquet/`datasets`/``hf:``), tokenised with each model's own tokenizer and joined with
+EOS as the shards are.
+
+bits/byte = loss (nats/token) · tokens/bytes of the set / ln 2 (tokens include the EOS separators, bytes
+are the UTF-8 bytes of the text); perplexity = e^loss per token; byte perplexity = 2^(bits/byte).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from soe.core.model import LlamaLM
+from soe.data.shards import Meta, check_tokenizer, load_meta, open_shard
+from soe.data.text import read_texts, token_stream
+from soe.data.windows import eval_windows
+
+DEFAULT_WINDOWS = 512
+"""Windows per set evaluated by default (512 × 128 tokens ≈ 65k tokens for the demo model)."""
+
+
+class DenseModel(Protocol):
+    """What evaluation needs of a model: `soe.api.Specialist` is one."""
+
+    model: LlamaLM
+    tokenizer_file: Path
+    eos_id: int
+    tokenizer_sha256: str | None
+
+
+@torch.no_grad()
+def mean_loss(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], wins: torch.Tensor,
+              batch_size: int = 32) -> float:
+    """Token-mean next-token loss of ``forward(x, y) -> mean loss`` over windows (W, T+1)."""
+    total, count = 0.0, 0
+    for i in range(0, len(wins), batch_size):
+        b = wins[i:i + batch_size]
+        total += float(forward(b[:, :-1], b[:, 1:])) * b[:, 1:].numel()
+        count += b[:, 1:].numel()
+    return total / count
+
+
+def model_loss(net: LlamaLM, wins: torch.Tensor, batch_size: int = 32) -> float:
+    """`mean_loss` of a dense model (eval mode, on its own device)."""
+    dev = next(net.parameters()).device
+    net.eval()
+    return mean_loss(lambda x, y: net(x.to(dev), y.to(dev))[1], wins, batch_size)
+
+
+@dataclass
+class EvalSet:
+    """One evaluation set: a domain's split of a prepared directory, or raw documents."""
+
+    name: str
+    directory: Path | None = None
+    meta: Meta | None = None
+    domain: str | None = None
+    split: str = "val"
+    docs: list[str] | None = field(default=None, repr=False)
+
+    def tokens(self, m: DenseModel) -> tuple[np.ndarray, float | None]:
+        """The token array ``m`` is evaluated on, and the set's tokens per byte (None if unknown)."""
+        if self.docs is not None:
+            stream = token_stream(self.docs, m.tokenizer_file, m.eos_id)
+            return stream, len(stream) / sum(len(d.encode("utf-8")) for d in self.docs)
+        check_tokenizer(self.meta, self.directory, expected_sha256=m.tokenizer_sha256,
+                        expected_vocab=m.model.cfg.vocab_size)
+        shard = open_shard(self.directory, self.meta, self.domain, self.split)
+        n_bytes = self.meta.bytes.get(self.domain, {}).get(self.split)
+        n_tok = self.meta.tokens.get(self.domain, {}).get(self.split, len(shard))
+        return shard, (n_tok / n_bytes if n_bytes else None)
+
+
+def eval_sets(data_dir: str | os.PathLike, which: list[str] | None = None, split: str = "val") -> list[EvalSet]:
+    """Sets named by ``which``: 'val' (every pretraining domain), 'specialists' (every specialist
+    set), a specialist set's name, or a path to any prepared directory. Default: val + specialists."""
+    data_dir = Path(data_dir)
+    meta = load_meta(data_dir)
+    which = which or ["val", "specialists"]
+    out: list[EvalSet] = []
+
+    def add_named(name: str, d: Path) -> None:
+        m = load_meta(d)
+        if name in m.domains:  # the usual layout: specialists/meta.json lists every set as a domain
+            out.append(EvalSet(name, d, m, name, split))
+            return
+        for dom in m.domains:
+            out.append(EvalSet(name if len(m.domains) == 1 else f"{name}/{dom}", d, m, dom, split))
+
+    for w in which:
+        if w == "val":
+            out += [EvalSet(d, data_dir, meta, d, split) for d in meta.domains]
+        elif w == "specialists":
+            for name, rel in meta.specialists.items():
+                add_named(name, data_dir / rel)
+        elif w in meta.specialists:
+            add_named(w, data_dir / meta.specialists[w])
+        elif Path(w).is_dir() and (Path(w) / "meta.json").is_file():
+            add_named(Path(w).name, Path(w))
+        else:
+            raise ValueError(f"evaluation set {w!r} unknown: expected 'val', 'specialists', one of "
+                             f"{sorted(meta.specialists)} or a prepared directory")
+    if not out:
+        raise ValueError(f"{data_dir}: no evaluation sets selected by {which}")
+    return out
+
+
+def text_set(source, text_field: str = "text", max_docs: int | None = None, name: str | None = None) -> EvalSet:
+    """Raw documents as an evaluation set (see `soe.data.text.read_texts` for the accepted inputs)."""
+    docs = read_texts(source, text_field, max_docs)
+    return EvalSet(name or (Path(str(source)).stem if not isinstance(source, (list, tuple)) else "texts"), docs=docs)
+
+
+def evaluate(models: dict[str, DenseModel], sets: list[EvalSet], max_windows: int | None = DEFAULT_WINDOWS,
+             batch_size: int = 16) -> list[dict]:
+    """One row per (model, set): loss over at most ``max_windows`` windows of the model's max_seq_len."""
+    if max_windows is not None and max_windows <= 0:
+        raise ValueError(f"max_windows={max_windows} must be positive")
+    rows = []
+    for es in sets:
+        for label, m in models.items():
+            stream, tok_per_byte = es.tokens(m)
+            T = min(m.model.cfg.max_seq_len, len(stream) - 1)
+            wins = eval_windows(stream, T, max_windows)
+            loss = model_loss(m.model, wins, batch_size)
+            bpb = loss * tok_per_byte / math.log(2) if tok_per_byte else None
+            rows.append({"model": label, "set": es.name, "split": es.split if es.docs is None else "texts",
+                         "tokens": int(wins[:, 1:].numel()), "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+                         "bits_per_byte": bpb, "byte_perplexity": 2.0 ** bpb if bpb is not None else None})
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ("| model | set | tokens | loss (nats/token) | perplexity | bits/byte | byte perplexity |\n"
+            "|---|---|---:|---:|---:|---:|---:|\n")
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    return head + "\n".join(f"| {r['model']} | {r['set']} | {r['tokens']} | {r['loss']:.4f} | "
+                            f"{fmt(r['perplexity'], '.2f')} | {fmt(r['bits_per_byte'], '.4f')} | "
+                            f"{fmt(r['byte_perplexity'], '.3f')} |" for r in rows) + "\n"

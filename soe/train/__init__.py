@@ -1,0 +1,2 @@
+"""Training with Lightning: the module (module.py), its optimizer (optim.py), checkpoints written
+(callbacks.py) and read back (checkpoint.py), and the LightningCLI behind train.py (cli.py)."""
