@@ -59,13 +59,17 @@ def build_data(fixture: bool) -> tuple[str, bool]:
     return "data/fixture", True
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python demo.py", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="demo_out", help="where runs, results.json and report.md go")
     ap.add_argument("--config", default="experiments/demo.yaml", help="experiment config")
     ap.add_argument("--fixture", action="store_true", help="skip the package corpus; use the committed fixture")
     ap.add_argument("--max-steps", type=int, default=None, help="override every run's training steps (smoke tests)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     data_dir, fell_back = build_data(args.fixture)
     cfg = load_config(args.config)

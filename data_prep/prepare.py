@@ -238,12 +238,16 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print) -> Meta:
     return meta
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Prepare token shards from a YAML spec (see data_prep/README.md).")
     ap.add_argument("--config", required=True, help="YAML spec, e.g. data_prep/configs/demo.yaml")
     ap.add_argument("--out", default=None, help="prepared directory (overrides the config's 'out')")
     ap.add_argument("--force", action="store_true", help="re-run every stage")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     try:
         run(C.load_config(a.config, a.out), force=a.force)
     except (C.ConfigError, SourceError, DomainError, build_offline_corpus.MissingError) as e:

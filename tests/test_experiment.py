@@ -39,9 +39,53 @@ def test_tiny_experiment_report(fixture_prepared, tmp_path, monkeypatch):
     for png in ("loss_curves.png", "weights.png", "alpha.png"):
         assert (out / png).stat().st_size > 10_000, png  # a real figure, not an empty canvas
     assert json.loads((out / "results.json").read_text())["sets"].keys() == results["sets"].keys()
+    assert f"Every run saw the same {tokens.pop():,} training tokens (4 steps × 8 sequences × 64 tokens)" in report
+    assert "at most 4 non-overlapping windows of 64 tokens" in report and "(90%; the other 10%" in report
     # a second run reuses the finished training runs instead of retraining
     again = run(cfg, out)
     assert again["runs"]["soe"]["wall_s"] == results["runs"]["soe"]["wall_s"]
+
+
+def test_report_losses_equal_soe_evaluate(fixture_prepared, tmp_path, monkeypatch, capsys):
+    """One loss function: the experiment's numbers are what `soe evaluate` prints for the same windows."""
+    from soe.cli import main as soe_main
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(ROOT / "experiments/tiny.yaml")
+    cfg.data_dir, cfg.max_steps, cfg.eval_windows = str(fixture_prepared), 3, 5
+    cfg.dedicated = cfg.refine = cfg.finetune = False
+    cfg.overrides = cfg.overrides + ["--model.net.n_layer=1"]
+    results = run(cfg, tmp_path / "exp")
+    row = results["sets"]["austen"]
+    (tmp_path / "h.json").write_text(json.dumps(row["h_hist"]))
+    runs = tmp_path / "exp" / "runs"
+    args = ["--data", str(fixture_prepared), "--windows", "5", "--json", str(tmp_path / "rows.json")]
+    assert soe_main(["evaluate", "--ckpt", str(runs / "soe"), "--weights", str(tmp_path / "h.json"),
+                     "--weights", "code", "--sets", "austen,val", *args]) == 0
+    got = {(r["model"], r["set"]): r["loss"] for r in json.loads((tmp_path / "rows.json").read_text())}
+    h = f"soup@{tmp_path / 'h.json'}"
+    assert got[(h, "austen")] == pytest.approx(row["soe_hist"], rel=1e-6)
+    assert got[("soup@code", "code")] == pytest.approx(results["domains"]["code"]["soe_onehot"], rel=1e-6)
+    assert soe_main(["evaluate", "--ckpt", str(runs / "generic"), "--sets", "austen,val", *args]) == 0
+    got = {r["set"]: r["loss"] for r in json.loads((tmp_path / "rows.json").read_text())}
+    assert got["austen"] == pytest.approx(row["generic"], rel=1e-6)
+    assert got["legal"] == pytest.approx(results["domains"]["legal"]["generic"], rel=1e-6)
+    capsys.readouterr()
+
+
+def test_runs_with_different_token_budgets_are_refused_before_training(fixture_prepared, tmp_path, monkeypatch):
+    from soe.experiments.experiment import plan
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(ROOT / "experiments/tiny.yaml")
+    cfg.data_dir = str(fixture_prepared)
+    cfg.soe_overrides = ["--data.batch_size=4"]
+    with pytest.raises(ValueError, match=r"not see the same tokens(.|\n)*soe: 20 steps × 4 × 64 tokens = 5,120"):
+        plan(cfg, tmp_path / "runs", "soe", {})
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+    cfg.soe_overrides, cfg.max_steps = [], 7
+    planned = plan(cfg, tmp_path / "runs", "soe", {})
+    assert {b.tokens for _, _, b in planned.values()} == {7 * 8 * 64}
 
 
 def test_bad_experiment_config(tmp_path):

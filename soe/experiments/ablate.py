@@ -39,12 +39,16 @@ def summarise(name: str, change: str, res: dict, command: str) -> str:
             f"{per_domain} | `{command}` |\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m soe.experiments.ablate", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="ablation YAML: {experiment: {...}, out: DIR, variants: [...]}")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
     ap.add_argument("--table", default="experiments/RECIPE.md", help="markdown file the rows are appended to")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         raw = yaml.safe_load(Path(args.config).read_text())
         unknown = set(raw) - {"experiment", "out", "variants"}

@@ -183,13 +183,17 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m soe.experiments", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="experiment YAML (see experiments/*.yaml)")
     ap.add_argument("--out", default=None, help="output directory (default: experiments/out/<config name>)")
     ap.add_argument("--runs", default=None, help="training runs directory to reuse/extend (default: OUT/runs), "
                                                  "e.g. another experiment's runs for a variant of its evaluation")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config)
         out = Path(args.out or Path("experiments/out") / Path(args.config).stem)
