@@ -5,7 +5,7 @@
 
 floor = bank bytes ÷ copy bandwidth, where the copy bandwidth is measured here by timing a torch
 copy of a tensor the size of the bank (so floor = the time to copy the bank once). Instantiation
-must read the whole bank at least once, so ratio = instantiate ÷ floor; target ≤ 1.5 (DESIGN.md §3).
+must read the whole bank at least once, so ratio = instantiate ÷ floor; target ≤ 1.5 (docs/soup.md, targets).
 Also reported: the whole path to a standalone model (`SoupOfExperts.specialist`: instantiate, copy the
 shared-only tensors, build the dense LlamaLM), for reference.
 Runs in well under a minute on 2 CPU cores.

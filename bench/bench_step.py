@@ -144,7 +144,7 @@ def main(argv=None) -> list[dict]:
     fused = not args.foreach
     rows = [compare("tiny", 8, 10 * it, fused, repeats=rep),
             compare("demo", 8, it, fused, show_breakdown=True, repeats=rep)]
-    print(f"  demo n=8: SoE÷dense {rows[-1]['ratio']:.3f} → {verdict(rows[-1]['ratio'], 1.10)} (DESIGN §3; issue: ≤ 1.25); "
+    print(f"  demo n=8: SoE÷dense {rows[-1]['ratio']:.3f} → {verdict(rows[-1]['ratio'], 1.10)} (docs/soup.md targets; issue: ≤ 1.25); "
           f"overhead÷floor {rows[-1]['overhead_vs_floor']:.2f} → {verdict(rows[-1]['overhead_vs_floor'], 1.3)}")
     for n in (4, 16, 64):
         rows.append(compare("demo", n, it, fused, repeats=rep))

@@ -6,7 +6,7 @@ and peak memory of the shard stage as the corpus grows 4x (it should stay flat: 
 The corpus is the committed fixture replicated to --mb MB (each copy tagged so dedupe keeps it),
 or, with --corpus, the first --mb MB of a built offline corpus. The shard stage runs in a child
 process (stages 1-3 already complete, so it only tokenises) and reports its own peak RSS.
-Target (shared/DESIGN.md): ratio >= 0.8. Takes about a minute on 2 cores with the defaults.
+Target (docs/soup.md, targets): ratio >= 0.8. Takes about a minute on 2 cores with the defaults.
 """
 
 from __future__ import annotations

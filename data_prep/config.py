@@ -136,7 +136,7 @@ class PrepareConfig:
     shards: ShardsSpec = field(default_factory=ShardsSpec)
     specialists: SpecialistsSpec = field(default_factory=SpecialistsSpec)
     offline_corpus: OfflineCorpusSpec | None = None
-    """If set, first assemble the Debian/PyPI corpus of DATA.md (skipped when already built)."""
+    """If set, first assemble the Debian/PyPI corpus of docs/corpus.md (skipped when already built)."""
 
 
 def _build(cls, raw: Any, where: str):

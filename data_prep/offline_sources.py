@@ -3,7 +3,7 @@
 Each `Source` names its domain, the packages it needs, its licence and an extractor
 ``fn(root: Path) -> Iterator[str]`` that yields raw documents from the directory where the
 packages were unpacked (``root/<package>/...``, the result of ``dpkg-deb -x`` / unzipping).
-Facts (paths, formats) are those listed in ``shared/DATA.md`` (checked on Debian 12).
+Facts (paths, formats) are those listed in docs/corpus.md (checked on Debian 12).
 """
 
 from __future__ import annotations

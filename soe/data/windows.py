@@ -8,7 +8,7 @@ next-token loss over the windows chosen here:
     all of them, or ``max_windows`` of them spread evenly over the array when there are more.
 
 The same model on the same array with the same (seq_len, max_windows) therefore gets the same number
-from every tool (tests/test_evaluation.py checks the report against ``soe evaluate``).
+from every tool (tests/test_experiment.py checks the report against ``soe evaluate``).
 """
 
 from __future__ import annotations
