@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,12 +49,17 @@ class _ParseOnly(SoupCLI):
     def instantiate_classes(self) -> None:  # resolve and validate the configuration, build nothing
         pass
 
+    def _set_seed(self) -> None:  # nor seed anything
+        pass
+
 
 def budget(fit_args: list[str]) -> Budget:
     """The token budget of ``python train.py <fit_args>`` (fit_args starts with 'fit')."""
     if not fit_args or fit_args[0] != "fit":
         raise ValueError(f"expected train.py fit arguments, got {fit_args[:2]}")
-    c = _ParseOnly(SoupModule, SoupDataModule, args=fit_args[1:], run=False, auto_configure_optimizers=False).config
+    with warnings.catch_warnings():  # LightningCLI warns that the experiment's own argv differs from args
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        c = _ParseOnly(SoupModule, SoupDataModule, args=fit_args[1:], run=False, auto_configure_optimizers=False).config
     devices = c.trainer.devices
     processes = (devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 0) \
         * int(c.trainer.num_nodes or 1)
