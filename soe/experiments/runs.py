@@ -102,7 +102,7 @@ def train(name: str, runs_dir: Path, args: list[str], extra: list[str], plan: Bu
     # An interrupted run with the same command resumes from its last checkpoint (exact resume: the data
     # module's state travels in the checkpoint) instead of starting over.
     launch = run_dir / "launch.json"  # the exact command, written before training starts
-    want = {"config": args[2], "args": args}
+    want = {"config": args[args.index("--config") + 1], "args": args}
     if ckpt.is_file() and launch.is_file() and json.loads(launch.read_text()) == want:
         print(f"[experiment] {name}: resuming the interrupted run from {ckpt}", flush=True)
         args = args + [f"--ckpt_path={ckpt}"]
