@@ -26,6 +26,7 @@ BENCHES = [
     ("memory", "bench.bench_memory", [], []),
     ("distributed", "bench.bench_distributed", [], []),
     ("tokenize", "bench.bench_tokenize", [], []),
+    ("embed", "bench.bench_embed", [], ["--n", "500", "--k", "16"]),
 ]
 
 

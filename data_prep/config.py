@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from soe.data.embed import EMBEDDER_KINDS
 from soe.data.shards import dtype_for_vocab
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -77,7 +78,8 @@ class DomainsSpec:
     order: list[str] | None = None
     """labels: the fixed domain order (index i of h); default: sorted labels. Every name must get documents."""
     embedder: dict[str, Any] = field(default_factory=lambda: {"kind": "tfidf"})
-    """soe.data.embed spec: {'kind': 'minilm', ...} or {'kind': 'tfidf', 'svd_dim': 128, ...}."""
+    """soe.data.embed spec: {'kind': 'minilm', ...}, {'kind': 'tfidf', 'svd_dim': 128, ...} or
+    {'kind': 'model2vec', 'pca_dims': 256} (distilled from MiniLM; bench/bench_embed.py compares them)."""
     centroid_sample: int = 64
     """labels: random chunks per domain whose mean embedding is the domain centroid."""
     k: int = 8
@@ -193,8 +195,8 @@ def validate(cfg: PrepareConfig) -> PrepareConfig:
     d = cfg.domains
     if d.method not in ("labels", "kmeans"):
         raise ConfigError(f"domains.method={d.method!r}: expected 'labels' or 'kmeans'")
-    if d.embedder.get("kind") not in ("minilm", "tfidf"):
-        raise ConfigError(f"domains.embedder.kind={d.embedder.get('kind')!r}: expected 'minilm' or 'tfidf'")
+    if d.embedder.get("kind") not in EMBEDDER_KINDS:
+        raise ConfigError(f"domains.embedder.kind={d.embedder.get('kind')!r}: expected one of {EMBEDDER_KINDS}")
     if d.order is not None and (len(set(d.order)) != len(d.order) or not all(NAME_RE.match(x) for x in d.order)):
         raise ConfigError(f"domains.order={d.order!r}: expected unique names matching {NAME_RE.pattern}")
     _positive(d.centroid_sample, "domains.centroid_sample")

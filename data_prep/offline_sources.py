@@ -289,6 +289,22 @@ def kjv(root: Path) -> Iterator[str]:
     yield from (b for b in re.split(r"\n(?=\n[1-3A-Z][A-Za-z ]+ 1\n)", out) if b.strip())  # one doc per book
 
 
+# Held-out specialist sets only (never pretraining): languages and manuals the corpus above lacks.
+def ruby_stdlib(root: Path) -> Iterator[str]:
+    for p in _files(root, "libruby3.1/usr/lib/ruby/3.1.0/**/*.rb"):
+        yield _read(p)
+
+
+def vim_help(root: Path) -> Iterator[str]:
+    for p in _files(root, "vim-runtime/usr/share/vim/vim90/doc/*.txt"):
+        yield _read(p)
+
+
+def r_manuals(root: Path) -> Iterator[str]:
+    for p in _files(root, "r-doc-html/usr/share/R/doc/manual/*.html"):
+        yield html_to_text(_read(p))
+
+
 SOURCES: list[Source] = [
     Source("python_stdlib", "code", (), (), "PSF-2.0", python_stdlib),
     Source("go_src", "code", ("golang-1.19-src",), (), "BSD-3-Clause", go_src),
@@ -317,4 +333,7 @@ SOURCES: list[Source] = [
     Source("python_changelog", "changelog", ("python3.11-doc",), (), "PSF-2.0", python_changelog),
     Source("debian_changelogs", "changelog", (), (), "per package (see /usr/share/doc/*/copyright)", changelogs),
     Source("debian_handbook", "multilingual", ("debian-handbook",), (), "GPL-2+ / CC-BY-SA-3.0", debian_handbook),
+    Source("ruby_stdlib", "code", ("libruby3.1",), (), "Ruby or BSD-2-Clause", ruby_stdlib),
+    Source("vim_help", "techdocs", ("vim-runtime",), (), "Vim licence (GPL-compatible)", vim_help),
+    Source("r_manuals", "techdocs", ("r-doc-html",), (), "GPL-2+", r_manuals),
 ]

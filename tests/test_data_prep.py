@@ -221,6 +221,12 @@ def test_kmeans_recovers_planted_domains(tmp_path, hierarchy):
     new = planted_mixture(tmp_path, n=10, seed=1)
     got = nearest_centroid(emb.encode([r["text"] for r in new]), np.load(out / "centroids.npy"))
     assert np.mean([g == majority[r["label"]] for g, r in zip(got, new)]) > 0.95
+    # and `soe estimate-weights` on an in-house file of one planted domain puts its weight on that cluster
+    from soe.specialists.estimate import estimate_weights
+    inhouse = tmp_path / "inhouse.jsonl"
+    write_jsonl(inhouse, [r for r in new if r["label"] == "d2"])
+    est = estimate_weights(out, str(inhouse))
+    assert est.weights[meta.domains[majority["d2"]]] > 0.9, est.weights
 
 
 def test_chunk_pack_dedupe():

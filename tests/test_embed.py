@@ -63,3 +63,29 @@ def test_minilm_offline_unit_norm_bounded_prefix(minilm):
     y = minilm.encode([a[:200] + "tail one " * 50, a[:200] + "something else entirely " * 40])
     np.testing.assert_allclose(y[0], y[1], atol=1e-5)  # only the first prefix_chars characters count
     assert minilm.encode([]).shape == (0, 384)
+
+
+def test_model2vec_errors(tmp_path):
+    from soe.data.embed import Model2VecEmbedder
+    with pytest.raises(RuntimeError, match="before fit"):
+        Model2VecEmbedder().encode(["x"])
+    with pytest.raises(FileNotFoundError, match="embedder_model2vec"):
+        build_embedder({"kind": "model2vec"}, root=tmp_path)
+
+
+@pytest.mark.slow
+def test_model2vec_distilled_offline_save_load_identical(tmp_path):
+    """Distilled from the shipped MiniLM weights (no network), saved next to meta.json, reloaded from its
+    spec exactly as estimation does; code and prose land far apart."""
+    import os
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    emb = build_embedder({"kind": "model2vec", "pca_dims": 32}).fit()
+    emb.save(tmp_path)
+    spec = json.loads(json.dumps(emb.spec()))
+    again = build_embedder(spec, root=tmp_path)
+    x, y = emb.encode(TEXTS), again.encode(TEXTS)
+    assert x.shape == (60, 32) and x.dtype == np.float32 and spec["dim"] == 32
+    np.testing.assert_allclose(x, y, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-4)
+    sim = x @ x.T
+    assert sim[:30, :30].mean() > sim[:30, 30:].mean() + 0.2  # cats with cats, code with code

@@ -15,11 +15,19 @@ def test_tiny_experiment_report(fixture_prepared, tmp_path, monkeypatch):
     cfg = load_config(ROOT / "experiments/tiny.yaml")
     cfg.data_dir, cfg.max_steps, cfg.eval_windows = str(fixture_prepared), 4, 4
     cfg.overrides = cfg.overrides + ["--trainer.val_check_interval=2", "--model.net.n_layer=1"]
+    cfg.budgets, cfg.bootstrap = [2], 300
     out = tmp_path / "exp"
     results = run(cfg, out)
     sets = ["austen", "go", "metamath"]
     assert sorted(results["sets"]) == sets
     assert set(results["runs"]) == {"generic", "soe"} | {f"dedicated-{s}" for s in sets}
+    # the budget curve: its own runs at 2 steps, then the main runs' 4 steps, each set with an interval
+    curve = results["curve"]
+    assert [p["steps"] for p in curve] == [2, 4] and (out / "runs" / "soe-2steps" / "run.json").is_file()
+    assert curve[1]["sets"]["go"]["soe_hist"] == pytest.approx(results["sets"]["go"]["soe_hist"], rel=1e-6)
+    for p in curve:
+        for v in p["sets"].values():
+            assert v["ci"][0] <= v["delta"] <= v["ci"][1] and v["delta"] == pytest.approx(v["soe_hist"] - v["generic"])
     tokens = {r["tokens"] for r in results["runs"].values()}
     assert len(tokens) == 1  # equal token budgets for every column
     for s, row in results["sets"].items():
@@ -27,16 +35,19 @@ def test_tiny_experiment_report(fixture_prepared, tmp_path, monkeypatch):
             assert 0 < row[key] < 20, (s, key, row[key])
         assert abs(sum(row["h_hist"].values()) - 1) < 1e-5
         assert row["refine_fit"][1] <= row["refine_fit"][0]  # refinement never worse in-sample
+        for key in ("soe_hist", "soe_refined", "dedicated"):  # paired intervals around each difference
+            lo, hi = row[f"ci_{key}"]
+            assert lo <= row[key] - row["generic"] + 1e-9 and row[key] - row["generic"] <= hi + 1e-9
         for key in ("generic_ft", "soe_ft"):  # both start points fine-tuned by the same procedure
             ft = row[key + "_run"]
             assert 0 < row[key] < 20 and ft["steps"] == 6 and ft["holdout_loss"] <= ft["holdout_loss_start"]
     report = (out / "report.md").read_text()
-    for heading in ("Held-out specialist sets", "Fine-tuned on the in-house sample", "Pretraining domains", "Training cost", "Margin over training", "Commands"):
+    for heading in ("Held-out specialist sets", "against the token budget", "Fine-tuned on the in-house sample", "Pretraining domains", "Training cost", "Margin over training", "Commands"):
         assert heading in report
     for s in sets:
         assert f"| {s} |" in report
     assert "plus N instantiations" in report and "for these 3" in report
-    for png in ("loss_curves.png", "weights.png", "alpha.png"):
+    for png in ("loss_curves.png", "weights.png", "alpha.png", "budget_curve.png"):
         assert (out / png).stat().st_size > 10_000, png  # a real figure, not an empty canvas
     assert json.loads((out / "results.json").read_text())["sets"].keys() == results["sets"].keys()
     assert f"Every run saw the same {tokens.pop():,} training tokens (4 steps × 8 sequences × 64 tokens)" in report
@@ -210,6 +221,32 @@ def test_report_never_picks_the_soe_column_on_the_evaluation_split():
 
     row = {"generic": 5.0, "soe_hist": 4.8, "soe_refined": 4.9, "dedicated": 4.6}  # refined worse on eval
     assert soe_answer(row) == 4.9  # the refined h is the answer when it was computed
-    line = set_table({"sets": {"x": row}}).splitlines()[-1]
-    assert line.endswith("| -0.100 | 25% |"), line
+    lines = set_table({"sets": {"x": row}}).splitlines()
+    assert lines[-2].endswith("| -0.100 | 25% |"), lines[-2]
+    assert lines[-1].startswith("| **mean** |") and lines[-1].endswith(" -0.100 | 25% |"), lines[-1]
+    row["ci_soe_refined"] = [-0.15, -0.05]
+    assert set_table({"sets": {"x": row}}).splitlines()[-2].endswith("| -0.100 [-0.150, -0.050] | 25% |")
     assert soe_answer({"generic": 5.0, "soe_hist": 4.8}) == 4.8
+
+
+def test_window_losses_average_to_model_loss_and_intervals_cover_the_truth():
+    import numpy as np
+    import torch
+
+    from soe.core.model import LlamaLM, ModelConfig
+    from soe.specialists.evaluate import model_loss, paired_interval, window_losses
+
+    torch.manual_seed(0)
+    net = LlamaLM(ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=16, max_seq_len=16))
+    wins = torch.randint(0, 64, (9, 17))
+    per = window_losses(net, wins, batch_size=4)
+    assert per.shape == (9,) and per.mean() == pytest.approx(model_loss(net, wins, batch_size=4), rel=1e-6)
+    rng = np.random.default_rng(0)  # paired windows: a is b shifted by -0.1 plus noise
+    b = rng.normal(3.0, 1.0, 400)
+    a = b - 0.1 + rng.normal(0, 0.05, 400)
+    lo, hi = paired_interval(a, b, n_boot=1000)
+    assert lo < -0.1 < hi and hi < 0 and hi - lo < 0.03  # pairing removes the windows' own spread
+    lo2, hi2 = paired_interval(a, rng.permutation(b), n_boot=1000)
+    assert hi2 - lo2 > 5 * (hi - lo)  # unpaired, the same means are far less certain
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_interval(a[:1], b[:1])

@@ -34,7 +34,7 @@ from soe.data.windows import eval_windows
 from soe.experiments.report import write_report
 from soe.experiments.runs import budget, fit_args, train
 from soe.specialists.estimate import estimate_weights
-from soe.specialists.evaluate import model_loss
+from soe.specialists.evaluate import paired_interval, window_losses
 from soe.specialists.finetune import finetune
 from soe.specialists.refine import refine
 from soe.train.checkpoint import load_checkpoint
@@ -69,6 +69,11 @@ class ExperimentConfig:
     """Peak fine-tuning learning rate (warmup, then cosine to 10 %)."""
     eval_windows: int = 64
     """Evaluation windows per set/domain, at most (non-overlapping, evenly spread: soe/data/windows.py)."""
+    bootstrap: int = 2000
+    """Bootstrap resamples of the windows for the 95 % interval of every SoE − generic difference."""
+    budgets: list[int] = field(default_factory=list)
+    """Smaller step counts at which the generic model and the soup are also trained, each with its own
+    schedule, for the curve of SoE − generic against tokens per parameter (histogram h; [] = no curve)."""
     overrides: list[str] = field(default_factory=list)
     """Extra train.py arguments applied to every run, e.g. ['--trainer.val_check_interval=100']."""
     soe_overrides: list[str] = field(default_factory=list)
@@ -90,14 +95,17 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 
 # ------------------------------------------------------------------------------------ the protocol
-def plan(cfg: ExperimentConfig, runs_dir: Path, soe_name: str, dedicated: dict[str, torch.Tensor]) -> dict:
+def plan(cfg: ExperimentConfig, runs_dir: Path, soe_name: str, dedicated: dict[str, torch.Tensor],
+         max_steps: int | None = None, suffix: str = "") -> dict:
     """Every training run of the experiment, {name: (train.py args, the run's own args, Budget)}, resolved
-    before anything trains. Refuses runs that would see different numbers of tokens."""
+    before anything trains. Refuses runs that would see different numbers of tokens. ``max_steps``/``suffix``:
+    a budget of the curve (runs named ``generic<suffix>``, ``<soe_name><suffix>``)."""
+    steps = cfg.max_steps if max_steps is None else max_steps
     common = [f"--data.data_dir={cfg.data_dir}", f"--seed_everything={cfg.seed}"]
-    common += [f"--trainer.max_steps={cfg.max_steps}"] if cfg.max_steps is not None else []
+    common += [f"--trainer.max_steps={steps}"] if steps is not None else []
     dense = ["--model.soup.n_experts=0"]  # baselines are the same code with no experts
-    own = {"generic": (cfg.generic_config, dense + ["--data.mixture.fixed_h=prior"]),
-           soe_name: (cfg.soe_config, list(cfg.soe_overrides))}
+    own = {"generic" + suffix: (cfg.generic_config, dense + ["--data.mixture.fixed_h=prior"]),
+           soe_name + suffix: (cfg.soe_config, list(cfg.soe_overrides))}
     for s, h in dedicated.items():
         fixed = "[" + ",".join(f"{w:.6g}" for w in h.tolist()) + "]"
         own[f"dedicated-{s}"] = (cfg.generic_config, dense + [f"--data.mixture.fixed_h={fixed}"])
@@ -133,6 +141,7 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
 
     # ---- every training run, resolved and checked for equal tokens before anything trains
     planned = plan(cfg, runs_dir, soe_name, h_hist if cfg.dedicated else {})
+    curve_plans = {b: plan(cfg, runs_dir, soe_name, {}, max_steps=b, suffix=f"-{b}steps") for b in cfg.budgets}
     runs = {("soe" if name == soe_name else name): train(name, runs_dir, args, extra, b)
             for name, (args, extra, b) in planned.items()}
     soup, hp, _ = load_checkpoint(runs["soe"]["checkpoint"])
@@ -140,8 +149,11 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
     generic = generic_soup.specialist(None)
     T = soup.net_cfg.max_seq_len
 
-    def loss(net, shard) -> float:  # the rule of every reported loss: soe.specialists.evaluate
-        return model_loss(net, eval_windows(shard, T, cfg.eval_windows))
+    def wloss(net, shard) -> np.ndarray:  # the rule of every reported loss: soe.specialists.evaluate
+        return window_losses(net, eval_windows(shard, T, cfg.eval_windows))
+
+    def loss(net, shard) -> float:
+        return float(wloss(net, shard).mean())
 
     # ---- specialist sets: histogram h (and refined h), dedicated models, fine-tuned models
     results: dict = {"sets": {}, "domains": {}, "runs": runs, "config": dataclasses.asdict(cfg),
@@ -149,21 +161,26 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
     for s in sets:
         h = h_hist[s]
         evalset = open_shard(spec_dir, spec_meta, s, "val")
-        row = {"h_hist": estimates[s].weights, "generic": loss(generic, evalset), "soe_hist": loss(soup.specialist(h), evalset),
-               "alpha_hist": soup.coefficients(h).tolist(), "n_docs": estimates[s].n_docs}
+        win = {"generic": wloss(generic, evalset), "soe_hist": wloss(soup.specialist(h), evalset)}
+        row = {"h_hist": estimates[s].weights, "alpha_hist": soup.coefficients(h).tolist(), "n_docs": estimates[s].n_docs}
         stream = np.asarray(open_shard(spec_dir, spec_meta, s, "train"), dtype=np.int64)  # in-house tokens
         if cfg.refine:
             ref = refine(soup, h, stream, domains, steps=cfg.refine_steps)
-            row.update(h_refined=ref.weights, soe_refined=loss(soup.specialist(parse_weights(ref.weights, domains)), evalset),
-                       refine_fit=[ref.fit_loss_start, ref.fit_loss], refine_holdout=[ref.holdout_loss_start, ref.holdout_loss])
+            win["soe_refined"] = wloss(soup.specialist(parse_weights(ref.weights, domains)), evalset)
+            row.update(h_refined=ref.weights, refine_fit=[ref.fit_loss_start, ref.fit_loss], refine_holdout=[ref.holdout_loss_start, ref.holdout_loss])
         if cfg.dedicated:
-            row["dedicated"] = loss(load_checkpoint(runs[f"dedicated-{s}"]["checkpoint"])[0].specialist(None), evalset)
+            win["dedicated"] = wloss(load_checkpoint(runs[f"dedicated-{s}"]["checkpoint"])[0].specialist(None), evalset)
+        row.update({m: float(w.mean()) for m, w in win.items()}, windows=len(win["generic"]))
+        for m in ("soe_hist", "soe_refined", "dedicated"):  # 95 % paired bootstrap interval of m − generic
+            if m in win:
+                row[f"ci_{m}"] = paired_interval(win[m], win["generic"], cfg.bootstrap, seed=cfg.seed)
         if cfg.finetune:
             for key, net in (("generic_ft", generic_soup.specialist(None)), ("soe_ft", soup.specialist(h))):
                 ft = finetune(net, stream, steps=cfg.finetune_steps, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size,
                               seq_len=T, seed=cfg.seed)
-                row[key] = loss(net, evalset)
-                row[key + "_run"] = dataclasses.asdict(ft)
+                win[key] = wloss(net, evalset)
+                row[key], row[key + "_run"] = float(win[key].mean()), dataclasses.asdict(ft)
+            row["ci_soe_ft"] = paired_interval(win["soe_ft"], win["generic_ft"], cfg.bootstrap, seed=cfg.seed)
         results["sets"][s] = row
         print(f"[experiment] {s}: " + ", ".join(f"{m}={row[m]:.3f}" for m in ("generic", "soe_hist", "soe_refined", "dedicated", "generic_ft", "soe_ft") if m in row))
 
@@ -176,11 +193,35 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
         results["domains"][d] = {"prior_weight": float(prior[i]), "generic": loss(generic, val),
                                  "soe_onehot": loss(soup.specialist(onehot), val), "soe_prior": loss(at_prior, val),
                                  "alpha_onehot": soup.coefficients(onehot).tolist()}
+    results["curve"] = budget_curve(cfg, curve_plans, runs, soe_name, sets, h_hist, spec_dir, spec_meta, wloss)
     dom = results["domains"]
     results["mixture"] = {m: sum(v["prior_weight"] * v[m] for v in dom.values()) for m in ("generic", "soe_prior", "soe_onehot")}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_report(results, out, hp["domain_names"])
     return results
+
+
+def budget_curve(cfg: ExperimentConfig, curve_plans: dict, runs: dict, soe_name: str, sets: list[str], h_hist: dict,
+                 spec_dir: Path, spec_meta, wloss) -> list[dict]:
+    """SoE (histogram h) − generic on every specialist set at each budget (the main runs are the last point)."""
+    points = [(cfg.max_steps or runs["soe"]["steps"], runs["generic"], runs["soe"])]
+    for b, planned in curve_plans.items():
+        trained = {name: train(name, Path(runs["generic"]["dir"]).parent, *p) for name, p in planned.items()}
+        points.append((b, trained[f"generic-{b}steps"], trained[f"{soe_name}-{b}steps"]))
+    curve = []
+    for steps, g_run, s_run in sorted(points, key=lambda p: p[1]["tokens"]):
+        soup, generic = load_checkpoint(s_run["checkpoint"])[0], load_checkpoint(g_run["checkpoint"])[0].specialist(None)
+        point = {"steps": g_run["steps"], "tokens": g_run["tokens"],
+                 "tokens_per_param": g_run["tokens"] / g_run["params_instantiated"], "sets": {}}
+        for s in sets:
+            evalset = open_shard(spec_dir, spec_meta, s, "val")
+            g, e = wloss(generic, evalset), wloss(soup.specialist(h_hist[s]), evalset)
+            point["sets"][s] = {"generic": float(g.mean()), "soe_hist": float(e.mean()), "delta": float((e - g).mean()),
+                                "ci": paired_interval(e, g, cfg.bootstrap, seed=cfg.seed)}
+        curve.append(point)
+        print(f"[experiment] curve at {point['tokens']:,} tokens ({point['tokens_per_param']:.1f}/param): " +
+              ", ".join(f"{s} {v['delta']:+.3f}" for s, v in point["sets"].items()))
+    return curve if len(curve) > 1 else []
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from soe.experiments.plots import scalars, plot_bars, plot_curve, plot_curves
+
 MODEL_COLUMNS = (("generic", "generic"), ("soe_hist", "SoE (histogram h)"), ("soe_refined", "SoE (refined h)"),
                  ("dedicated", "dedicated"))
 
@@ -16,18 +18,50 @@ def soe_answer(row: dict) -> float:
     return row.get("soe_refined", row["soe_hist"])
 
 
+def _ci(r: dict, key: str) -> str:
+    """' [lo, hi]' for a stored 95 % interval, '' for results from before intervals were recorded."""
+    return f" [{r[key][0]:+.3f}, {r[key][1]:+.3f}]" if key in r else ""
+
+
+def gap_closed(r: dict) -> float | None:
+    """(generic − SoE) ÷ (generic − dedicated): 1 matches the dedicated model, < 0 is behind generic."""
+    if "dedicated" not in r or r["generic"] - r["dedicated"] <= 1e-6:
+        return None
+    return (r["generic"] - soe_answer(r)) / (r["generic"] - r["dedicated"])
+
+
 def set_table(results: dict) -> str:
     cols = [(k, label) for k, label in MODEL_COLUMNS if any(k in r for r in results["sets"].values())]
-    head = "| specialist set | " + " | ".join(f"{label} loss (ppl)" for _, label in cols) + " | SoE − generic | gap closed |"
+    head = ("| specialist set | " + " | ".join(f"{label} loss (ppl)" for _, label in cols) +
+            " | SoE − generic [95 % interval] | gap closed |")
     lines = [head, "|" + "---|" * (len(cols) + 3)]
+    closed_all = []
     for s, r in results["sets"].items():
         cells = [f"{r[k]:.3f} ({math.exp(r[k]):.1f})" if k in r else "–" for k, _ in cols]
-        soe = soe_answer(r)
-        delta = soe - r["generic"]
-        closed = "–"
-        if "dedicated" in r and r["generic"] - r["dedicated"] > 1e-6:
-            closed = f"{(r['generic'] - soe) / (r['generic'] - r['dedicated']):.0%}"
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {delta:+.3f} | {closed} |")
+        key = "soe_refined" if "soe_refined" in r else "soe_hist"
+        closed = gap_closed(r)
+        closed_all += [closed] if closed is not None else []
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {soe_answer(r) - r['generic']:+.3f}{_ci(r, 'ci_' + key)} | "
+                     + (f"{closed:.0%}" if closed is not None else "–") + " |")
+    if closed_all:
+        lines.append("| **mean** |" + " |" * len(cols) + f" {sum(soe_answer(r) - r['generic'] for r in results['sets'].values()) / len(results['sets']):+.3f} | "
+                     f"{sum(closed_all) / len(closed_all):.0%} |")
+    return "\n".join(lines)
+
+
+def curve_table(results: dict) -> str:
+    """SoE (histogram h) − generic per set at each budget, with its 95 % interval ("" without a curve)."""
+    curve = results.get("curve") or []
+    if not curve:
+        return ""
+    sets = list(curve[0]["sets"])
+    lines = ["| steps | tokens | tokens / param | " + " | ".join(sets) + " | sets won (interval < 0) |",
+             "|" + "---|" * (len(sets) + 4)]
+    for p in curve:
+        cells = [f"{v['delta']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]" for v in p["sets"].values()]
+        won = sum(v["ci"][1] < 0 for v in p["sets"].values())
+        lines.append(f"| {p['steps']} | {p['tokens']:,} | {p['tokens_per_param']:.1f} | " + " | ".join(cells) +
+                     f" | {won}/{len(sets)} |")
     return "\n".join(lines)
 
 
@@ -41,7 +75,7 @@ def finetune_table(results: dict) -> str:
     for s, r in rows.items():
         g, e = r["generic_ft_run"], r["soe_ft_run"]
         lines.append(f"| {s} | {r['generic']:.3f} → {r['generic_ft']:.3f} | {r['soe_hist']:.3f} → {r['soe_ft']:.3f} | "
-                     f"{r['soe_ft'] - r['generic_ft']:+.3f} | {g['best_step']} / {e['best_step']} of {g['steps']} | "
+                     f"{r['soe_ft'] - r['generic_ft']:+.3f}{_ci(r, 'ci_soe_ft')} | {g['best_step']} / {e['best_step']} of {g['steps']} | "
                      f"{g['tokens']:,}, {g['wall_s']:.0f} s / {e['wall_s']:.0f} s |")
     return "\n".join(lines)
 
@@ -78,23 +112,10 @@ def amortised_cost(results: dict) -> str:
             f"({per:.2e} FLOPs, {wall / 60:.1f} min each here: {len(ded) * per:.2e} FLOPs for these {len(ded)}).")
 
 
-def _scalars(run_dir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for events in sorted(run_dir.rglob("events.out.tfevents*")):
-        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            if tag.startswith(prefix):
-                out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return {t: sorted(set(v)) for t, v in out.items()}
-
-
 def margin_table(domains: list[str], soe_dir: Path, generic_dir: Path) -> str:
     """Δ = SoE (one-hot h) − generic validation loss per domain at every step both runs validated at:
     does the soup's margin hold, grow or shrink as training goes on? Empty if fewer than 2 such steps."""
-    soe, gen = _scalars(soe_dir, "loss/val/"), _scalars(generic_dir, "loss/val/")
+    soe, gen = scalars(soe_dir, "loss/val/"), scalars(generic_dir, "loss/val/")
     per = {d: (dict(soe.get(f"loss/val/{d}", [])), dict(gen.get(f"loss/val/{d}", []))) for d in domains}
     steps = sorted(set.intersection(*(set(a) & set(b) for a, b in per.values()))) if per else []
     if len(steps) < 2:
@@ -105,85 +126,6 @@ def margin_table(domains: list[str], soe_dir: Path, generic_dir: Path) -> str:
     won = [sum(per[d][0][s] < per[d][1][s] for d in domains) for s in steps]
     lines.append("| domains won | " + " | ".join(f"{w}/{len(domains)}" for w in won) + " |")
     return "\n".join(lines)
-
-
-def plot_curves(out: Path, domains: list[str], soe_dir: Path, generic_dir: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    soe = _scalars(soe_dir, "loss/val/")
-    gen = _scalars(generic_dir, "loss/val/")
-    cols = min(3, len(domains))
-    rows = math.ceil(len(domains) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, d in zip(axes.flat, domains):
-        for series, label, style in ((soe, "SoE, one-hot h", "-o"), (gen, "generic", "--s")):
-            pts = series.get(f"loss/val/{d}", [])
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, label=label)
-        ax.set_title(d)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("validation loss (nats/token)")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(domains):]:
-        ax.axis("off")
-    axes.flat[0].legend()
-    fig.suptitle("Validation loss per pretraining domain")
-    fig.tight_layout()
-    path = out / "loss_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_bars(out: Path, results: dict, domains: list[str]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    sets = list(results["sets"])
-    paths = []
-    if not sets:
-        return paths
-    # estimated h per specialist set
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(domains) + 2), 3.8))
-    width = 0.8 / len(sets)
-    x = np.arange(len(domains))
-    for i, s in enumerate(sets):
-        ax.bar(x + i * width, [results["sets"][s]["h_hist"][d] for d in domains], width, label=s)
-    ax.set_xticks(x + 0.4 - width / 2, domains, rotation=30, ha="right")
-    ax.set_ylabel("estimated weight h_i")
-    ax.set_xlabel("pretraining domain")
-    ax.set_title("Domain weights estimated from each in-house sample")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out / "weights.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    # α per specialist set
-    alphas = [results["sets"][s]["alpha_hist"] for s in sets]
-    n = len(alphas[0])
-    if n:
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * n + 2), 3.8))
-        width = 0.8 / len(sets)
-        x = np.arange(n)
-        for i, (s, a) in enumerate(zip(sets, alphas)):
-            ax.bar(x + i * width, a, width, label=s)
-        ax.set_xticks(x + 0.4 - width / 2, [f"E{j + 1}" for j in range(n)])
-        ax.set_ylabel("coefficient α_j = φ(h)_j")
-        ax.set_xlabel("expert")
-        ax.set_title("Expert coefficients of each specialist")
-        ax.axhline(0, color="black", lw=0.6)
-        ax.legend()
-        fig.tight_layout()
-        paths.append(out / "alpha.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
 
 
 def evaluation_line(results: dict) -> str:
@@ -213,7 +155,7 @@ def budget_line(results: dict) -> str:
 def write_report(results: dict, out: Path, domains: list[str]) -> Path:
     runs = results["runs"]
     figures = [plot_curves(out, domains, Path(runs["soe"]["dir"]), Path(runs["generic"]["dir"])),
-               *plot_bars(out, results, domains)]
+               *plot_bars(out, results, domains), *plot_curve(out, results)]
     parts = ["# Soup-of-Experts: specialists vs generic vs dedicated models", ""]
     if results["sets"]:
         parts += ["## Held-out specialist sets (loss in nats/token on each set's evaluation split; lower is better)", "",
@@ -221,7 +163,13 @@ def write_report(results: dict, out: Path, domains: list[str]) -> Path:
                   "*SoE − generic* and *gap closed* use the SoE at the refined h when it was computed (chosen on the in-house "
                   "sample, never on the evaluation split), else at the histogram h; gap closed = (generic − SoE) ÷ "
                   "(generic − dedicated), 100 % matches the dedicated model, negative: SoE behind generic. "
-                  + evaluation_line(results), ""]
+                  + evaluation_line(results) + " Intervals: 95 % paired bootstrap over the evaluation windows "
+                  f"({results['config'].get('bootstrap', 2000)} resamples); a difference whose interval is below 0 is a win "
+                  "outside noise.", ""]
+    curve = curve_table(results)
+    if curve:
+        parts += ["## SoE − generic against the token budget (histogram h; each budget trained with its own schedule)",
+                  "", curve, ""]
     ft = finetune_table(results)
     if ft:
         held = next(r["generic_ft_run"]["holdout"] for r in results["sets"].values() if "generic_ft_run" in r)

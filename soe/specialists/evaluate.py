@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from soe.core.model import LlamaLM
 from soe.data.shards import Meta, check_tokenizer, load_meta, open_shard
@@ -59,6 +60,36 @@ def model_loss(net: LlamaLM, wins: torch.Tensor, batch_size: int = 32) -> float:
     dev = next(net.parameters()).device
     net.eval()
     return mean_loss(lambda x, y: net(x.to(dev), y.to(dev))[1], wins, batch_size)
+
+
+@torch.no_grad()
+def window_losses(net: LlamaLM, wins: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    """Each window's mean next-token loss, (W,) float64: their mean is `model_loss` (equal-length windows),
+    and their spread is what a bootstrap interval over windows needs."""
+    dev = next(net.parameters()).device
+    net.eval()
+    out = []
+    for i in range(0, len(wins), batch_size):
+        b = wins[i:i + batch_size].to(dev)
+        logits = net(b[:, :-1]).float()  # (B, T, V)
+        nll = F.cross_entropy(logits.flatten(0, 1), b[:, 1:].reshape(-1), reduction="none")  # (B*T,)
+        out.append(nll.view(len(b), -1).mean(1).double().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, level: float = 0.95,
+                    seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a − b) over paired windows (the same windows scored by two
+    models): windows are resampled with replacement, so the interval reflects which text was evaluated."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"paired_interval: expected two equal-length 1-D arrays of >= 2 windows, got {a.shape} "
+                         f"and {b.shape}")
+    d = a - b
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
+    means = d[idx].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 @dataclass
