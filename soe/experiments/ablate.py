@@ -31,11 +31,16 @@ def summarise(name: str, change: str, res: dict, command: str) -> str:
     dom = {d: r["soe_onehot"] - r["generic"] for d, r in res["domains"].items()}
     sets = {s: soe_answer(r) - r["generic"] for s, r in res["sets"].items()}
     mix = res["mixture"]["soe_prior"] - res["mixture"]["generic"]
-    per_domain = " ".join(f"{d[:5]}{v:+.2f}" for d, v in dom.items())
+    if len(dom) <= 12:
+        per_domain = " ".join(f"{d[:5]}{v:+.2f}" for d, v in dom.items())
+    else:  # many clustered domains: the spread, not 64 numbers
+        q = sorted(dom.values())
+        per_domain = f"min {q[0]:+.2f} / median {q[len(q) // 2]:+.2f} / max {q[-1]:+.2f} over {len(q)}"
+    won_ci = sum(r.get("ci_soe_refined", r.get("ci_soe_hist", [0, 0]))[1] < 0 for r in res["sets"].values())
     mean = (lambda v: sum(v) / len(v) if v else float("nan"))
     steps = res["runs"]["soe"]["steps"]
     return (f"| {name} | {change} | {steps} | {sum(v < 0 for v in dom.values())}/{len(dom)} | {mean(list(dom.values())):+.3f} | "
-            f"{sum(v < 0 for v in sets.values())}/{len(sets)} | {mean(list(sets.values())):+.3f} | {mix:+.3f} | "
+            f"{sum(v < 0 for v in sets.values())}/{len(sets)} ({won_ci} outside noise) | {mean(list(sets.values())):+.3f} | {mix:+.3f} | "
             f"{per_domain} | `{command}` |\n")
 
 
