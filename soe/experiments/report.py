@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from soe.experiments.plots import scalars, plot_bars, plot_curve, plot_curves
+from soe.experiments.plots import plot_bars, plot_curve, plot_curves, scalars
 
 MODEL_COLUMNS = (("generic", "generic"), ("soe_hist", "SoE (histogram h)"), ("soe_refined", "SoE (refined h)"),
                  ("dedicated", "dedicated"))
