@@ -2,8 +2,8 @@
 
     python -m bench.bench_embed [--corpus data/offline_corpus] [--n 3000] [--k 64]
 
-Each embedder encodes the same random sample of corpus chunks (every pretraining source of the
-offline corpus, or the committed fixture when no corpus is built). Reported per embedder:
+Each embedder encodes the same random sample of corpus chunks (every source of the offline corpus,
+held-out ones included, or the committed fixture when no corpus is built). Reported per embedder:
   * chunks/s of ``encode`` (the fit — tf-idf vocabulary + SVD, model2vec's distillation — is
     timed separately: it runs once per prepared directory), and the projected time to embed the
     whole corpus (its chunk count ÷ chunks/s);
@@ -63,14 +63,18 @@ def quality(x: np.ndarray, labels: list[str], k: int, seed: int) -> dict[str, fl
             "together": float(table.max(0).sum() / len(y))}  # each source's most common cluster
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_embed", description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, default=REPO / "data/offline_corpus")
     ap.add_argument("--n", type=int, default=3000, help="chunks embedded by every embedder")
     ap.add_argument("--k", type=int, default=64, help="k-means clusters for the quality scores")
     ap.add_argument("--only", default=None, help="comma-separated subset of: " + ",".join(EMBEDDERS))
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     corpus = args.corpus if args.corpus.is_dir() else REPO / "data_prep/fixture"
     texts, sources, total = load_sample(corpus, args.n, args.seed)
     k = min(args.k, len(texts) // 10)

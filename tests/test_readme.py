@@ -61,6 +61,9 @@ def parse(name: str, args: list[str]) -> None:
         from demo import build_parser
     elif name == "train.py":
         return parse_train(args)
+    elif name.startswith("bench."):
+        import importlib
+        build_parser = importlib.import_module(name).build_parser
     else:
         raise AssertionError(f"README names an entry point this test does not know: {name}")
     build_parser().parse_args(args)
