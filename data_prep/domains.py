@@ -130,9 +130,10 @@ def kmeans_domains(cfg: PrepareConfig, out: Path, stats: dict, log=print) -> dic
         _save_npy(path, a)
     width = len(str(d.k - 1))
     names = [f"{d.prefix}{i:0{width}d}" for i in range(d.k)]
-    empty = [names[i] for i in np.flatnonzero(counts == 0)]
-    if empty:
-        raise DomainError(f"clusters {empty} received no documents; lower domains.k={d.k}")
+    small = {names[i]: int(counts[i]) for i in np.flatnonzero(counts < 2)}
+    if small:  # every domain needs a train and a val chunk; say so here, not in the shard stage
+        how = (f"lower domains.hierarchy k2={d.hierarchy['k2']}" if d.hierarchy else f"lower domains.k={d.k}")
+        raise DomainError(f"clusters {small} (name: chunks) received fewer than 2 chunks of the corpus; {how}")
     log(f"  domains: k-means k={d.k} on {len(sample)} chunks ({emb.spec()['kind']}); "
         f"cluster sizes min {counts.min()} / median {int(np.median(counts))} / max {counts.max()}")
     return {"domains": names, "domain_source": source}

@@ -121,6 +121,23 @@ def test_k_larger_than_chunks(tmp_path):
     assert_fails(tmp_path, raw, DomainError, "k=500", "60 pretraining chunks")
 
 
+@pytest.mark.parametrize("hierarchy", [None, {"k1": 1, "k2": 3}])
+def test_a_cluster_too_small_for_train_and_val_is_named(tmp_path, monkeypatch, hierarchy):
+    """A leaf that receives < 2 chunks (seen with 16 x 16 leaves on the demo corpus) is refused in the domains
+    stage, naming the cluster and what to lower, not later by the shard stage."""
+    import numpy as np
+
+    from data_prep import domains as D
+    real = D._kmeans
+    def far_leaf(x, k, seed):  # the last centroid is far from every chunk (the top level of 1 is left alone)
+        return real(x, k, seed) if k < 3 else np.concatenate([real(x, k - 1, seed), np.full((1, x.shape[1]), 1e3, np.float32)])
+
+    monkeypatch.setattr(D, "_kmeans", far_leaf)
+    raw = cfg_for(tmp_path, domains={"method": "kmeans", "k": 3, "hierarchy": hierarchy, "fit_sample": 60})
+    msg = assert_fails(tmp_path, raw, DomainError, "'c2': 0", "fewer than 2 chunks")
+    assert ("lower domains.hierarchy k2=3" if hierarchy else "lower domains.k=3") in msg
+
+
 def test_hierarchy_mismatch_and_unknown_keys(tmp_path):
     with pytest.raises(C.ConfigError, match="k1\\*k2 == k=6"):
         C.from_dict(cfg_for(tmp_path, domains={"method": "kmeans", "k": 6, "hierarchy": {"k1": 2, "k2": 2}}))
