@@ -158,6 +158,7 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
     # ---- specialist sets: histogram h (and refined h), dedicated models, fine-tuned models
     results: dict = {"sets": {}, "domains": {}, "runs": runs, "config": dataclasses.asdict(cfg),
                      "tokens_per_run": runs["soe"]["tokens"], "eval": {"windows": cfg.eval_windows, "seq_len": T}}
+    main_windows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for s in sets:
         h = h_hist[s]
         evalset = open_shard(spec_dir, spec_meta, s, "val")
@@ -182,6 +183,7 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
                 row[key], row[key + "_run"] = float(win[key].mean()), dataclasses.asdict(ft)
             row["ci_soe_ft"] = paired_interval(win["soe_ft"], win["generic_ft"], cfg.bootstrap, seed=cfg.seed)
         results["sets"][s] = row
+        main_windows[s] = (win["generic"], win["soe_hist"])  # the curve's last point: not evaluated twice
         print(f"[experiment] {s}: " + ", ".join(f"{m}={row[m]:.3f}" for m in ("generic", "soe_hist", "soe_refined", "dedicated", "generic_ft", "soe_ft") if m in row))
 
     # ---- pretraining domains: the specialist at the one-hot h vs generic; soup at the prior
@@ -193,7 +195,8 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
         results["domains"][d] = {"prior_weight": float(prior[i]), "generic": loss(generic, val),
                                  "soe_onehot": loss(soup.specialist(onehot), val), "soe_prior": loss(at_prior, val),
                                  "alpha_onehot": soup.coefficients(onehot).tolist()}
-    results["curve"] = budget_curve(cfg, curve_plans, runs, soe_name, sets, h_hist, spec_dir, spec_meta, wloss)
+    results["curve"] = budget_curve(cfg, curve_plans, runs, soe_name, sets, h_hist, spec_dir, spec_meta, wloss,
+                                    main_windows)
     dom = results["domains"]
     results["mixture"] = {m: sum(v["prior_weight"] * v[m] for v in dom.values()) for m in ("generic", "soe_prior", "soe_onehot")}
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -202,26 +205,29 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
 
 
 def budget_curve(cfg: ExperimentConfig, curve_plans: dict, runs: dict, soe_name: str, sets: list[str], h_hist: dict,
-                 spec_dir: Path, spec_meta, wloss) -> list[dict]:
+                 spec_dir: Path, spec_meta, wloss, main_windows: dict) -> list[dict]:
     """SoE (histogram h) − generic on every specialist set at each budget (the main runs are the last point)."""
+    if not curve_plans:
+        return []
     points = [(cfg.max_steps or runs["soe"]["steps"], runs["generic"], runs["soe"])]
     for b, planned in curve_plans.items():
         trained = {name: train(name, Path(runs["generic"]["dir"]).parent, *p) for name, p in planned.items()}
         points.append((b, trained[f"generic-{b}steps"], trained[f"{soe_name}-{b}steps"]))
     curve = []
     for steps, g_run, s_run in sorted(points, key=lambda p: p[1]["tokens"]):
+        main = s_run is runs["soe"]
         soup, generic = load_checkpoint(s_run["checkpoint"])[0], load_checkpoint(g_run["checkpoint"])[0].specialist(None)
         point = {"steps": g_run["steps"], "tokens": g_run["tokens"],
                  "tokens_per_param": g_run["tokens"] / g_run["params_instantiated"], "sets": {}}
         for s in sets:
             evalset = open_shard(spec_dir, spec_meta, s, "val")
-            g, e = wloss(generic, evalset), wloss(soup.specialist(h_hist[s]), evalset)
+            g, e = main_windows[s] if main else (wloss(generic, evalset), wloss(soup.specialist(h_hist[s]), evalset))
             point["sets"][s] = {"generic": float(g.mean()), "soe_hist": float(e.mean()), "delta": float((e - g).mean()),
                                 "ci": paired_interval(e, g, cfg.bootstrap, seed=cfg.seed)}
         curve.append(point)
         print(f"[experiment] curve at {point['tokens']:,} tokens ({point['tokens_per_param']:.1f}/param): " +
               ", ".join(f"{s} {v['delta']:+.3f}" for s, v in point["sets"].items()))
-    return curve if len(curve) > 1 else []
+    return curve
 
 
 def build_parser() -> argparse.ArgumentParser:
