@@ -45,4 +45,4 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt {what} ({e}); delete it to start that step over") from None
+        raise ValueError(f"{path}: corrupt {what}, not valid JSON ({e})") from None
