@@ -1,0 +1,149 @@
+"""The merge config: mergekit's YAML conventions, validated before anything is read.
+
+    merge_method: ties                 # linear | task_arithmetic | ties | dare_linear | dare_ties
+    base_model: runs/generic-export    # a specialist directory (required by all but linear)
+    models:
+      - model: out/team-a              # fine-tuned specialist directories
+        parameters: {weight: 1.0, density: 0.5}
+      - model: out/team-b
+        parameters: {weight: 1.0, density: 0.5}
+    parameters: {lambda: 1.0, normalize: true, trim: tensor, rescale: l1, seed: 0}
+    dtype: float32
+
+Per-model ``parameters``: ``weight`` (default 1.0) and ``density`` (share of each task vector kept by TIES /
+DARE; default 1.0). Global ``parameters``: ``lambda`` (scale of the merged task vector, default 1.0),
+``normalize`` (divide by the weights' sum; default per method as in mergekit), ``trim`` (TIES: ``tensor`` trims
+each tensor to its density as mergekit does, ``model`` trims over the whole flattened model as the TIES
+paper does), ``rescale`` (DARE: ``l1`` keeps each task vector's L1 norm as mergekit does, ``inverse`` divides by
+the density as the DARE paper does), ``seed`` (DARE's drop masks).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from soe.merging.methods import RESCALES
+
+# method -> (needs a base model, default of ``normalize``); mergekit's defaults
+METHODS = {
+    "linear": (False, True),
+    "task_arithmetic": (True, False),
+    "ties": (True, True),
+    "dare_linear": (True, False),
+    "dare_ties": (True, False),
+}
+DTYPES = ("float32", "bfloat16", "float16")
+GLOBAL_KEYS = {"lambda", "normalize", "trim", "rescale", "seed", "int8_mask"}
+MODEL_KEYS = {"weight", "density"}
+
+
+@dataclass
+class ModelSpec:
+    model: str
+    """A specialist directory (model.safetensors + soe_specialist.json or config.json)."""
+    weight: float = 1.0
+    density: float = 1.0
+
+
+@dataclass
+class MergeConfig:
+    merge_method: str
+    models: list[ModelSpec]
+    base_model: str | None = None
+    parameters: dict = field(default_factory=dict)
+    dtype: str = "float32"
+    source: str = "<dict>"
+    """Where the config came from (for error messages)."""
+
+    @property
+    def lam(self) -> float:
+        return float(self.parameters.get("lambda", 1.0))
+
+    @property
+    def normalize(self) -> bool:
+        return bool(self.parameters.get("normalize", METHODS[self.merge_method][1]))
+
+
+def _number(v, where: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{where}: {v!r} is not a number")
+    v = float(v)
+    if v != v or (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
+        rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else '∞'}]"
+        raise ValueError(f"{where}: {v} is outside {rng}")
+    return v
+
+
+def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
+    """A validated MergeConfig from a mergekit-style mapping; every error names ``source`` and the key."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a mapping with merge_method and models, got {type(raw).__name__}")
+    unknown = set(raw) - {"merge_method", "models", "base_model", "parameters", "dtype"}
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; expected merge_method, models, base_model, "
+                         "parameters, dtype")
+    method = raw.get("merge_method")
+    if method not in METHODS:
+        raise ValueError(f"{source}: merge_method {method!r}; expected one of {', '.join(METHODS)}")
+    models = raw.get("models")
+    if not isinstance(models, list) or not models:
+        raise ValueError(f"{source}: models must be a non-empty list of {{model: DIR, parameters: {{...}}}}")
+    specs = []
+    for i, m in enumerate(models):
+        where = f"{source}: models[{i}]"
+        if isinstance(m, str):
+            m = {"model": m}
+        if not isinstance(m, dict) or not isinstance(m.get("model"), str) or set(m) - {"model", "parameters"}:
+            raise ValueError(f"{where}: expected {{model: DIR, parameters: {{weight, density}}}}, got {m!r}")
+        p = m.get("parameters") or {}
+        if not isinstance(p, dict) or set(p) - MODEL_KEYS:
+            raise ValueError(f"{where}.parameters: expected keys among {sorted(MODEL_KEYS)}, got {p!r}")
+        specs.append(ModelSpec(m["model"], _number(p.get("weight", 1.0), f"{where}.parameters.weight"),
+                               _number(p.get("density", 1.0), f"{where}.parameters.density", 0, 1, lo_open=True)))
+    params = raw.get("parameters") or {}
+    if not isinstance(params, dict) or set(params) - GLOBAL_KEYS:
+        raise ValueError(f"{source}: parameters: expected keys among {sorted(GLOBAL_KEYS)}, got {params!r}")
+    if "lambda" in params:
+        _number(params["lambda"], f"{source}: parameters.lambda")
+    for key in ("normalize", "int8_mask"):
+        if key in params and not isinstance(params[key], bool):
+            raise ValueError(f"{source}: parameters.{key}: expected true or false, got {params[key]!r}")
+    if params.get("trim", "tensor") not in ("tensor", "model"):
+        raise ValueError(f"{source}: parameters.trim {params['trim']!r}: expected tensor or model")
+    if params.get("rescale", "l1") not in RESCALES:
+        raise ValueError(f"{source}: parameters.rescale {params['rescale']!r}: expected one of {', '.join(RESCALES)}")
+    if "seed" in params and (isinstance(params["seed"], bool) or not isinstance(params["seed"], int)):
+        raise ValueError(f"{source}: parameters.seed: expected an integer, got {params['seed']!r}")
+    base = raw.get("base_model")
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"{source}: base_model: expected a specialist directory, got {base!r}")
+    if METHODS[method][0] and base is None:
+        raise ValueError(f"{source}: merge_method {method} needs base_model (the model the task vectors start from)")
+    dtype = raw.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"{source}: dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return MergeConfig(method, specs, base, dict(params), dtype, source)
+
+
+def load_config(path: str | os.PathLike) -> MergeConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"merge config {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    cfg = parse_config(raw, str(path))
+    # Relative model paths are relative to the config file, as a user reading it would expect...
+    # ...unless they exist relative to the working directory (mergekit resolves against the cwd).
+    def resolve(p: str) -> str:
+        return p if Path(p).exists() or Path(p).is_absolute() else str(path.parent / p)
+    for m in cfg.models:
+        m.model = resolve(m.model)
+    if cfg.base_model is not None:
+        cfg.base_model = resolve(cfg.base_model)
+    return cfg

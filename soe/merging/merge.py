@@ -1,0 +1,165 @@
+"""The streaming merge: one tensor name at a time from every input, never all state dicts at once.
+
+Inputs are specialist directories (``model.safetensors`` + ``soe_specialist.json`` and/or HF ``config.json``,
+``tokenizer.json``). safetensors files are memory-mapped and read tensor by tensor, so peak memory is the
+output model plus one tensor per input (TIES over the whole model adds one pass that keeps one float32
+magnitude per parameter of the model being scanned). The output directory is the base's (or the first
+model's) files with the merged weights and a ``merge`` record in soe_specialist.json; it is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from soe.merging import methods as M
+from soe.merging.config import MergeConfig
+from soe.specialists.export import SOE_FILE, WEIGHTS_FILE, atomic_dir
+
+
+@dataclass
+class MergeResult:
+    out: str
+    method: str
+    tensors: int
+    parameters: int
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+
+
+class _Weights:
+    """Lazy, memory-mapped access to one specialist directory's model.safetensors."""
+
+    def __init__(self, directory: str, role: str):
+        from safetensors import safe_open
+
+        self.dir = Path(directory)
+        path = self.dir / WEIGHTS_FILE
+        if not self.dir.is_dir():
+            raise FileNotFoundError(f"{role} {self.dir}: not a directory (expected a specialist directory)")
+        if not path.is_file():
+            raise FileNotFoundError(f"{role} {self.dir}: no {WEIGHTS_FILE} (expected a specialist directory)")
+        try:
+            self.f = safe_open(str(path), framework="pt")
+            self.names = list(self.f.keys())
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"{role} {path}: not a readable safetensors file ({e})") from None
+        self.role, self.bytes = role, path.stat().st_size
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.f.get_slice(name).get_shape())
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.f.get_tensor(name).float()
+
+
+def _tokenizer_hash(d: Path) -> str | None:
+    p = d / "tokenizer.json"
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+
+def _check_compatible(base: _Weights, models: list[_Weights]) -> list[str]:
+    """The common tensor names, after checking every input has the same names, shapes and tokenizer."""
+    names = base.names
+    tok = _tokenizer_hash(base.dir)
+    for m in models:
+        if set(m.names) != set(names):
+            diff = sorted(set(m.names) ^ set(names))[:3]
+            raise ValueError(f"{m.role} {m.dir}: its tensors differ from {base.role} {base.dir} (e.g. {diff}): "
+                             "expected specialists of the same architecture")
+        for n in names:
+            if m.shape(n) != base.shape(n):
+                raise ValueError(f"{m.role} {m.dir}: tensor {n} has shape {m.shape(n)}, {base.role} has "
+                                 f"{base.shape(n)}: expected specialists of the same architecture")
+        if _tokenizer_hash(m.dir) != tok:
+            raise ValueError(f"{m.role} {m.dir}: its tokenizer.json differs from {base.role} {base.dir}'s: "
+                             "merged models must share one tokenizer")
+    return names
+
+
+def _model_thresholds(cfg: MergeConfig, base: _Weights, models: list[_Weights], names: list[str]) -> list[float]:
+    """TIES over the whole model: each model's magnitude threshold for its density (one model at a time)."""
+    out = []
+    for spec, m in zip(cfg.models, models):
+        mags = torch.cat([(m.get(n) - base.get(n)).abs().reshape(-1) for n in names])
+        out.append(M.model_threshold(mags, spec.density))
+        del mags
+    return out
+
+
+def merge_tensor(cfg: MergeConfig, name: str, base: torch.Tensor | None, thetas: list[torch.Tensor],
+                 thresholds: list[float] | None = None) -> torch.Tensor:
+    """One merged tensor by ``cfg.merge_method`` (float32)."""
+    weights = [m.weight for m in cfg.models]
+    method = cfg.merge_method
+    if method == "linear":
+        return M.linear(thetas, weights, cfg.normalize)
+    taus = [t - base for t in thetas]
+    if method == "ties":
+        if cfg.parameters.get("trim", "tensor") == "model":
+            taus = [M.trim_threshold(t, thr) for t, thr in zip(taus, thresholds)]
+        else:
+            taus = [M.trim_topk(t, m.density) for t, m in zip(taus, cfg.models)]
+    elif method.startswith("dare_"):
+        seed, rescale = int(cfg.parameters.get("seed", 0)), cfg.parameters.get("rescale", "l1")
+        taus = [M.dare_drop(t, m.density, torch.Generator().manual_seed(M.tensor_seed(seed, name, u)), rescale)
+                for u, (t, m) in enumerate(zip(taus, cfg.models))]
+    consensus = method in ("ties", "dare_ties")
+    return M.combine(base, taus, weights, cfg.lam, consensus=consensus, normalize=cfg.normalize)
+
+
+def _write_info(tmp: Path, cfg: MergeConfig, result: dict) -> None:
+    """soe_specialist.json / config.json of the template, with the merge recorded and the dtype updated."""
+    record = {"method": cfg.merge_method, "base_model": cfg.base_model, "parameters": cfg.parameters,
+              "models": [asdict(m) for m in cfg.models], **result}
+    for fname in (SOE_FILE, "config.json"):
+        p = tmp / fname
+        if not p.is_file():
+            continue
+        info = json.loads(p.read_text())
+        if fname == SOE_FILE:
+            info["dtype"] = cfg.dtype
+            info["merge"] = record
+        else:
+            info["torch_dtype"] = info["dtype"] = cfg.dtype
+        p.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log=print) -> MergeResult:
+    """Merge ``cfg.models`` into a specialist directory ``out`` (atomic; see module docstring)."""
+    from safetensors.torch import save_file
+
+    t0 = time.perf_counter()
+    models = [_Weights(m.model, f"models[{i}]") for i, m in enumerate(cfg.models)]
+    base = _Weights(cfg.base_model, "base_model") if cfg.base_model else None
+    ref = base or models[0]
+    names = _check_compatible(ref, models if base else models[1:])
+    thresholds = None
+    if cfg.merge_method == "ties" and cfg.parameters.get("trim") == "model":
+        thresholds = _model_thresholds(cfg, base, models, names)
+    dtype = getattr(torch, cfg.dtype)
+    merged, n_params = {}, 0
+    for i, name in enumerate(names):
+        b = base.get(name) if base else None
+        merged[name] = merge_tensor(cfg, name, b, [m.get(name) for m in models], thresholds).to(dtype).contiguous()
+        n_params += merged[name].numel()
+        if log and (i + 1) % max(len(names) // 4, 1) == 0:
+            log(f"  merged {i + 1}/{len(names)} tensors")
+    with atomic_dir(out, overwrite) as tmp:
+        for f in ref.dir.iterdir():
+            if f.is_file() and f.name != WEIGHTS_FILE:
+                shutil.copyfile(f, tmp / f.name)
+        save_file(merged, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        written = (tmp / WEIGHTS_FILE).stat().st_size
+        seconds = time.perf_counter() - t0
+        _write_info(tmp, cfg, {"seconds": round(seconds, 3)})
+    read = sum(m.bytes for m in models) + (base.bytes if base else 0)
+    return MergeResult(str(out), cfg.merge_method, len(names), n_params, read, written, seconds)

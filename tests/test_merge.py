@@ -1,0 +1,126 @@
+"""`soe.merging.merge`: the streaming merge of specialist directories against per-tensor references."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from soe.core.model import LlamaLM, ModelConfig
+from soe.merging import methods as M
+from soe.merging.config import load_config, parse_config
+from soe.merging.merge import merge
+from soe.specialists.export import load_specialist, save_specialist
+
+CFG = ModelConfig(vocab_size=48, n_layer=2, n_head=2, d_model=16, max_seq_len=32)
+
+
+@pytest.fixture(scope="module")
+def specialists(tmp_path_factory):
+    """A base specialist and three 'fine-tuned' ones (base + a random task vector), format soe."""
+    root = tmp_path_factory.mktemp("merge")
+    tok = root / "tokenizer.json"
+    tok.write_text(json.dumps({"stand-in": True}))
+    torch.manual_seed(0)
+    base = {k: v.detach().clone() for k, v in LlamaLM(CFG).named_parameters()}
+    dirs = {}
+    for i, name in enumerate(["base", "a", "b", "c"]):
+        g = torch.Generator().manual_seed(i)
+        params = base if name == "base" else {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+        dirs[name] = save_specialist(root / name, params, CFG, tokenizer_file=tok, eos_id=0,
+                                     info={"weights": {"x": 1.0}}, fmt="soe")
+    return root, dirs
+
+
+def _cfg(dirs, method, **params):
+    models = [{"model": str(dirs[u]), "parameters": {"weight": w, "density": 0.5}}
+              for u, w in (("a", 1.0), ("b", 0.5), ("c", 1.0))]
+    return parse_config({"merge_method": method, "base_model": str(dirs["base"]), "models": models,
+                         "parameters": params})
+
+
+@pytest.mark.parametrize("method,params", [("linear", {}), ("task_arithmetic", {"lambda": 0.7}),
+                                           ("ties", {}), ("ties", {"trim": "model"}), ("dare_linear", {"seed": 3}),
+                                           ("dare_ties", {"rescale": "inverse"})])
+def test_streaming_merge_equals_the_per_tensor_rule(specialists, tmp_path, method, params):
+    _, dirs = specialists
+    cfg = _cfg(dirs, method, **params)
+    res = merge(cfg, tmp_path / "out", log=None)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    sd = {u: load_file(str(dirs[u] / "model.safetensors")) for u in ("base", "a", "b", "c")}
+    w = [1.0, 0.5, 1.0]
+    thr = None
+    if params.get("trim") == "model":
+        thr = [M.model_threshold(torch.cat([(sd[u][n] - sd["base"][n]).abs().reshape(-1) for n in sd["base"]]), 0.5)
+               for u in "abc"]
+    for n, t in got.items():
+        b, th = sd["base"][n], [sd[u][n] for u in "abc"]
+        taus = [x - b for x in th]
+        if method == "linear":
+            want = sum(wi * x for wi, x in zip(w, th)) / sum(w)
+        elif method == "task_arithmetic":
+            want = b + 0.7 * sum(wi * x for wi, x in zip(w, taus))
+        elif method == "ties":
+            kept = [M.trim_threshold(x, thr[u]) if thr else M.trim_topk(x, 0.5) for u, x in enumerate(taus)]
+            want = M.combine(b, kept, w, consensus=True, normalize=True)
+        else:
+            gens = [torch.Generator().manual_seed(M.tensor_seed(params.get("seed", 0), n, u)) for u in range(3)]
+            kept = [M.dare_drop(x, 0.5, g, params.get("rescale", "l1")) for x, g in zip(taus, gens)]
+            want = M.combine(b, kept, w, consensus=method == "dare_ties")
+        assert torch.allclose(t, want, atol=1e-6), (method, n)
+    assert res.tensors == len(got) and res.bytes_written > 0
+    net, info = load_specialist(tmp_path / "out")  # a loadable specialist, with the merge recorded
+    assert info["merge"]["method"] == method and len(info["merge"]["models"]) == 3
+    assert sum(p.numel() for p in net.parameters()) == res.parameters
+
+
+def test_merging_identical_specialists_returns_the_specialist(specialists, tmp_path):
+    _, dirs = specialists
+    for method in ("linear", "ties", "task_arithmetic"):
+        cfg = parse_config({"merge_method": method, "base_model": str(dirs["base"]),
+                            "models": [str(dirs["a"])] * 3, "parameters": {"lambda": 1 / 3} if method == "task_arithmetic" else {}})
+        merge(cfg, tmp_path / method, log=None)
+        got, want = load_file(str(tmp_path / method / "model.safetensors")), load_file(str(dirs["a"] / "model.safetensors"))
+        assert all(torch.allclose(got[n], want[n], atol=1e-6) for n in want), method
+
+
+def test_incompatible_inputs_are_refused_naming_them(specialists, tmp_path):
+    root, dirs = specialists
+    other = ModelConfig(vocab_size=48, n_layer=1, n_head=2, d_model=16, max_seq_len=32)
+    small = save_specialist(root / "small", {k: v.detach() for k, v in LlamaLM(other).named_parameters()}, other,
+                            tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe", overwrite=True)
+    cfg = parse_config({"merge_method": "linear", "models": [str(dirs["a"]), str(small)]})
+    with pytest.raises(ValueError, match=r"models\[1\].*small.*tensors differ"):
+        merge(cfg, tmp_path / "x", log=None)
+    cfg = parse_config({"merge_method": "linear", "models": [str(dirs["a"]), str(tmp_path / "nope")]})
+    with pytest.raises(FileNotFoundError, match=r"models\[1\]"):
+        merge(cfg, tmp_path / "y", log=None)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("raw,match", [
+    ({"merge_method": "soup", "models": ["a"]}, "merge_method 'soup'"),
+    ({"merge_method": "ties", "models": ["a"]}, "needs base_model"),
+    ({"merge_method": "linear", "models": []}, "non-empty list"),
+    ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": True}}]}, "weight: True is not a number"),
+    ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"density": 0}}]}, "density: 0.0 is outside"),
+    ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"densty": 0.5}}]}, "expected keys among"),
+    ({"merge_method": "ties", "base_model": "b", "models": ["a"], "parameters": {"trim": "layer"}}, "trim 'layer'"),
+    ({"merge_method": "dare_linear", "base_model": "b", "models": ["a"], "parameters": {"rescale": "l2"}}, "rescale 'l2'"),
+    ({"merge_method": "linear", "models": ["a"], "dtype": "int8"}, "dtype 'int8'"),
+    ({"merge_method": "linear", "models": ["a"], "tokenizer_source": "x"}, "unknown key"),
+])
+def test_config_errors_name_the_key(raw, match):
+    with pytest.raises(ValueError, match=match):
+        parse_config(raw, "merge.yaml")
+
+
+def test_config_paths_resolve_relative_to_the_file(tmp_path):
+    (tmp_path / "m.yaml").write_text("merge_method: linear\nmodels:\n  - model: a\n  - model: b\n")
+    cfg = load_config(tmp_path / "m.yaml")
+    assert [m.model for m in cfg.models] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    (tmp_path / "bad.yaml").write_text("merge_method: [linear\n")
+    with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
