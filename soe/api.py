@@ -17,15 +17,19 @@ its ``.model`` is a `soe.core.model.LlamaLM`.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import re
+import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import torch
 
 from soe.core.model import LlamaLM
 from soe.core.weights import parse_weights, weights_dict
+from soe.fileio import read_json
 from soe.data.text import read_texts, token_stream
 from soe.specialists import evaluate as ev
 from soe.specialists import export
@@ -86,6 +90,8 @@ class Soup:
 
     def __init__(self, model, hp: dict, ckpt_path: Path, data: str | os.PathLike | None = None):
         self.model, self.hp, self.ckpt_path = model, hp, ckpt_path
+        self.source = str(ckpt_path)
+        """Where the checkpoint came from (its path, or the URL it was downloaded from)."""
         self.domains: list[str] = list(hp["domain_names"])
         self.prior = torch.tensor(hp["prior"], dtype=torch.float32)
         self._data = data if data is not None else hp.get("data_dir")
@@ -115,16 +121,26 @@ class Soup:
         return refine(self.model, self.weights(weights), stream, self.domains, **kw)
 
     def specialist(self, weights="prior") -> Specialist:
-        """The dense model Θ(h) for these domain weights (h is ignored by a dense, n = 0, checkpoint)."""
+        """The dense model Θ(h) for these domain weights.
+
+        A dense checkpoint (n = 0 experts: the generic model) is the same model for every h, so only
+        ``weights="prior"`` is accepted and the result is labelled dense, with no domain weights."""
         d, meta = self._prepared()
+        dense = self.model.n == 0
+        if dense and not (isinstance(weights, str) and weights == "prior"):
+            raise ValueError(f"{self.source} is a dense checkpoint (n = 0 experts, the generic model): its model "
+                             f"does not depend on h, so weights {_short(weights)} would label it falsely; "
+                             "use weights 'prior' (--weights prior) to get the generic model")
         h = self.weights(weights)
         t0 = time.perf_counter()
         net = self.model.specialist(h)
         if next(net.parameters()).is_cuda:
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
-        info = {"weights": weights_dict(h, self.domains), "checkpoint": str(self.ckpt_path),
+        info = {"weights": None if dense else weights_dict(h, self.domains), "checkpoint": self.source,
                 "tokenizer_sha256": meta.tokenizer_sha256, "n_experts": self.model.n}
+        if dense:
+            info["dense"] = "the generic model of a checkpoint without experts: independent of domain weights"
         return Specialist(net, d / meta.tokenizer_file, meta.eos_id, info, secs)
 
     def instantiate(self, weights, out: str | os.PathLike, fmt: str = "hf", overwrite: bool = False) -> Specialist:
@@ -149,18 +165,60 @@ class Soup:
         return self.specialist(weights).generate(prompt, **kw)
 
 
+def _short(weights) -> str:
+    text = repr(weights)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def fetch_checkpoint(url: str) -> Path:
+    """A checkpoint named by an http(s):// or file:// URL, downloaded once into torch.hub's cache
+    (``torch.hub.get_dir()/checkpoints``, under a name unique to the URL); loaded like any file after."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https", "file"):
+        raise ValueError(f"checkpoint {url}: unsupported URL scheme {scheme!r}; expected http://, https:// or file://")
+    name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.ckpt"
+    dst = Path(torch.hub.get_dir()) / "checkpoints" / f"soe-{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+    if not dst.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:  # writes a temporary file and renames it: an interrupted download leaves no partial checkpoint
+            torch.hub.download_url_to_file(url, str(dst), progress=sys.stderr.isatty())
+        except Exception as e:
+            raise ValueError(f"could not download checkpoint {url}: {type(e).__name__}: {e}") from None
+    return dst
+
+
 def load(path: str | os.PathLike, data: str | os.PathLike | None = None, device=None) -> Soup | Specialist:
-    """A training checkpoint (file, or a directory holding last.ckpt) → `Soup`; an exported specialist
-    directory → `Specialist`. ``data``: the prepared directory (needed when the checkpoint lacks it)."""
-    p = Path(path)
+    """A training checkpoint (file, directory holding last.ckpt, or http(s)/file URL) → `Soup`; an exported
+    specialist directory → `Specialist`. ``data``: the prepared directory (needed when the checkpoint lacks it).
+    An export killed while replacing ``path`` is repaired first (`soe.specialists.export.recover`)."""
     dev = _device(device)
+    if isinstance(path, str) and _URL.match(path):
+        model, hp, ckpt = load_checkpoint(fetch_checkpoint(path), dev)
+        soup = Soup(model, hp, ckpt, data)
+        soup.source = path
+        return soup
+    p = Path(path)
+    if not os.path.lexists(p) and export.interrupted(p):
+        export.recover(p)
     if p.is_dir() and ((p / export.SOE_FILE).is_file() or (p / "config.json").is_file()):
         net, info = export.load_specialist(p, dev)
-        if not (p / "tokenizer.json").is_file():
+        tok = p / "tokenizer.json"
+        if not tok.is_file():
             raise FileNotFoundError(f"{p}: no tokenizer.json in the specialist directory")
+        try:
+            from tokenizers import Tokenizer
+
+            Tokenizer.from_file(str(tok))
+        except Exception as e:  # the tokenizers library raises its own error type on a corrupt file
+            raise ValueError(f"{tok}: not a readable tokenizer ({type(e).__name__}: {str(e)[:200]})") from None
         eos = info.get("eos_id")
         if eos is None:
-            eos = json.loads((p / "config.json").read_text()).get("eos_token_id")
-        return Specialist(net, p / "tokenizer.json", int(eos), info)
+            eos = read_json(p / "config.json", "model config").get("eos_token_id")
+        if not isinstance(eos, int) or isinstance(eos, bool):
+            raise ValueError(f"{p}: no integer eos_id in {export.SOE_FILE} or eos_token_id in config.json")
+        return Specialist(net, tok, eos, info)
     model, hp, ckpt = load_checkpoint(p, dev)
     return Soup(model, hp, ckpt, data)

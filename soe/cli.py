@@ -6,8 +6,9 @@
     soe evaluate --specialist my-specialist --texts my-eval-set.jsonl
     soe generate my-specialist --prompt "Once upon a time" --max-tokens 80
 
-CKPT is a Lightning checkpoint or a directory holding last.ckpt; --data names its prepared-data
-directory (estimate-weights also accepts the prepared directory itself instead of CKPT).
+CKPT is a Lightning checkpoint, a directory holding last.ckpt, or an http(s):// URL of one (downloaded
+once into torch.hub's cache, loaded with weights_only=True); --data names its prepared-data directory
+(estimate-weights also accepts the prepared directory itself instead of CKPT).
 User errors print one line ``soe: error: ...`` and exit 2 (``--debug`` shows the traceback).
 """
 
@@ -15,17 +16,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
-               NotADirectoryError, ImportError)
+from soe.errors import run_entry
+from soe.fileio import atomic_write_text
+
+
+def _number(kind, ok, expected: str):
+    """An argparse ``type=`` that refuses values outside a range, naming the range (argparse names the flag)."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}; "
+                                             f"expected {expected}") from None
+        if not (math.isfinite(v) and ok(v)):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; expected {expected}")
+        return v
+    parse.__name__ = expected  # argparse shows it in "invalid <name> value" messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "an integer ≥ 1")
+nonneg_int = _number(int, lambda v: v >= 0, "an integer ≥ 0")
+positive_float = _number(float, lambda v: v > 0, "a number > 0")
+nonneg_float = _number(float, lambda v: v >= 0, "a number ≥ 0")
+open_fraction = _number(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
+weight_floor = _number(float, lambda v: 0 <= v < 1, "a weight in [0, 1)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="prepared-data directory of the checkpoint (meta.json, tokenizer, centroids)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+INSTANTIATE = """Write Θ(h) as a standalone dense model directory. The export is atomic: written beside --out
+and renamed into place, so an interrupted export leaves the previous directory or the new one (a crash
+in the middle of replacing one is repaired by the next export, or by loading --out). --overwrite
+replaces only a directory soe wrote (holding soe_specialist.json) or an empty one: a directory of other
+files, or a file, is refused and left untouched. A dense checkpoint (n = 0 experts, the generic model)
+does not depend on h: it accepts only --weights prior and its export is labelled dense, without weights."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,23 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="checkpoint, run directory, or prepared-data directory")
     p.add_argument("--texts", required=True, help="in-house texts: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT]")
     p.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
-    p.add_argument("--max-docs", type=int, help="use at most this many documents")
-    p.add_argument("--min-weight", type=float, default=0.0, help="drop domains below this weight, renormalise")
+    p.add_argument("--max-docs", type=positive_int, help="use at most this many documents")
+    p.add_argument("--min-weight", type=weight_floor, default=0.0, help="drop domains below this weight, renormalise (in [0, 1))")
     p.add_argument("--out", default="weights.json", help="where to write {domain: weight} (default: weights.json)")
-    p.add_argument("--top", type=int, default=5, help="print this many top domains")
+    p.add_argument("--top", type=positive_int, default=5, help="print this many top domains")
     p.add_argument("--refine", action="store_true", help="then optimise h on the soup's loss (needs a checkpoint)")
-    p.add_argument("--refine-steps", type=int, default=200)
-    p.add_argument("--refine-lr", type=float, default=0.05)
-    p.add_argument("--holdout", type=float, default=0.2, help="fraction of in-house tokens for early stopping")
+    p.add_argument("--refine-steps", type=positive_int, default=200, help="optimisation steps of --refine (≥ 1)")
+    p.add_argument("--refine-lr", type=positive_float, default=0.05, help="learning rate of --refine (> 0)")
+    p.add_argument("--holdout", type=open_fraction, default=0.2, help="fraction of in-house tokens for early stopping, in (0, 1)")
     _common(p)
 
-    p = sub.add_parser("instantiate", help="write a standalone dense specialist Θ(h)")
-    p.add_argument("ckpt", help="checkpoint or run directory")
-    p.add_argument("--weights", required=True, help="weights.json, 'a=0.3,b=0.7', a domain name, or 'prior'")
+    p = sub.add_parser("instantiate", help="write a standalone dense specialist Θ(h)", description=INSTANTIATE)
+    p.add_argument("ckpt", help="checkpoint, run directory, or http(s):// URL of a checkpoint")
+    p.add_argument("--weights", required=True, help="weights.json, 'a=0.3,b=0.7', a domain name, or 'prior' "
+                                                    "(a dense checkpoint accepts only 'prior')")
     p.add_argument("--out", required=True, help="output directory (refused if it exists, unless --overwrite)")
     p.add_argument("--format", choices=("hf", "soe"), default="hf", help="hf: LlamaForCausalLM directory; soe: own format")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output directory, only if soe wrote it (it holds soe_specialist.json) "
+                        "or it is empty; anything else is refused, never deleted")
     _common(p)
 
     p = sub.add_parser("evaluate", help="loss / perplexity / bits-per-byte table",
@@ -69,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texts", action="append", default=[],
                    help="evaluate on raw documents: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT] (repeatable)")
     p.add_argument("--text-field", default="text", help="field/column holding the text of --texts (default: text)")
-    p.add_argument("--max-docs", type=int, help="use at most this many documents of each --texts input")
+    p.add_argument("--max-docs", type=positive_int, help="use at most this many documents of each --texts input")
     p.add_argument("--split", default="val", choices=("train", "val"))
-    p.add_argument("--windows", type=int, default=512, help="windows evaluated per set at most (default: 512)")
+    p.add_argument("--windows", type=positive_int, default=512, help="windows evaluated per set at most (default: 512)")
     p.add_argument("--json", help="write the rows as JSON here")
     p.add_argument("--md", help="write the markdown table here")
     _common(p)
@@ -80,11 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="exported specialist directory, or a checkpoint (with --weights)")
     p.add_argument("--weights", default="prior", help="with a checkpoint: domain weights (default: prior)")
     p.add_argument("--prompt", default="")
-    p.add_argument("--max-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--max-tokens", type=positive_int, default=100, help="tokens to generate at most (≥ 1)")
+    p.add_argument("--temperature", type=nonneg_float, default=0.8, help="≥ 0; 0: greedy")
+    p.add_argument("--top-k", type=nonneg_int, default=50, help="sample among the k most likely tokens; 0: all")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--num-samples", type=positive_int, default=1)
     _common(p)
     return ap
 
@@ -133,14 +169,19 @@ def cmd_instantiate(a) -> None:
     import torch
 
     from soe.core.weights import top_domains
+    from soe.specialists.export import check_out, recover
 
-    if Path(a.out).exists() and not a.overwrite:  # fail before loading anything
-        raise FileExistsError(f"output directory {a.out} already exists; pass --overwrite to replace it")
+    recover(a.out)  # an earlier export killed mid-swap: put its directory back before judging --out
+    check_out(a.out, a.overwrite)  # fail before loading anything
     soup = _load_soup(a.ckpt, a)
     spec = soup.specialist(a.weights)
     n = sum(p.numel() for p in spec.model.parameters())
-    print(f"instantiated Θ(h) ({n / 1e6:.2f}M parameters, n={soup.model.n} experts) in {spec.instantiate_s * 1e3:.1f} ms")
+    what = "the dense model (n = 0 experts)" if spec.weights is None else f"Θ(h) (n={soup.model.n} experts)"
+    print(f"instantiated {what}, {n / 1e6:.2f}M parameters, in {spec.instantiate_s * 1e3:.1f} ms")
     out = spec.save(a.out, a.format, a.overwrite, getattr(torch, a.dtype))
+    if spec.weights is None:
+        print(f"wrote {a.format} dense model to {out} (no domain weights: the generic model)")
+        return
     top = ", ".join(f"{d}={w:.3f}" for d, w in top_domains(spec.weights, 5))
     print(f"wrote {a.format} specialist to {out} (weights: {top})")
 
@@ -162,8 +203,9 @@ def cmd_evaluate(a) -> None:
         raise ValueError("nothing to evaluate: pass --specialist DIR and/or --ckpt CKPT")
     if a.weights and not a.ckpt:
         raise ValueError("--weights needs --ckpt")
-    if a.windows <= 0:
-        raise ValueError(f"--windows {a.windows}: expected a positive number of windows per set")
+    for out in filter(None, (a.json, a.md)):  # refuse before minutes of evaluation, not after
+        if Path(out).is_dir():
+            raise IsADirectoryError(f"output {out} is a directory; expected a file name")
     models, data = {}, a.data
     soup = _load_soup(a.ckpt, a) if a.ckpt else None
     if soup is not None:
@@ -171,7 +213,7 @@ def cmd_evaluate(a) -> None:
         for w in a.weights:
             models[f"soup@{w}"] = soup.specialist(w)
         if a.prior or not a.weights:
-            models["soup@prior"] = soup.specialist("prior")
+            models["dense" if soup.model.n == 0 else "soup@prior"] = soup.specialist("prior")
     for d in a.specialist:
         spec = api.load(d, device=a.device)
         if not isinstance(spec, api.Specialist):
@@ -185,11 +227,11 @@ def cmd_evaluate(a) -> None:
     rows = ev.evaluate(models, eval_sets, a.windows)
     md = ev.markdown_table(rows)
     print(md, end="")
-    if a.md:
-        Path(a.md).write_text(md)
-    if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
-        print(f"wrote {a.json}")
+    for out, text in ((a.md, md), (a.json, json.dumps(rows, indent=2) + "\n")):
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out, text)
+            print(f"wrote {out}")
 
 
 def cmd_generate(a) -> None:
@@ -200,7 +242,7 @@ def cmd_generate(a) -> None:
     for i in range(a.num_samples):
         if a.num_samples > 1:
             print(f"--- sample {i + 1}")
-        print(spec.generate(a.prompt, a.max_tokens, a.temperature, a.top_k, a.seed + i))
+        print(spec.generate(a.prompt, a.max_tokens, a.temperature, a.top_k or None, a.seed + i))
 
 
 COMMANDS = {"estimate-weights": cmd_estimate, "instantiate": cmd_instantiate, "evaluate": cmd_evaluate,
@@ -208,18 +250,8 @@ COMMANDS = {"estimate-weights": cmd_estimate, "instantiate": cmd_instantiate, "e
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        COMMANDS[args.cmd](args)
-    except USER_ERRORS as e:
-        if args.debug:
-            raise
-        print(f"soe: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("soe: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return run_entry("soe", lambda: COMMANDS[args.cmd](args), args.debug)
 
 
 if __name__ == "__main__":

@@ -94,14 +94,14 @@ def test_own_format_round_trip_and_weights_recorded(exported, tmp_path):
 def test_export_refuses_existing_dir_and_overwrites_on_request(exported, tmp_path):
     _, spec, _ = exported
     out = tmp_path / "taken"
-    out.mkdir()
+    spec.save(out, fmt="soe")
     (out / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="already exists"):
         spec.save(out)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").is_file() and not (out / "config.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no temporary directory left behind
-    spec.save(out, overwrite=True)
-    assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+    spec.save(out, overwrite=True)  # ours (it holds soe_specialist.json): replaced
+    assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
 
 
@@ -110,8 +110,8 @@ def test_failed_export_leaves_nothing_half_written(exported, tmp_path, monkeypat
     _, spec, _ = exported
     out = tmp_path / "spec"
     if existing:
-        out.mkdir()
-        (out / "keep.txt").write_text("mine")
+        spec.save(out, fmt="soe")
+    before = sorted(p.name for p in out.iterdir()) if existing else None
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -120,7 +120,7 @@ def test_failed_export_leaves_nothing_half_written(exported, tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="disk full"):
         spec.save(out, overwrite=True)
     if existing:
-        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+        assert sorted(p.name for p in out.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == (["spec"] if existing else [])
 
 

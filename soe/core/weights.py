@@ -10,16 +10,35 @@ a domain name, inline "a=0.3,b=0.7" pairs, "prior", or a path to a weights.json 
 
 from __future__ import annotations
 
-import json
+import numbers
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from soe.fileio import atomic_write_json, read_json
+
+
+def _number(v, where: str, name) -> float:
+    """One weight as a float; JSON booleans, strings, null and lists are refused (float(True) would be 1)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ValueError(f"{where}: the weight of {name} is {v!r} ({type(v).__name__}); expected a number")
+    return float(v)
 
 
 def check_h(h, k: int, name: str = "h") -> torch.Tensor:
-    """Validate domain weights and return them normalised to sum 1, as a float tensor of shape (k,)."""
-    t = torch.as_tensor(h, dtype=torch.float32) if not torch.is_tensor(h) else h
+    """Validate domain weights and return them normalised to sum 1, as a float32 tensor of shape (k,).
+
+    The sum and the division are done in float64: weights each finite in float32 (2e38 + 2e38) would
+    overflow a float32 sum to inf and normalise to 0; the result is checked before it is narrowed."""
+    if torch.is_tensor(h):
+        if h.dtype == torch.bool:
+            raise ValueError(f"{name} is a boolean tensor; expected numeric weights")
+        t = h.double()
+    else:
+        t = torch.as_tensor([_number(v, name, f"domain {i}") for i, v in enumerate(h)]
+                            if isinstance(h, (list, tuple)) else h, dtype=torch.float64)
     if t.ndim != 1 or t.numel() != k:
         raise ValueError(f"{name} has shape {tuple(t.shape)}; expected ({k},): one weight per domain")
     if not torch.isfinite(t).all():
@@ -27,9 +46,21 @@ def check_h(h, k: int, name: str = "h") -> torch.Tensor:
     if (t < 0).any():
         raise ValueError(f"{name}={t.tolist()} has negative entries; expected non-negative weights")
     s = t.sum()
-    if s <= 0:
+    if not s > 0:
         raise ValueError(f"{name} sums to {float(s)}; expected a positive total (a histogram over domains)")
-    return t / s
+    out = (t / s).float()
+    if not torch.isfinite(out).all() or abs(float(out.double().sum()) - 1.0) > 1e-4:
+        raise ValueError(f"{name}={t.tolist()} cannot be normalised to sum 1 in float32 (got {out.tolist()})")
+    return out
+
+
+def _read_file(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    spec = read_json(path, "weights file")
+    if not isinstance(spec, (dict, list)):
+        raise ValueError(f"{path}: weights file holds a {type(spec).__name__}; expected {{domain: weight}} or a list")
+    return spec
 
 
 def parse_weights(spec, domains: list[str], prior=None) -> torch.Tensor:
@@ -39,18 +70,11 @@ def parse_weights(spec, domains: list[str], prior=None) -> torch.Tensor:
     if isinstance(spec, (str, os.PathLike)):
         s = str(spec)
         if s.endswith(".json") or (os.sep in s and Path(s).exists()):
-            path = Path(s)
-            if not path.is_file():
-                raise FileNotFoundError(f"weights file {path} not found")
-            try:
-                spec = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"weights file {path}: invalid JSON ({e})") from e
-            where = str(path)
+            spec, where = _read_file(Path(s)), s
         elif s == "prior" and "prior" not in domains:
             if prior is None:
                 raise ValueError("weights 'prior' requested but no prior is known")
-            return check_h(torch.as_tensor(prior, dtype=torch.float32), k, "prior")
+            return check_h(torch.as_tensor(prior, dtype=torch.float64), k, "prior")
         elif "=" in s:
             spec = {}
             for part in s.split(","):
@@ -65,12 +89,14 @@ def parse_weights(spec, domains: list[str], prior=None) -> torch.Tensor:
         unknown = [d for d in spec if d not in domains]
         if unknown:
             raise ValueError(f"{where}: unknown domain(s) {unknown}; the checkpoint's domains are {domains}")
-        try:
-            vals = [float(spec.get(d, 0.0)) for d in domains]
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: weights must be numbers, got {spec}") from None
-        return check_h(torch.tensor(vals, dtype=torch.float32), k, where)
-    return check_h(torch.as_tensor(spec, dtype=torch.float32), k, where)
+        return check_h([_number(spec.get(d, 0.0), where, repr(d)) for d in domains], k, where)
+    if isinstance(spec, (list, tuple)):
+        return check_h([_number(v, where, repr(domains[i]) if i < k else f"entry {i}") for i, v in enumerate(spec)],
+                       k, where)
+    if torch.is_tensor(spec) or isinstance(spec, np.ndarray):
+        return check_h(torch.as_tensor(spec), k, where)
+    raise ValueError(f"{where}: {spec!r} ({type(spec).__name__}) is not a form of domain weights; expected a "
+                     "{domain: weight} dict, a list of k numbers, a domain name, 'a=0.3,b=0.7', 'prior' or weights.json")
 
 
 def weights_dict(h, domains: list[str]) -> dict[str, float]:
@@ -80,9 +106,10 @@ def weights_dict(h, domains: list[str]) -> dict[str, float]:
 
 def save_weights(path: str | os.PathLike, h, domains: list[str]) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"weights output {path} is a directory; expected a file name such as weights.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(weights_dict(h, domains), indent=2) + "\n")
-    return path
+    return atomic_write_json(path, weights_dict(h, domains))
 
 
 def top_domains(weights: dict[str, float], n: int = 5) -> list[tuple[str, float]]:

@@ -10,10 +10,13 @@ parameter names (no renaming: ``soe.core.model`` already uses them) and the prep
 
 Exports are atomic: everything is written into a hidden temporary directory beside the target
 and renamed into place at the end, so an interrupted export never leaves a half-written model.
+Overwriting replaces only a directory this project wrote (`check_out`); an export killed during the
+swap is repaired by the next export or `soe.load` (`recover`).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -25,6 +28,7 @@ from pathlib import Path
 import torch
 
 from soe.core.model import LlamaLM, ModelConfig
+from soe.fileio import read_json
 
 FORMATS = ("hf", "soe")
 SOE_FILE = "soe_specialist.json"
@@ -61,27 +65,73 @@ def config_from_hf(hf: dict) -> ModelConfig:
                        tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
+def _leftovers(out: Path, kind: str) -> list[Path]:
+    """Hidden directories an export to ``out`` leaves beside it: ``tmp`` (being written), ``old`` (swapped out)."""
+    return sorted(out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"), key=lambda q: q.stat().st_mtime)
+
+
+def interrupted(out: str | os.PathLike) -> bool:
+    """Whether an export to ``out`` was killed between the two renames of its swap."""
+    return bool(_leftovers(Path(out), "old"))
+
+
+def recover(out: str | os.PathLike) -> None:
+    """Repair what an export killed part-way left beside ``out``.
+
+    The overwrite swap is two renames (out → .out.old-*, then the new .out.tmp-* → out). Killed between
+    them, ``out`` is missing and the previous model waits in .out.old-*: it is renamed back. Then every
+    .out.tmp-* (never finished, or finished but not swapped in) and .out.old-* is deleted. Called before
+    every export to ``out`` and by `soe.load` when ``out`` is missing. Not safe against a concurrent
+    export to the same ``out`` (two writers of one directory are a user error anyway)."""
+    out = Path(out)
+    old = _leftovers(out, "old")
+    if old and not os.path.lexists(out):
+        os.replace(old.pop(), out)  # the most recent previous model
+    for d in _leftovers(out, "tmp") + old:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def check_out(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse an output path that an export must not replace (called before any work is done).
+
+    An existing ``out`` is replaced only with ``overwrite`` and only if this project wrote it (it holds
+    soe_specialist.json) or it is an empty directory: --overwrite never deletes anything else."""
+    out = Path(out)
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise FileExistsError(f"output directory {out} already exists; pass --overwrite (overwrite=True) to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"output path {out} exists and is not a directory; refusing to replace it")
+    if (out / SOE_FILE).is_file() or not any(out.iterdir()):
+        return
+    names = sorted(q.name for q in out.iterdir())
+    raise FileExistsError(f"output directory {out} was not written by soe (no {SOE_FILE}; it holds "
+                          f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); --overwrite replaces only "
+                          "soe specialist directories: remove it yourself or choose another --out")
+
+
 @contextmanager
 def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
     """Yield a fresh temporary directory beside ``out``; on success rename it to ``out``.
 
-    Refuses an existing ``out`` unless ``overwrite``. On any error the temporary directory is
-    removed and ``out`` is left as it was."""
+    Refuses ``out`` as `check_out` does. On any error the temporary directory is removed and ``out`` is
+    left as it was; a process killed at any point leaves ``out`` old or new, or (between the two renames
+    of an overwrite) the old one in .out.old-*, which `recover` puts back."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output directory {out} already exists; pass --overwrite (overwrite=True) to replace it")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output path {out} exists and is not a directory")
+    recover(out)
+    check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    old = None
     try:
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
         for f in tmp.iterdir():  # some writers (safetensors) create 0600 files; exports are meant to be shared
             os.chmod(f, 0o666 & ~umask)
-        if out.exists():  # overwrite: move the old one aside first so the swap is two renames
+        if os.path.lexists(out):  # overwrite: move the old one aside first so the swap is two renames
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)
             os.replace(tmp, out)
@@ -89,6 +139,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
         else:
             os.rename(tmp, out)
     except BaseException:
+        if old is not None and old.exists() and not os.path.lexists(out):
+            os.replace(old, out)  # the second rename failed: put the previous model back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
@@ -158,17 +210,28 @@ def load_specialist(directory: str | os.PathLike, device: str | torch.device = "
         raise FileNotFoundError(f"specialist directory {d} not found")
     info: dict = {}
     if (d / SOE_FILE).is_file():
-        info = json.loads((d / SOE_FILE).read_text())
-        known = {f.name for f in fields(ModelConfig)}
-        cfg = ModelConfig(**{k: v for k, v in info["model"].items() if k in known})
+        where = d / SOE_FILE
+        info = read_json(where, "specialist metadata")
     elif (d / "config.json").is_file():
-        cfg = config_from_hf(json.loads((d / "config.json").read_text()))
+        where = d / "config.json"
+        hf = read_json(where, "model config")
     else:
         raise FileNotFoundError(f"{d} holds neither {SOE_FILE} nor config.json: not a specialist directory")
+    try:  # valid JSON of the wrong shape, or values ModelConfig refuses
+        if where.name == SOE_FILE:
+            known = {f.name for f in fields(ModelConfig)}
+            cfg = ModelConfig(**{k: v for k, v in info["model"].items() if k in known})
+        else:
+            cfg = config_from_hf(hf)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ValueError(f"{where}: not a valid specialist description ({type(e).__name__}: {e})") from None
     wpath = d / WEIGHTS_FILE
     if not wpath.is_file():
         raise FileNotFoundError(f"{wpath} not found (sharded HF checkpoints are not supported)")
-    state = load_file(str(wpath), device="cpu")
+    try:
+        state = load_file(str(wpath), device="cpu")
+    except Exception as e:  # safetensors raises its own error type on a truncated or garbage file
+        raise ValueError(f"{wpath}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)  # some HF writers store the tied copy too
     net = LlamaLM(cfg)
