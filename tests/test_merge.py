@@ -124,3 +124,54 @@ def test_config_paths_resolve_relative_to_the_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("merge_method: [linear\n")
     with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+@pytest.fixture(scope="module")
+def text_specialists(tmp_path_factory):
+    """Two 'fine-tuned' specialists with a real tokenizer and exemplar texts of their own topic."""
+    from specialize_helpers import NET, make_docs, train_tokenizer
+
+    root = tmp_path_factory.mktemp("merge_text")
+    docs = {d: make_docs(d, 12, seed=i) for i, d in enumerate(["cooking", "law"])}
+    train_tokenizer(docs["cooking"] + docs["law"], root / "tokenizer.json")
+    torch.manual_seed(1)
+    base = {k: v.detach().clone() for k, v in LlamaLM(NET).named_parameters()}
+    dirs = {"base": save_specialist(root / "base", base, NET, tokenizer_file=root / "tokenizer.json", eos_id=0,
+                                    info={}, fmt="soe")}
+    for i, d in enumerate(docs):
+        g = torch.Generator().manual_seed(10 + i)
+        p = {k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+        dirs[d] = save_specialist(root / d, p, NET, tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe")
+        (root / f"{d}.txt").write_text("\n\n".join(docs[d]))
+    return root, dirs
+
+
+@pytest.mark.parametrize("method", ["regmean", "lot", "cat"])
+def test_data_aware_merge_uses_each_models_exemplar_features(text_specialists, tmp_path, method):
+    from soe.merging import datamerge as D
+    from soe.merging.features import collect, exemplar_windows
+
+    root, dirs = text_specialists
+    cfg = parse_config({"merge_method": method, "base_model": str(dirs["base"]), "parameters": {"exemplar_tokens": 256},
+                        "models": [{"model": str(dirs[d]), "parameters": {"exemplars": str(root / f"{d}.txt")}}
+                                   for d in ("cooking", "law")]})
+    merge(cfg, tmp_path / "out", log=None)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    feats, thetas = [], []
+    for d in ("cooking", "law"):
+        net, _ = load_specialist(dirs[d])
+        feats.append(collect(net, exemplar_windows(root / f"{d}.txt", root / "tokenizer.json", 0, 32, 256)))
+        thetas.append(load_file(str(dirs[d] / "model.safetensors"))[name])
+    base = load_file(str(dirs["base"] / "model.safetensors"))[name]
+    grams = [f.gram[name] for f in feats]
+    want = {"regmean": lambda: D.regmean(thetas, grams, 0.9),
+            "lot": lambda: D.lot_linear(base, [t - base for t in thetas], grams),
+            "cat": lambda: base + sum(D.cat_linear([t - base for t in thetas], grams, 4))}[method]()
+    assert torch.allclose(got[name], want, atol=1e-5)
+    assert not torch.allclose(got[name], sum(thetas) / 2, atol=1e-4)  # not plain averaging
+
+
+def test_data_aware_merge_needs_exemplars():
+    with pytest.raises(ValueError, match=r"models\[0\].parameters.exemplars: merge_method cat needs"):
+        parse_config({"merge_method": "cat", "base_model": "b", "models": ["a"]}, "merge.yaml")

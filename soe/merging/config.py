@@ -1,6 +1,6 @@
 """The merge config: mergekit's YAML conventions, validated before anything is read.
 
-    merge_method: ties                 # linear | task_arithmetic | ties | dare_linear | dare_ties
+    merge_method: ties                 # linear | task_arithmetic | ties | dare_linear | dare_ties | regmean | lot | cat
     base_model: runs/generic-export    # a specialist directory (required by all but linear)
     models:
       - model: out/team-a              # fine-tuned specialist directories
@@ -10,12 +10,15 @@
     parameters: {lambda: 1.0, normalize: true, trim: tensor, rescale: l1, seed: 0}
     dtype: float32
 
-Per-model ``parameters``: ``weight`` (default 1.0) and ``density`` (share of each task vector kept by TIES /
-DARE; default 1.0). Global ``parameters``: ``lambda`` (scale of the merged task vector, default 1.0),
+Per-model ``parameters``: ``weight`` (default 1.0), ``density`` (share of each task vector kept by TIES /
+DARE; default 1.0) and, for the data-aware methods (regmean, lot, cat), ``exemplars``: a few unlabelled texts of
+that model's task (.txt/.jsonl/.json/.parquet; relative to the config file). Global ``parameters``: ``lambda`` (scale of the merged task vector, default 1.0),
 ``normalize`` (divide by the weights' sum; default per method as in mergekit), ``trim`` (TIES: ``tensor`` trims
 each tensor to its density as mergekit does, ``model`` trims over the whole flattened model as the TIES
 paper does), ``rescale`` (DARE: ``l1`` keeps each task vector's L1 norm as mergekit does, ``inverse`` divides by
-the density as the DARE paper does), ``seed`` (DARE's drop masks).
+the density as the DARE paper does), ``seed`` (DARE's drop masks). Data-aware methods (soe/merging/datamerge.py):
+``exemplar_tokens`` (per model, default 4096), ``alpha`` (RegMean's shrinkage, 0.9), ``ridge`` (LOT, 1e-6),
+``rank`` (CAT's c, 4), ``conflict_lambda`` (CAT's λ, 1.0), ``norm_share`` (CAT's share of gain dimensions, 0.1).
 """
 
 from __future__ import annotations
@@ -35,10 +38,18 @@ METHODS = {
     "ties": (True, True),
     "dare_linear": (True, False),
     "dare_ties": (True, False),
+    "regmean": (False, True),
+    "lot": (True, False),
+    "cat": (True, False),
 }
+DATA_METHODS = ("regmean", "lot", "cat")
 DTYPES = ("float32", "bfloat16", "float16")
-GLOBAL_KEYS = {"lambda", "normalize", "trim", "rescale", "seed", "int8_mask"}
-MODEL_KEYS = {"weight", "density"}
+GLOBAL_KEYS = {"lambda", "normalize", "trim", "rescale", "seed", "int8_mask", "exemplar_tokens", "alpha", "ridge",
+               "rank", "conflict_lambda", "norm_share"}
+MODEL_KEYS = {"weight", "density", "exemplars"}
+# data-aware knobs: key -> (default, lower bound, upper bound, integer)
+DATA_KNOBS = {"exemplar_tokens": (4096, 1, None, True), "alpha": (0.9, 0.0, 1.0, False), "ridge": (1e-6, 0.0, None, False),
+              "rank": (4, 0, None, True), "conflict_lambda": (1.0, 0.0, None, False), "norm_share": (0.1, 0.0, 1.0, False)}
 
 
 @dataclass
@@ -47,6 +58,8 @@ class ModelSpec:
     """A specialist directory (model.safetensors + soe_specialist.json or config.json)."""
     weight: float = 1.0
     density: float = 1.0
+    exemplars: str | None = None
+    """Unlabelled texts of this model's task (data-aware methods only)."""
 
 
 @dataclass
@@ -62,6 +75,9 @@ class MergeConfig:
     @property
     def lam(self) -> float:
         return float(self.parameters.get("lambda", 1.0))
+
+    def knob(self, key: str):
+        return self.parameters.get(key, DATA_KNOBS[key][0])
 
     @property
     def normalize(self) -> bool:
@@ -102,8 +118,12 @@ def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
         p = m.get("parameters") or {}
         if not isinstance(p, dict) or set(p) - MODEL_KEYS:
             raise ValueError(f"{where}.parameters: expected keys among {sorted(MODEL_KEYS)}, got {p!r}")
+        ex = p.get("exemplars")
+        if method in DATA_METHODS and not isinstance(ex, str):
+            raise ValueError(f"{where}.parameters.exemplars: merge_method {method} needs a file of a few unlabelled "
+                             f"texts of this model's task, got {ex!r}")
         specs.append(ModelSpec(m["model"], _number(p.get("weight", 1.0), f"{where}.parameters.weight"),
-                               _number(p.get("density", 1.0), f"{where}.parameters.density", 0, 1, lo_open=True)))
+                               _number(p.get("density", 1.0), f"{where}.parameters.density", 0, 1, lo_open=True), ex))
     params = raw.get("parameters") or {}
     if not isinstance(params, dict) or set(params) - GLOBAL_KEYS:
         raise ValueError(f"{source}: parameters: expected keys among {sorted(GLOBAL_KEYS)}, got {params!r}")
@@ -112,6 +132,11 @@ def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
     for key in ("normalize", "int8_mask"):
         if key in params and not isinstance(params[key], bool):
             raise ValueError(f"{source}: parameters.{key}: expected true or false, got {params[key]!r}")
+    for key, (_, lo, hi, integer) in DATA_KNOBS.items():
+        if key in params:
+            _number(params[key], f"{source}: parameters.{key}", lo, hi)
+            if integer and not isinstance(params[key], int):
+                raise ValueError(f"{source}: parameters.{key}: expected an integer, got {params[key]!r}")
     if params.get("trim", "tensor") not in ("tensor", "model"):
         raise ValueError(f"{source}: parameters.trim {params['trim']!r}: expected tensor or model")
     if params.get("rescale", "l1") not in RESCALES:
@@ -144,6 +169,7 @@ def load_config(path: str | os.PathLike) -> MergeConfig:
         return p if Path(p).exists() or Path(p).is_absolute() else str(path.parent / p)
     for m in cfg.models:
         m.model = resolve(m.model)
+        m.exemplars = resolve(m.exemplars) if m.exemplars else None
     if cfg.base_model is not None:
         cfg.base_model = resolve(cfg.base_model)
     return cfg

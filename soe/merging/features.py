@@ -39,7 +39,7 @@ def exemplar_windows(source, tokenizer_file: str | os.PathLike, eos_id: int, seq
     wins = eval_windows(token_stream(docs, tokenizer_file, eos_id), seq_len, max_windows=max_tokens // seq_len)
     if len(wins) == 0:
         raise ValueError(f"exemplars {source}: fewer than {seq_len + 1} tokens; expected at least one window")
-    return wins
+    return wins[:, :seq_len]  # eval_windows adds the next-token targets; only the inputs run here
 
 
 @torch.no_grad()

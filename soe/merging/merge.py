@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
+from soe.merging import datamerge as D
 from soe.merging import methods as M
-from soe.merging.config import MergeConfig
+from soe.merging.config import DATA_METHODS, MergeConfig
+from soe.merging.features import Features, collect, exemplar_windows
 from soe.specialists.export import SOE_FILE, WEIGHTS_FILE, atomic_dir
 
 
@@ -95,11 +97,59 @@ def _model_thresholds(cfg: MergeConfig, base: _Weights, models: list[_Weights], 
     return out
 
 
+def model_features(cfg: MergeConfig, log=print) -> list[Features]:
+    """Each model's layer-input statistics on its own exemplars (one model in memory at a time)."""
+    from soe.specialists.export import load_specialist
+
+    feats = []
+    for i, spec in enumerate(cfg.models):
+        net, info = load_specialist(spec.model)
+        d = Path(spec.model)
+        eos = info.get("eos_id")
+        if eos is None and (d / "config.json").is_file():
+            eos = json.loads((d / "config.json").read_text()).get("eos_token_id")
+        if eos is None or not (d / "tokenizer.json").is_file():
+            raise ValueError(f"models[{i}] {d}: needs tokenizer.json and an eos id to tokenize its exemplars")
+        seq = min(net.cfg.max_seq_len, 256)
+        wins = exemplar_windows(spec.exemplars, d / "tokenizer.json", int(eos), seq, int(cfg.knob("exemplar_tokens")))
+        feats.append(collect(net, wins))
+        if log:
+            log(f"  models[{i}]: layer inputs of {feats[-1].tokens} exemplar tokens from {spec.exemplars}")
+        del net
+    return feats
+
+
+def _data_tensor(cfg: MergeConfig, name: str, base, thetas, feats: list[Features]) -> torch.Tensor:
+    """RegMean / LOT / CAT for one tensor; tensors with no layer statistics use the weighted mean (module doc)."""
+    method, lam = cfg.merge_method, cfg.lam
+    weights = [m.weight for m in cfg.models]
+    if method == "regmean":
+        if name in feats[0].gram:
+            return D.regmean(thetas, [f.gram[name] for f in feats], cfg.knob("alpha"))
+        return M.linear(thetas, weights)
+    taus = [t - base for t in thetas]
+    if name in feats[0].gram:
+        grams = [f.gram[name] for f in feats]
+        if method == "lot":
+            return D.lot_linear(base, taus, grams, lam, cfg.knob("ridge"))
+        taus = D.cat_linear(taus, grams, int(cfg.knob("rank")), cfg.knob("conflict_lambda"))
+    elif name in feats[0].energy:
+        energies = [f.energy[name] for f in feats]
+        if method == "lot":
+            return D.lot_gain(base, taus, energies, lam)
+        taus = D.cat_gain(taus, energies, cfg.knob("norm_share"), cfg.knob("conflict_lambda"))
+    elif method == "lot":
+        return M.combine(base, taus, weights, lam, normalize=True)
+    return M.combine(base, taus, weights, lam)
+
+
 def merge_tensor(cfg: MergeConfig, name: str, base: torch.Tensor | None, thetas: list[torch.Tensor],
-                 thresholds: list[float] | None = None) -> torch.Tensor:
+                 thresholds: list[float] | None = None, feats: list[Features] | None = None) -> torch.Tensor:
     """One merged tensor by ``cfg.merge_method`` (float32)."""
     weights = [m.weight for m in cfg.models]
     method = cfg.merge_method
+    if method in DATA_METHODS:
+        return _data_tensor(cfg, name, base, thetas, feats)
     if method == "linear":
         return M.linear(thetas, weights, cfg.normalize)
     taus = [t - base for t in thetas]
@@ -145,11 +195,12 @@ def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log
     thresholds = None
     if cfg.merge_method == "ties" and cfg.parameters.get("trim") == "model":
         thresholds = _model_thresholds(cfg, base, models, names)
+    feats = model_features(cfg, log) if cfg.merge_method in DATA_METHODS else None
     dtype = getattr(torch, cfg.dtype)
     merged, n_params = {}, 0
     for i, name in enumerate(names):
         b = base.get(name) if base else None
-        merged[name] = merge_tensor(cfg, name, b, [m.get(name) for m in models], thresholds).to(dtype).contiguous()
+        merged[name] = merge_tensor(cfg, name, b, [m.get(name) for m in models], thresholds, feats).to(dtype).contiguous()
         n_params += merged[name].numel()
         if log and (i + 1) % max(len(names) // 4, 1) == 0:
             log(f"  merged {i + 1}/{len(names)} tensors")
