@@ -17,10 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
-from soe.experiments.experiment import ExperimentConfig, run
+from soe.errors import pop_debug, run_entry
+from soe.experiments.config import ExperimentConfig, check_files, from_mapping, read_yaml
+from soe.experiments.experiment import run
 from soe.experiments.report import soe_answer
+from soe.fileio import atomic_write_text
 
 HEADER = ("| variant | change vs naive | steps | domains won (one-hot h) | mean Δ domains | sets won (estimated h) | "
           "mean Δ sets | Δ mixture (prior h) | per-domain Δ | command |\n|---|---|---|---|---|---|---|---|---|---|\n")
@@ -52,25 +53,56 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+VARIANT_KEYS = ("name", "change", "overrides")
+
+
+def load_ablation(path: str) -> tuple[ExperimentConfig, Path, list[dict]]:
+    """The experiment, output directory and variants of an ablation YAML, every field checked."""
+    raw = read_yaml(path, "ablation config")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping with keys experiment, out, variants")
+    unknown = sorted(set(map(str, raw)) - {"experiment", "out", "variants"})
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; expected experiment, out, variants")
+    if "experiment" not in raw:
+        raise ValueError(f"{path}: experiment: missing; expected the mapping of the experiment every variant changes")
+    base = from_mapping(raw["experiment"], f"{path}: experiment")
+    variants = raw.get("variants")
+    if not isinstance(variants, list) or not variants:
+        raise ValueError(f"{path}: variants: expected a non-empty list of {{name, change, overrides}}")
+    for i, v in enumerate(variants):
+        where = f"{path}: variants[{i}]"
+        if not isinstance(v, dict) or set(map(str, v)) - set(VARIANT_KEYS):
+            raise ValueError(f"{where}: expected a mapping with keys among {list(VARIANT_KEYS)}, got {v!r}")
+        name = v.get("name")
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"{where}: name: expected a non-empty directory name, got {name!r}")
+        over = v.get("overrides", [])
+        if not isinstance(over, list) or not all(isinstance(o, str) and o.startswith("--") for o in over):
+            raise ValueError(f"{where}: overrides: expected a list of train.py arguments starting with '--', got {over!r}")
+    names = [v["name"] for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: variants: names must be unique, got {names}")
+    return base, Path(raw.get("out") or f"experiments/out/{Path(path).stem}"), variants
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    try:
-        raw = yaml.safe_load(Path(args.config).read_text())
-        unknown = set(raw) - {"experiment", "out", "variants"}
-        if unknown:
-            raise ValueError(f"{args.config}: unknown keys {sorted(unknown)}; expected experiment, out, variants")
-        base = ExperimentConfig(**raw["experiment"])
-        out = Path(raw.get("out", f"experiments/out/{Path(args.config).stem}"))
-        variants = raw["variants"]
-        names = [v["name"] for v in variants]
-        only = args.only.split(",") if args.only else names
-        missing = set(only) - set(names)
-        if missing:
-            raise ValueError(f"--only names {sorted(missing)} are not variants of {args.config}: {names}")
-    except (OSError, KeyError, TypeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_entry("soe.experiments.ablate", lambda: _main(args), debug)
+
+
+def _main(args: argparse.Namespace) -> int:
+    base, out, variants = load_ablation(args.config)
+    check_files(base, f"{args.config}: experiment")
+    names = [v["name"] for v in variants]
+    only = args.only.split(",") if args.only else names
+    missing = set(only) - set(names)
+    if missing:
+        raise ValueError(f"--only names {sorted(missing)} are not variants of {args.config}: {names}")
     table = Path(args.table)
+    if table.exists() and not table.is_file():
+        raise IsADirectoryError(f"--table {table} is not a file")
     for v in variants:
         if v["name"] not in only:
             continue
@@ -79,11 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         command = f"python -m soe.experiments.ablate --config {args.config} --only {v['name']}"
         row = summarise(v["name"], v.get("change", " ".join(cfg.soe_overrides) or "—"), res, command)
         text = table.read_text() if table.exists() else ""
-        with open(table, "a") as f:
-            if HEADER.splitlines()[0] not in text:  # start the table (after any prose already in the file)
-                f.write(("\n" if text and not text.endswith("\n\n") else "") + HEADER)
-            f.write(row)
-        (out / v["name"] / "row.md").write_text(row)
+        if HEADER.splitlines()[0] not in text:  # start the table (after any prose already in the file)
+            text += ("\n" if text and not text.endswith("\n\n") else "") + HEADER
+        atomic_write_text(table, text + row)  # rows are appended, and a crash never truncates the table
+        atomic_write_text(out / v["name"] / "row.md", row)
         print(f"[ablate] {row}", flush=True)
         print(json.dumps(res["mixture"]))
     return 0

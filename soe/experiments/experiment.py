@@ -12,86 +12,35 @@ trains: steps × batch × sequence length × accumulation × processes) and inst
 - optionally, the generic model and the SoE specialist each fine-tuned briefly on the in-house tokens.
 All are evaluated as dense models on the same windows (soe/data/windows.py, ``eval_windows`` of them) of each
 set's evaluation split and of each pretraining domain's validation split, by the function ``soe evaluate``
-uses. Training runs are resumable: a run whose last checkpoint reached max_steps is reused (soe/experiments/runs.py).
+uses. Training runs are resumable and reused only when their resolved configuration, prepared data and soe
+version are the ones they were trained under (soe/experiments/runs.py). The experiment config is checked
+field by field before anything trains (soe/experiments/config.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from soe.core.weights import parse_weights
 from soe.data.shards import load_meta, open_shard
 from soe.data.windows import eval_windows
+from soe.errors import pop_debug, run_entry
+from soe.experiments.config import ExperimentConfig, check_files, load_config, validate
+from soe.experiments.runkey import data_manifest
 from soe.experiments.report import write_report
-from soe.experiments.runs import budget, fit_args, train
+from soe.experiments.runs import budget, fit_args, resolve, train
+from soe.fileio import atomic_write_json
 from soe.specialists.estimate import estimate_weights
 from soe.specialists.evaluate import paired_interval, window_losses
 from soe.specialists.finetune import finetune
 from soe.specialists.refine import refine
 from soe.train.checkpoint import load_checkpoint
-
-
-@dataclass
-class ExperimentConfig:
-    """One comparison run; paths are relative to the working directory."""
-
-    data_dir: str = "data/demo"
-    """Prepared pretraining data with its specialist sets (data_dir/specialists)."""
-    soe_config: str = "configs/demo-cpu.yaml"
-    """Training config of the soup."""
-    generic_config: str = "configs/dense-demo-cpu.yaml"
-    """Training config of the dense baselines (generic and dedicated; its fixed_h is replaced for dedicated)."""
-    max_steps: int | None = None
-    """Training steps of every model (None: each config's own max_steps; the runs' tokens must agree either way)."""
-    dedicated: bool = True
-    """Train one dedicated dense model per specialist set (costs one training run per set)."""
-    refine: bool = True
-    """Also evaluate the soup at h refined on the in-house sample (soe estimate-weights --refine)."""
-    refine_steps: int = 200
-    """Maximum Adam steps of the refinement (it stops early on its held-out part)."""
-    finetune: bool = False
-    """Also fine-tune the generic model and the SoE specialist (histogram h) on each set's in-house tokens,
-    by the same procedure (soe/specialists/finetune.py), and evaluate both."""
-    finetune_steps: int = 100
-    """Fine-tuning steps; early stopping on a 10 % held-out part of the in-house tokens."""
-    finetune_batch_size: int = 16
-    """Fine-tuning batch size (sequences of the model's max_seq_len)."""
-    finetune_lr: float = 3e-4
-    """Peak fine-tuning learning rate (warmup, then cosine to 10 %)."""
-    eval_windows: int = 64
-    """Evaluation windows per set/domain, at most (non-overlapping, evenly spread: soe/data/windows.py)."""
-    bootstrap: int = 2000
-    """Bootstrap resamples of the windows for the 95 % interval of every SoE − generic difference."""
-    budgets: list[int] = field(default_factory=list)
-    """Smaller step counts at which the generic model and the soup are also trained, each with its own
-    schedule, for the curve of SoE − generic against tokens per parameter (histogram h; [] = no curve)."""
-    overrides: list[str] = field(default_factory=list)
-    """Extra train.py arguments applied to every run, e.g. ['--trainer.val_check_interval=100']."""
-    soe_overrides: list[str] = field(default_factory=list)
-    """Extra train.py arguments for the soup only (ablations), e.g. ['--model.soup.router_output=softmax']."""
-    seed: int = 0
-    """seed_everything of every run."""
-
-
-def load_config(path: str | Path) -> ExperimentConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"experiment config {p} not found")
-    raw = yaml.safe_load(p.read_text()) or {}
-    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"{p}: unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
-    return ExperimentConfig(**raw)
 
 
 # ------------------------------------------------------------------------------------ the protocol
@@ -112,7 +61,7 @@ def plan(cfg: ExperimentConfig, runs_dir: Path, soe_name: str, dedicated: dict[s
     runs = {}
     for name, (config, extra) in own.items():
         args = fit_args(config, name, runs_dir, common, list(cfg.overrides), extra)
-        runs[name] = (args, extra, budget(args))
+        runs[name] = (args, extra, budget(args, resolve(args, f"run {name}")))
     tokens = {name: b.tokens for name, (_, _, b) in runs.items()}
     if len(set(tokens.values())) > 1:
         raise ValueError("the runs of this experiment would not see the same tokens, so their losses would not be "
@@ -124,6 +73,8 @@ def plan(cfg: ExperimentConfig, runs_dir: Path, soe_name: str, dedicated: dict[s
 def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name: str = "soe") -> dict:
     """Train what is missing, evaluate, write out/results.json and out/report.md. ``runs_dir`` (default
     out/runs) may be shared between experiments so that e.g. ablations reuse one generic run."""
+    validate(cfg)  # callers may have changed fields after loading
+    check_files(cfg)
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = runs_dir or out / "runs"
     data_dir = Path(cfg.data_dir)
@@ -141,6 +92,10 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
 
     # ---- every training run, resolved and checked for equal tokens before anything trains
     planned = plan(cfg, runs_dir, soe_name, h_hist if cfg.dedicated else {})
+    main_steps = next(iter(planned.values()))[2].steps
+    if cfg.budgets and cfg.budgets[-1] >= main_steps:
+        raise ValueError(f"experiment config: budgets: expected step counts below the runs' {main_steps} steps "
+                         f"(the main runs are the curve's last point), got {cfg.budgets}")
     curve_plans = {b: plan(cfg, runs_dir, soe_name, {}, max_steps=b, suffix=f"-{b}steps") for b in cfg.budgets}
     runs = {("soe" if name == soe_name else name): train(name, runs_dir, args, extra, b)
             for name, (args, extra, b) in planned.items()}
@@ -157,7 +112,8 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
 
     # ---- specialist sets: histogram h (and refined h), dedicated models, fine-tuned models
     results: dict = {"sets": {}, "domains": {}, "runs": runs, "config": dataclasses.asdict(cfg),
-                     "tokens_per_run": runs["soe"]["tokens"], "eval": {"windows": cfg.eval_windows, "seq_len": T}}
+                     "tokens_per_run": runs["soe"]["tokens"], "eval": {"windows": cfg.eval_windows, "seq_len": T},
+                     "data": {"data_dir": str(data_dir), **data_manifest(data_dir)}}
     main_windows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for s in sets:
         h = h_hist[s]
@@ -199,7 +155,7 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
                                     main_windows)
     dom = results["domains"]
     results["mixture"] = {m: sum(v["prior_weight"] * v[m] for v in dom.values()) for m in ("generic", "soe_prior", "soe_onehot")}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_json(out / "results.json", results)
     write_report(results, out, hp["domain_names"])
     return results
 
@@ -240,17 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        out = Path(args.out or Path("experiments/out") / Path(args.config).stem)
-        runs = Path(args.runs) if args.runs else None
-        if runs is not None and not runs.is_dir():
-            raise FileNotFoundError(f"--runs {runs} is not a directory")
-        run(cfg, out, runs_dir=runs)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_entry("soe.experiment", lambda: _main(args), debug)
+
+
+def _main(args: argparse.Namespace) -> int:
+    """Every input is checked before anything trains or is written."""
+    cfg = load_config(args.config)
+    check_files(cfg, args.config)
+    out = Path(args.out or Path("experiments/out") / Path(args.config).stem)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory; expected an output directory")
+    runs = Path(args.runs) if args.runs else None
+    if runs is not None and not runs.is_dir():
+        raise FileNotFoundError(f"--runs {runs} is not a directory")
+    run(cfg, out, runs_dir=runs)
     print(f"[experiment] report: {out / 'report.md'}")
     return 0
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from soe.experiments.plots import plot_bars, plot_curve, plot_curves, scalars
+from soe.fileio import atomic_write_text
 
 MODEL_COLUMNS = (("generic", "generic"), ("soe_hist", "SoE (histogram h)"), ("soe_refined", "SoE (refined h)"),
                  ("dedicated", "dedicated"))
@@ -152,11 +153,22 @@ def budget_line(results: dict) -> str:
             "configurations before training, and on each trained run.")
 
 
+def data_line(results: dict) -> str:
+    """Which prepared data the numbers come from: its directory, manifest hash and corpus lock when known."""
+    d = results.get("data")
+    if not d:  # results from before the data was recorded
+        return ""
+    lock = d.get("prepared_data.corpus_lock")
+    return (f"Prepared data: `{d['data_dir']}` (meta.json sha256 {d['prepared_data.meta_sha256'][:12]}…, "
+            + (f"corpus lock {lock})." if lock else "no corpus lock recorded)."))
+
+
 def write_report(results: dict, out: Path, domains: list[str]) -> Path:
     runs = results["runs"]
     figures = [plot_curves(out, domains, Path(runs["soe"]["dir"]), Path(runs["generic"]["dir"])),
                *plot_bars(out, results, domains), *plot_curve(out, results)]
     parts = ["# Soup-of-Experts: specialists vs generic vs dedicated models", ""]
+    parts += [data_line(results), ""] if data_line(results) else []
     if results["sets"]:
         parts += ["## Held-out specialist sets (loss in nats/token on each set's evaluation split; lower is better)", "",
                   set_table(results), "",
@@ -184,6 +196,4 @@ def write_report(results: dict, out: Path, domains: list[str]) -> Path:
         parts += ["## Margin over training (SoE at the one-hot h − generic, validation loss during training)", "",
                   margin, ""]
     parts += ["## Commands", ""] + [f"- {name}: `{r['command']}`" for name, r in results["runs"].items()] + [""]
-    path = out / "report.md"
-    path.write_text("\n".join(parts))
-    return path
+    return atomic_write_text(out / "report.md", "\n".join(parts))

@@ -3,13 +3,15 @@
 A run is one ``python train.py fit`` command under ``<runs>/<name>``. Before anything trains, `budget`
 resolves a run's full configuration through the same LightningCLI parser that training uses (nothing is
 instantiated) and returns the tokens it will see: steps × batch × sequence length × gradient accumulation
-× processes. `train` then trains the run, or resumes it when it was interrupted with the same command
-(``launch.json`` is written before training, ``run.json`` after), or reuses it when finished.
+× processes. `train` then trains the run, or resumes it when it was interrupted under the same configuration
+(``launch.json`` is written before training, ``run.json`` after), or reuses it when finished under the same
+configuration (its key: soe/experiments/runkey.py). A run that cannot be reused or resumed (another
+configuration, no key, a corrupt state file) is moved aside to ``<name>.stale-<n>``, never overwritten.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -18,6 +20,8 @@ from pathlib import Path
 import torch
 
 from soe.data.datamodule import SoupDataModule
+from soe.experiments.runkey import describe_changes, run_key
+from soe.fileio import atomic_write_json, read_json
 from soe.train.cli import SoupCLI, main as cli_main
 from soe.train.module import SoupModule
 
@@ -53,13 +57,26 @@ class _ParseOnly(SoupCLI):
         pass
 
 
-def budget(fit_args: list[str]) -> Budget:
-    """The token budget of ``python train.py <fit_args>`` (fit_args starts with 'fit')."""
+def resolve(fit_args: list[str], what: str = "train.py fit"):
+    """The full configuration ``python train.py <fit_args>`` would run (fit_args starts with 'fit'), as
+    LightningCLI resolves it (config files, then arguments, then defaults), instantiating nothing. A
+    configuration train.py would refuse is refused here, in one line naming ``what``, before anything trains."""
     if not fit_args or fit_args[0] != "fit":
         raise ValueError(f"expected train.py fit arguments, got {fit_args[:2]}")
     with warnings.catch_warnings():  # LightningCLI warns that the experiment's own argv differs from args
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        c = _ParseOnly(SoupModule, SoupDataModule, args=fit_args[1:], run=False, auto_configure_optimizers=False).config
+        try:
+            return _ParseOnly(SoupModule, SoupDataModule, args=fit_args[1:], run=False, auto_configure_optimizers=False,
+                              parser_kwargs={"exit_on_error": False}).config
+        except argparse.ArgumentError as e:
+            config = fit_args[fit_args.index("--config") + 1] if "--config" in fit_args else "its arguments"
+            raise ValueError(f"{what}: train.py would refuse {config} with these arguments: "
+                             f"{' '.join(str(e).split())}") from None
+
+
+def budget(fit_args: list[str], config=None) -> Budget:
+    """The token budget of ``python train.py <fit_args>`` (``config``: its `resolve` when already done)."""
+    c = config if config is not None else resolve(fit_args)
     devices = c.trainer.devices
     processes = (devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 0) \
         * int(c.trainer.num_nodes or 1)
@@ -84,37 +101,79 @@ def _step_of(ckpt: Path) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
+def _state(path: Path, name: str) -> dict | None:
+    """A state file the experiment wrote (run.json, launch.json); None, said, when it is corrupt."""
+    try:
+        state = read_json(path, "run state file")
+        if isinstance(state, dict):
+            return state
+        raise ValueError(f"{path}: corrupt run state file, expected a JSON object")
+    except ValueError as e:
+        print(f"[experiment] {name}: {e}: treating the run as unfinished", flush=True)
+        return None
+
+
+def _move_aside(run_dir: Path, name: str, why: str) -> None:
+    """Keep a run that cannot be reused out of the way (its checkpoints, logs and state) and say so."""
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
+        n += 1
+    stale = run_dir.with_name(f"{run_dir.name}.stale-{n}")
+    run_dir.rename(stale)
+    print(f"[experiment] {name}: {why}: retraining from scratch; the previous run is kept in {stale}", flush=True)
+
+
+def _previous(run_dir: Path, name: str, key: dict, steps: int) -> tuple[dict | None, bool]:
+    """What the run directory offers under ``key``: (finished run.json to reuse, or None; resume from last.ckpt?).
+    Anything it holds that cannot be reused or resumed is moved aside."""
+    if not run_dir.exists():
+        return None, False
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    for state_file in ("run.json", "launch.json"):  # finished runs first, then interrupted ones
+        path = run_dir / state_file
+        if not path.is_file():
+            continue
+        state = _state(path, name)
+        if state is None:
+            return _move_aside(run_dir, name, f"its {state_file} is corrupt"), False
+        if "key" not in state:
+            return _move_aside(run_dir, name, f"its {state_file} records no configuration key (written by an "
+                               "older soe), so it may have been trained under another configuration"), False
+        if state["key"] != key:
+            return _move_aside(run_dir, name, "its configuration changed since it was trained ("
+                               + describe_changes(state["key"], key) + ")"), False
+        try:
+            saved = _step_of(ckpt) if ckpt.is_file() else None
+        except Exception as e:  # a truncated or foreign file: nothing to resume from, but keep it
+            return _move_aside(run_dir, name, f"its {ckpt} cannot be read ({type(e).__name__})"), False
+        if saved is None:
+            break
+        if state_file == "run.json" and saved == steps:
+            return state, False
+        # an interrupted run, or a finished one whose last.ckpt stopped short of the final step (written before
+        # soe.train.callbacks.ModelCheckpoint): finish it (exact resume: the data module's state travels in it)
+        print(f"[experiment] {name}: resuming from {ckpt} (step {saved} of {steps})", flush=True)
+        return None, True
+    _move_aside(run_dir, name, "it holds no finished or resumable run")
+    return None, False
+
+
 def train(name: str, runs_dir: Path, args: list[str], extra: list[str], plan: Budget) -> dict:
     """Train (or resume, or reuse) run ``name`` with train.py ``args``; returns its run.json contents."""
     run_dir = runs_dir / name
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    info_file = run_dir / "run.json"
     steps = plan.steps
-    if info_file.is_file() and ckpt.is_file():
-        info = json.loads(info_file.read_text())
-        if info.get("steps") == steps and info.get("args") == extra:
-            saved = _step_of(ckpt)
-            if saved == steps:
-                print(f"[experiment] {name}: reusing {ckpt} ({steps} steps)")
-                return info
-            # written before soe.train.callbacks.ModelCheckpoint: last.ckpt stopped short of the final step
-            print(f"[experiment] {name}: {ckpt} holds step {saved}, not {steps}: finishing the run", flush=True)
-    # An interrupted run with the same command resumes from its last checkpoint (exact resume: the data
-    # module's state travels in the checkpoint) instead of starting over.
-    launch = run_dir / "launch.json"  # the exact command, written before training starts
-    want = {"config": args[args.index("--config") + 1], "args": args}
-    if ckpt.is_file() and launch.is_file() and json.loads(launch.read_text()) == want:
-        print(f"[experiment] {name}: resuming the interrupted run from {ckpt}", flush=True)
+    key = run_key(resolve(args, f"run {name}"))
+    info, resume = _previous(run_dir, name, key, steps)
+    if info is not None:
+        print(f"[experiment] {name}: reusing {ckpt} ({steps} steps, same configuration)")
+        return info
+    want = {"config": args[args.index("--config") + 1], "args": args, "key": key}
+    if resume:
         args = args + [f"--ckpt_path={ckpt}"]
-    elif (run_dir / "checkpoints").is_dir():
-        # Checkpoints this run cannot resume from (another command's, or no last.ckpt): Lightning would write
-        # this run's last.ckpt as last-v1.ckpt beside a stale last.ckpt, which every evaluation would load.
-        # Keep them, out of the way.
-        stale = run_dir / f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        (run_dir / "checkpoints").rename(stale)
-        print(f"[experiment] {name}: training from scratch; previous checkpoints kept in {stale}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    launch.write_text(json.dumps(want, indent=2))
+    (run_dir / "run.json").unlink(missing_ok=True)  # a run being (re)trained is not finished
+    atomic_write_json(run_dir / "launch.json", want)
     print(f"[experiment] training {name} ({plan.describe()}): python train.py {' '.join(args)}", flush=True)
     t0 = time.perf_counter()
     cli = cli_main(args)
@@ -135,8 +194,8 @@ def train(name: str, runs_dir: Path, args: list[str], extra: list[str], plan: Bu
     info = {"name": name, "dir": str(run_dir), "checkpoint": str(ckpt), "steps": steps, "tokens": seen.tokens,
             "budget": asdict(seen), "wall_s": wall, "train_flops": float(flops),
             "params_instantiated": module.net_cfg.num_params(), "params_total": counts["total"],
-            "args": extra, "command": "python train.py " + " ".join(want["args"])}
+            "args": extra, "command": "python train.py " + " ".join(want["args"]), "key": key}
     if any(a.startswith("--ckpt_path=") for a in args):
         info["resumed"] = True  # wall_s covers only the steps after the resume
-    info_file.write_text(json.dumps(info, indent=2))
+    atomic_write_json(run_dir / "run.json", info)
     return info
