@@ -1,7 +1,8 @@
 """The merge config: mergekit's YAML conventions, validated before anything is read.
 
     merge_method: ties                 # linear | task_arithmetic | ties | dare_linear | dare_ties | regmean | lot | cat
-    base_model: runs/generic-export    # a specialist directory (required by all but linear)
+    base_model: runs/generic-export    # a specialist directory (required by all but linear and regmean), or
+                                       # {soup: CKPT, h: mean | alpha-mean | <weights>} (soe/merging/soupbase.py)
     models:
       - model: out/team-a              # fine-tuned specialist directories
         parameters: {weight: 1.0, density: 0.5}
@@ -19,6 +20,8 @@ paper does), ``rescale`` (DARE: ``l1`` keeps each task vector's L1 norm as merge
 the density as the DARE paper does), ``seed`` (DARE's drop masks). Data-aware methods (soe/merging/datamerge.py):
 ``exemplar_tokens`` (per model, default 4096), ``alpha`` (RegMean's shrinkage, 0.9), ``ridge`` (LOT, 1e-6),
 ``rank`` (CAT's c, 4), ``conflict_lambda`` (CAT's λ, 1.0), ``norm_share`` (CAT's share of gain dimensions, 0.1).
+``bank_projection: true`` (soup base only; task_arithmetic, ties, dare_*): merge the task vectors' parts in the
+span of the expert bank in α-space and only their residuals by the method.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ METHODS = {
 DATA_METHODS = ("regmean", "lot", "cat")
 DTYPES = ("float32", "bfloat16", "float16")
 GLOBAL_KEYS = {"lambda", "normalize", "trim", "rescale", "seed", "int8_mask", "exemplar_tokens", "alpha", "ridge",
-               "rank", "conflict_lambda", "norm_share"}
+               "rank", "conflict_lambda", "norm_share", "bank_projection"}
+PROJECTABLE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 MODEL_KEYS = {"weight", "density", "exemplars"}
 # data-aware knobs: key -> (default, lower bound, upper bound, integer)
 DATA_KNOBS = {"exemplar_tokens": (4096, 1, None, True), "alpha": (0.9, 0.0, 1.0, False), "ridge": (1e-6, 0.0, None, False),
@@ -66,7 +70,8 @@ class ModelSpec:
 class MergeConfig:
     merge_method: str
     models: list[ModelSpec]
-    base_model: str | None = None
+    base_model: str | dict | None = None
+    """A specialist directory, or {soup: CKPT, h: ...}."""
     parameters: dict = field(default_factory=dict)
     dtype: str = "float32"
     source: str = "<dict>"
@@ -144,8 +149,19 @@ def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
     if "seed" in params and (isinstance(params["seed"], bool) or not isinstance(params["seed"], int)):
         raise ValueError(f"{source}: parameters.seed: expected an integer, got {params['seed']!r}")
     base = raw.get("base_model")
-    if base is not None and not isinstance(base, str):
-        raise ValueError(f"{source}: base_model: expected a specialist directory, got {base!r}")
+    if isinstance(base, dict):
+        if not isinstance(base.get("soup"), str) or set(base) - {"soup", "h"}:
+            raise ValueError(f"{source}: base_model: expected a directory or {{soup: CKPT, h: mean | alpha-mean | "
+                             f"<weights>}}, got {base!r}")
+        if isinstance(base.get("h"), bool) or not isinstance(base.get("h", "alpha-mean"), (str, dict, list)):
+            raise ValueError(f"{source}: base_model.h: expected mean, alpha-mean or domain weights, got {base['h']!r}")
+    elif base is not None and not isinstance(base, str):
+        raise ValueError(f"{source}: base_model: expected a specialist directory or {{soup: CKPT, h: ...}}, got {base!r}")
+    if params.get("bank_projection", False) not in (True, False):
+        raise ValueError(f"{source}: parameters.bank_projection: expected true or false, got {params['bank_projection']!r}")
+    if params.get("bank_projection") and not (isinstance(base, dict) and method in PROJECTABLE):
+        raise ValueError(f"{source}: parameters.bank_projection needs base_model: {{soup: CKPT, ...}} and a merge_method "
+                         f"among {', '.join(PROJECTABLE)}")
     if METHODS[method][0] and base is None:
         raise ValueError(f"{source}: merge_method {method} needs base_model (the model the task vectors start from)")
     dtype = raw.get("dtype", "float32")
@@ -170,6 +186,8 @@ def load_config(path: str | os.PathLike) -> MergeConfig:
     for m in cfg.models:
         m.model = resolve(m.model)
         m.exemplars = resolve(m.exemplars) if m.exemplars else None
-    if cfg.base_model is not None:
+    if isinstance(cfg.base_model, dict):
+        cfg.base_model = {**cfg.base_model, "soup": resolve(cfg.base_model["soup"])}
+    elif cfg.base_model is not None:
         cfg.base_model = resolve(cfg.base_model)
     return cfg

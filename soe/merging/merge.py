@@ -23,6 +23,7 @@ from soe.merging import datamerge as D
 from soe.merging import methods as M
 from soe.merging.config import DATA_METHODS, MergeConfig
 from soe.merging.features import Features, collect, exemplar_windows
+from soe.merging.soupbase import bank_coordinates, soup_base
 from soe.specialists.export import SOE_FILE, WEIGHTS_FILE, atomic_dir
 
 
@@ -35,6 +36,22 @@ class MergeResult:
     bytes_read: int
     bytes_written: int
     seconds: float
+    in_span_share: list[float] | None = None
+    """With a soup base: ‖part of τ_u in the bank's span‖ / ‖τ_u‖ per model."""
+
+
+class _Tensors:
+    """An in-memory base (a soup's Θ) with the interface of `_Weights`."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], role: str, tokenizer_sha256: str | None):
+        self.t, self.role, self.dir, self.tok = tensors, role, None, tokenizer_sha256
+        self.names, self.bytes = list(tensors), 0
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.t[name].shape)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.t[name]
 
 
 class _Weights:
@@ -55,6 +72,7 @@ class _Weights:
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"{role} {path}: not a readable safetensors file ({e})") from None
         self.role, self.bytes = role, path.stat().st_size
+        self.tok = _tokenizer_hash(self.dir)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.f.get_slice(name).get_shape())
@@ -71,7 +89,6 @@ def _tokenizer_hash(d: Path) -> str | None:
 def _check_compatible(base: _Weights, models: list[_Weights]) -> list[str]:
     """The common tensor names, after checking every input has the same names, shapes and tokenizer."""
     names = base.names
-    tok = _tokenizer_hash(base.dir)
     for m in models:
         if set(m.names) != set(names):
             diff = sorted(set(m.names) ^ set(names))[:3]
@@ -81,9 +98,9 @@ def _check_compatible(base: _Weights, models: list[_Weights]) -> list[str]:
             if m.shape(n) != base.shape(n):
                 raise ValueError(f"{m.role} {m.dir}: tensor {n} has shape {m.shape(n)}, {base.role} has "
                                  f"{base.shape(n)}: expected specialists of the same architecture")
-        if _tokenizer_hash(m.dir) != tok:
-            raise ValueError(f"{m.role} {m.dir}: its tokenizer.json differs from {base.role} {base.dir}'s: "
-                             "merged models must share one tokenizer")
+        if base.tok is not None and m.tok != base.tok:
+            raise ValueError(f"{m.role} {m.dir}: its tokenizer.json differs from {base.role}'s "
+                             f"({base.dir or 'the soup'}): merged models must share one tokenizer")
     return names
 
 
@@ -144,10 +161,17 @@ def _data_tensor(cfg: MergeConfig, name: str, base, thetas, feats: list[Features
 
 
 def merge_tensor(cfg: MergeConfig, name: str, base: torch.Tensor | None, thetas: list[torch.Tensor],
-                 thresholds: list[float] | None = None, feats: list[Features] | None = None) -> torch.Tensor:
-    """One merged tensor by ``cfg.merge_method`` (float32)."""
+                 thresholds: list[float] | None = None, feats: list[Features] | None = None,
+                 bank: torch.Tensor | None = None, delta: torch.Tensor | None = None) -> torch.Tensor:
+    """One merged tensor by ``cfg.merge_method`` (float32). With ``bank`` (n, *S) and the task vectors' bank
+    coordinates ``delta`` (m, n): the in-span parts are combined in α-space, the residuals by the method."""
     weights = [m.weight for m in cfg.models]
     method = cfg.merge_method
+    if bank is not None:
+        span = [torch.tensordot(d.float(), bank, dims=1) for d in delta]  # Σ_j δ_uj E_j, each (*S)
+        moved = M.combine(torch.zeros_like(base), span, weights, cfg.lam, normalize=cfg.normalize)
+        resid = merge_tensor(cfg, name, base, [t - s for t, s in zip(thetas, span)], thresholds, feats)
+        return resid + moved
     if method in DATA_METHODS:
         return _data_tensor(cfg, name, base, thetas, feats)
     if method == "linear":
@@ -183,15 +207,46 @@ def _write_info(tmp: Path, cfg: MergeConfig, result: dict) -> None:
         p.write_text(json.dumps(info, indent=2) + "\n")
 
 
+def bank_projection(base, models: list[_Weights], bank: dict[str, torch.Tensor], names: list[str]):
+    """(δ (m, n), in-span share per model): the task vectors' least-squares coordinates in the expert bank."""
+    n = next(iter(bank.values())).shape[0]
+    gram, dots, norms = torch.zeros(n, n, dtype=torch.float64), torch.zeros(len(models), n, dtype=torch.float64), []
+    sq = torch.zeros(len(models), dtype=torch.float64)
+    for name in names:
+        e = bank[name].reshape(n, -1).double()
+        gram += e @ e.T
+        b = base.get(name).reshape(-1).double()
+        for u, m in enumerate(models):
+            tau = m.get(name).reshape(-1).double() - b
+            dots[u] += e @ tau
+            sq[u] += tau @ tau
+    delta = bank_coordinates(dots, gram)
+    span = torch.einsum("un,nm,um->u", delta, gram, delta).clamp_min(0).sqrt()
+    norms = (span / sq.sqrt().clamp_min(1e-30)).tolist()
+    return delta, norms
+
+
 def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log=print) -> MergeResult:
     """Merge ``cfg.models`` into a specialist directory ``out`` (atomic; see module docstring)."""
     from safetensors.torch import save_file
 
     t0 = time.perf_counter()
     models = [_Weights(m.model, f"models[{i}]") for i, m in enumerate(cfg.models)]
-    base = _Weights(cfg.base_model, "base_model") if cfg.base_model else None
+    sb, delta, in_span = None, None, None
+    if isinstance(cfg.base_model, dict):
+        infos = [_specialist_info(m.dir) for m in models]
+        sb = soup_base(cfg.base_model, infos, [m.weight for m in cfg.models], with_bank=True)
+        base = _Tensors(sb.tensors, "base_model (soup)", sb.tokenizer_sha256)
+    else:
+        base = _Weights(cfg.base_model, "base_model") if cfg.base_model else None
     ref = base or models[0]
     names = _check_compatible(ref, models if base else models[1:])
+    if sb is not None:
+        delta, in_span = bank_projection(base, models, sb.bank, names)
+        if log:
+            log("  in-span share of each task vector: " + ", ".join(f"models[{u}] {s:.3f}" for u, s in enumerate(in_span)))
+        if not cfg.parameters.get("bank_projection"):
+            sb.bank, delta = {}, None
     thresholds = None
     if cfg.merge_method == "ties" and cfg.parameters.get("trim") == "model":
         thresholds = _model_thresholds(cfg, base, models, names)
@@ -200,17 +255,28 @@ def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log
     merged, n_params = {}, 0
     for i, name in enumerate(names):
         b = base.get(name) if base else None
-        merged[name] = merge_tensor(cfg, name, b, [m.get(name) for m in models], thresholds, feats).to(dtype).contiguous()
+        bank = sb.bank.get(name) if sb is not None and delta is not None else None
+        merged[name] = merge_tensor(cfg, name, b, [m.get(name) for m in models], thresholds, feats, bank,
+                                    delta).to(dtype).contiguous()
         n_params += merged[name].numel()
         if log and (i + 1) % max(len(names) // 4, 1) == 0:
             log(f"  merged {i + 1}/{len(names)} tensors")
+    template = ref.dir or models[0].dir
     with atomic_dir(out, overwrite) as tmp:
-        for f in ref.dir.iterdir():
+        for f in template.iterdir():
             if f.is_file() and f.name != WEIGHTS_FILE:
                 shutil.copyfile(f, tmp / f.name)
         save_file(merged, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         written = (tmp / WEIGHTS_FILE).stat().st_size
         seconds = time.perf_counter() - t0
-        _write_info(tmp, cfg, {"seconds": round(seconds, 3)})
+        extra = {"seconds": round(seconds, 3)}
+        if sb is not None:
+            extra.update(soup_base=sb.info, in_span_share=[round(x, 6) for x in in_span])
+        _write_info(tmp, cfg, extra)
     read = sum(m.bytes for m in models) + (base.bytes if base else 0)
-    return MergeResult(str(out), cfg.merge_method, len(names), n_params, read, written, seconds)
+    return MergeResult(str(out), cfg.merge_method, len(names), n_params, read, written, seconds, in_span)
+
+
+def _specialist_info(d: Path) -> dict:
+    p = d / SOE_FILE
+    return json.loads(p.read_text()) if p.is_file() else {}
