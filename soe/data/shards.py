@@ -80,6 +80,9 @@ class Meta:
     """Version of this format; readers refuse other versions."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (sources, licences, command line)."""
+    corpus_lock: dict[str, Any] | None = None
+    """The package versions the text came from (data_prep/corpus_lock.py): {"id", "packages": [{name, kind,
+    version, sha256, file}], ...}; None when the sources were plain files (older meta.json files lack it)."""
 
     def prior(self, split: str = "train") -> np.ndarray:
         """The natural mixture: token-count histogram over domains, (k,)."""
@@ -89,7 +92,8 @@ class Meta:
         return counts / counts.sum()
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write meta.json atomically (temporary name, then rename)."""
+        """Write meta.json atomically (temporary name, then rename). (Not through soe.fileio: soe.data sits
+        below it in the package layering, tests/test_structure.py.)"""
         path = Path(directory) / "meta.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
