@@ -27,6 +27,7 @@ BENCHES = [
     ("distributed", "bench.bench_distributed", [], []),
     ("tokenize", "bench.bench_tokenize", [], []),
     ("embed", "bench.bench_embed", [], ["--n", "500", "--k", "16"]),
+    ("merge", "bench.bench_merge", [], ["--repeats", "1", "--models", "2"]),
 ]
 
 

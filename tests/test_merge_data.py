@@ -80,5 +80,5 @@ def test_collect_hooks_every_linear_layer_and_gain():
     assert set(f.gram) == linear and set(f.energy) == gains and f.tokens == 80
     # q_proj's Gram is XᵀX of the first block's normalised input: check it by hand
     x = net.model.layers[0].input_layernorm(net.model.embed_tokens(wins)).reshape(-1, 8).double()
-    assert torch.allclose(f.gram["model.layers.0.self_attn.q_proj.weight"], x.T @ x, atol=1e-8)
+    assert torch.allclose(f.gram["model.layers.0.self_attn.q_proj.weight"], x.T @ x, atol=1e-4)
     assert f.gram["model.layers.0.mlp.down_proj.weight"].shape == (cfg.ff_dim, cfg.ff_dim)

@@ -51,15 +51,16 @@ def collect(net: LlamaLM, windows: torch.Tensor, batch_size: int = 8) -> Feature
 
     def on_linear(name):
         def hook(_mod, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()  # (tokens, d_in)
-            gram[name] = gram.get(name, 0) + x.T @ x
+            x = args[0].reshape(-1, args[0].shape[-1]).float()  # (tokens, d_in)
+            # one batch's Gram in float32 (a fast matmul), summed over batches in float64
+            gram[name] = gram.get(name, 0) + (x.T @ x).double()
         return hook
 
     def on_norm(name, eps):
         def hook(_mod, args):
-            x = args[0].double()
+            x = args[0].float()
             xh = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).reshape(-1, x.shape[-1])
-            energy[name] = energy.get(name, 0) + xh.pow(2).sum(0)
+            energy[name] = energy.get(name, 0) + xh.pow(2).sum(0).double()
         return hook
 
     for mname, mod in net.named_modules():
