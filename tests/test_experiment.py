@@ -51,6 +51,7 @@ def test_tiny_experiment_report(fixture_prepared, tmp_path, monkeypatch):
         assert (out / png).stat().st_size > 10_000, png  # a real figure, not an empty canvas
     assert json.loads((out / "results.json").read_text())["sets"].keys() == results["sets"].keys()
     assert f"Every run saw the same {tokens.pop():,} training tokens (4 steps × 8 sequences × 64 tokens)" in report
+    assert f"Prepared data: `{fixture_prepared}` (meta.json sha256" in report
     assert "at most 4 non-overlapping windows of 64 tokens" in report and "(90%; the other 10%" in report
     # a second run reuses the finished training runs instead of retraining
     again = run(cfg, out)
@@ -238,3 +239,97 @@ def test_window_losses_average_to_model_loss_and_intervals_cover_the_truth():
     assert hi2 - lo2 > 5 * (hi - lo)  # unpaired, the same means are far less certain
     with pytest.raises(ValueError, match="equal-length"):
         paired_interval(a[:1], b[:1])
+
+
+def _tiny_run(name, config, runs, data_dir, steps=2):
+    """One experiment training run (runs.train) of ``config`` at test size, as run() would launch it."""
+    from soe.experiments.runs import budget, fit_args, train
+
+    common = [f"--data.data_dir={data_dir}", "--seed_everything=0", f"--trainer.max_steps={steps}"]
+    over = ["--trainer.enable_progress_bar=false", "--model.net.n_layer=1", "--trainer.val_check_interval=2"]
+    args = fit_args(str(config), name, runs, common, over, [])
+    return train(name, runs, args, [], budget(args))
+
+
+def test_changed_training_config_retrains_and_keeps_the_old_run(fixture_prepared, tmp_path, capsys):
+    """Harmful case: a run was reused after its training YAML changed (d_model, lr), reporting old numbers."""
+    from soe.train.checkpoint import load_checkpoint
+
+    config = tmp_path / "train.yaml"
+    config.write_text((ROOT / "configs/tiny.yaml").read_text())
+    runs = tmp_path / "runs"
+    first = _tiny_run("soe", config, runs, fixture_prepared)
+    capsys.readouterr()
+    assert _tiny_run("soe", config, runs, fixture_prepared)["wall_s"] == first["wall_s"]  # same config: reused
+    assert "reusing" in capsys.readouterr().out
+
+    config.write_text(config.read_text().replace("d_model: 64", "d_model: 32").replace("lr: 3.0e-3", "lr: 1.0e-3"))
+    second = _tiny_run("soe", config, runs, fixture_prepared)
+    out = capsys.readouterr().out
+    assert "reusing" not in out and "model.net.d_model 64 -> 32" in out and "model.optim.lr 0.003 -> 0.001" in out
+    assert f"kept in {runs / 'soe.stale-1'}" in out
+    assert load_checkpoint(second["checkpoint"])[0].net_cfg.d_model == 32 and "resumed" not in second
+    old = json.loads((runs / "soe.stale-1" / "run.json").read_text())  # the old run is kept, not lost
+    assert old["wall_s"] == first["wall_s"] and (runs / "soe.stale-1" / "checkpoints" / "last.ckpt").is_file()
+    assert old["key"]["model.net.d_model"] == 64 and second["key"]["model.net.d_model"] == 32
+
+
+def test_prepared_data_changes_the_key_and_old_runs_without_key_retrain(fixture_prepared, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(fixture_prepared, data)
+    runs = tmp_path / "runs"
+    first = _tiny_run("generic", ROOT / "configs/tiny.yaml", runs, data)
+    meta = json.loads((data / "meta.json").read_text())
+    meta["extra"]["tokenize_seconds"] = 99.0  # a timing: same data, same key
+    (data / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert _tiny_run("generic", ROOT / "configs/tiny.yaml", runs, data)["wall_s"] == first["wall_s"]
+    meta["extra"]["seed"] = 1  # re-prepared differently: another manifest
+    (data / "meta.json").write_text(json.dumps(meta))
+    _tiny_run("generic", ROOT / "configs/tiny.yaml", runs, data)
+    assert "prepared_data.meta_sha256" in capsys.readouterr().out
+    info = json.loads((runs / "generic" / "run.json").read_text())  # a run.json written before runs had a key
+    del info["key"]
+    (runs / "generic" / "run.json").write_text(json.dumps(info))
+    again = _tiny_run("generic", ROOT / "configs/tiny.yaml", runs, data)
+    assert "records no configuration key" in capsys.readouterr().out and again["wall_s"] != info["wall_s"]
+    assert sorted(p.name for p in runs.iterdir()) == ["generic", "generic.stale-1", "generic.stale-2"]
+
+
+@pytest.mark.parametrize("state", ["run.json", "launch.json"])
+def test_truncated_state_file_is_named_and_the_run_retrained(fixture_prepared, tmp_path, capsys, state):
+    runs = tmp_path / "runs"
+    first = _tiny_run("soe", ROOT / "configs/tiny.yaml", runs, fixture_prepared)
+    if state == "launch.json":  # an interrupted run: launch.json written, run.json not
+        (runs / "soe" / "run.json").unlink()
+    path = runs / "soe" / state
+    truncated = path.read_text()[:40]
+    path.write_text(truncated)  # a crash mid-write (before state files were written atomically)
+    capsys.readouterr()
+    again = _tiny_run("soe", ROOT / "configs/tiny.yaml", runs, fixture_prepared)
+    out = capsys.readouterr().out
+    assert f"{path}: corrupt run state file" in out and "retraining from scratch" in out
+    assert again["wall_s"] != first["wall_s"] and "resumed" not in again
+    assert (runs / "soe.stale-1" / state).read_text() == truncated  # kept aside, not overwritten
+    json.loads((runs / "soe" / "run.json").read_text())  # the new state is whole
+
+
+def test_report_names_the_prepared_data_and_its_corpus_lock():
+    from soe.experiments.report import data_line
+
+    data = {"data_dir": "data/demo", "prepared_data.meta_sha256": "ab" * 32}
+    assert data_line({"data": data}) == "Prepared data: `data/demo` (meta.json sha256 abababababab…, no corpus lock recorded)."
+    assert data_line({"data": {**data, "prepared_data.corpus_lock": "c0ffee12"}}).endswith("corpus lock c0ffee12).")
+    assert data_line({}) == ""  # results.json from before the data was recorded
+
+
+def test_corpus_lock_in_meta_is_part_of_the_key(tmp_path):
+    from soe.experiments.runkey import data_manifest
+
+    (tmp_path / "meta.json").write_text(json.dumps({"domains": ["a"], "corpus_lock": {"id": "9f3c", "packages": []}}))
+    assert data_manifest(tmp_path)["prepared_data.corpus_lock"] == "9f3c"
+    (tmp_path / "meta.json").write_text('{"domains": ')
+    with pytest.raises(ValueError, match=r"meta.json: corrupt prepared-data manifest"):
+        data_manifest(tmp_path)

@@ -107,7 +107,8 @@ def _main(args: argparse.Namespace) -> int:
         if v["name"] not in only:
             continue
         cfg = dataclasses.replace(base, soe_overrides=list(v.get("overrides", [])))
-        res = run(cfg, out / v["name"], runs_dir=out / "runs", soe_name=f"soe-{v['name']}")
+        res = run(cfg, out / v["name"], runs_dir=out / "runs", soe_name=f"soe-{v['name']}",
+                  source=f"{args.config}: experiment")
         command = f"python -m soe.experiments.ablate --config {args.config} --only {v['name']}"
         row = summarise(v["name"], v.get("change", " ".join(cfg.soe_overrides) or "—"), res, command)
         text = table.read_text() if table.exists() else ""

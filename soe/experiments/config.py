@@ -99,11 +99,19 @@ def _is(value, hint) -> bool:
 def _type_name(hint) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
-        return f"a list of {_type_name(args[0])}"
+        return f"a list of {_type_name(args[0])}s"
     if args:
         return " or ".join(_type_name(a) for a in args)
     return {int: "integer", float: "number", bool: "boolean (true/false)", str: "string",
             type(None): "null"}.get(hint, hint.__name__)
+
+
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def validate(cfg: ExperimentConfig, source: str = "experiment config") -> ExperimentConfig:
@@ -112,7 +120,10 @@ def validate(cfg: ExperimentConfig, source: str = "experiment config") -> Experi
     for f in dataclasses.fields(ExperimentConfig):
         value = getattr(cfg, f.name)
         if not _is(value, hints[f.name]):
-            raise ValueError(f"{source}: {f.name}: expected {_type_name(hints[f.name])}, got {value!r}")
+            hint = ""
+            if isinstance(value, str) and hints[f.name] is float and _parses_as_float(value):
+                hint = f" (YAML reads {value} as text: write it with a dot, e.g. {float(value):.1e})"
+            raise ValueError(f"{source}: {f.name}: expected {_type_name(hints[f.name])}, got {value!r}{hint}")
         test, expected = RULES.get(f.name, (None, ""))
         if test is not None and value is not None and not test(value):
             raise ValueError(f"{source}: {f.name}: expected {expected}, got {value!r}")

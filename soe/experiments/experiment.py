@@ -70,12 +70,13 @@ def plan(cfg: ExperimentConfig, runs_dir: Path, soe_name: str, dedicated: dict[s
     return runs
 
 
-def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name: str = "soe") -> dict:
+def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name: str = "soe",
+        source: str = "experiment config") -> dict:
     """Train what is missing, evaluate, write out/results.json and out/report.md. ``runs_dir`` (default
-    out/runs) may be shared between experiments so that e.g. ablations reuse one generic run."""
-    validate(cfg)  # callers may have changed fields after loading
-    check_files(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    out/runs) may be shared between experiments so that e.g. ablations reuse one generic run. ``source``
+    names the config in errors."""
+    validate(cfg, source)  # callers may have changed fields after loading
+    check_files(cfg, source)
     runs_dir = runs_dir or out / "runs"
     data_dir = Path(cfg.data_dir)
     meta = load_meta(data_dir)
@@ -94,9 +95,10 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
     planned = plan(cfg, runs_dir, soe_name, h_hist if cfg.dedicated else {})
     main_steps = next(iter(planned.values()))[2].steps
     if cfg.budgets and cfg.budgets[-1] >= main_steps:
-        raise ValueError(f"experiment config: budgets: expected step counts below the runs' {main_steps} steps "
+        raise ValueError(f"{source}: budgets: expected step counts below the runs' {main_steps} steps "
                          f"(the main runs are the curve's last point), got {cfg.budgets}")
     curve_plans = {b: plan(cfg, runs_dir, soe_name, {}, max_steps=b, suffix=f"-{b}steps") for b in cfg.budgets}
+    out.mkdir(parents=True, exist_ok=True)  # only once every input has been checked
     runs = {("soe" if name == soe_name else name): train(name, runs_dir, args, extra, b)
             for name, (args, extra, b) in planned.items()}
     soup, hp, _ = load_checkpoint(runs["soe"]["checkpoint"])
@@ -211,7 +213,7 @@ def _main(args: argparse.Namespace) -> int:
     runs = Path(args.runs) if args.runs else None
     if runs is not None and not runs.is_dir():
         raise FileNotFoundError(f"--runs {runs} is not a directory")
-    run(cfg, out, runs_dir=runs)
+    run(cfg, out, runs_dir=runs, source=args.config)
     print(f"[experiment] report: {out / 'report.md'}")
     return 0
 
