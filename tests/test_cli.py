@@ -153,3 +153,15 @@ def test_module_entry_point_exits_nonzero_without_traceback(tmp_path):
     assert r.returncode == 2 and "soe: error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", "soe", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "estimate-weights" in r.stdout and "instantiate" in r.stdout
+
+
+def test_checkpoint_from_a_url_is_downloaded_once_into_the_hub_cache(env, tmp_path, capsys, monkeypatch):
+    prepared, ckpt = env
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    out = tmp_path / "spec"
+    code, stdout, err = run(["instantiate", ckpt.as_uri(), "--data", prepared, "--weights", "law", "--out", out,
+                             "--format", "soe"], capsys)
+    assert code == 0, err
+    cached = list((tmp_path / "torch_home" / "hub" / "checkpoints").iterdir())
+    assert len(cached) == 1 and cached[0].name.endswith("-last.ckpt") and cached[0].read_bytes() == ckpt.read_bytes()
+    assert json.loads((out / "soe_specialist.json").read_text())["checkpoint"] == ckpt.as_uri()

@@ -89,7 +89,7 @@ def test_weights_file_round_trip(soup, tmp_path):
     ([0, 0, 0], "sums to 0"),
     ([1, 2], r"shape \(2,\)"),
     ("law=abc", "not a domain=number pair"),
-    ({"law": "x"}, "must be numbers"),
+    ({"law": "x"}, "expected a number"),
 ])
 def test_bad_weights_are_clear_errors(soup, bad, match):
     with pytest.raises(ValueError, match=match):
@@ -100,7 +100,7 @@ def test_bad_weights_files(soup, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         soup.weights(str(tmp_path / "missing.json"))
     (tmp_path / "broken.json").write_text("{not json")
-    with pytest.raises(ValueError, match="invalid JSON"):
+    with pytest.raises(ValueError, match="broken.json: corrupt weights file, not valid JSON"):
         soup.weights(str(tmp_path / "broken.json"))
 
 
