@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from data_prep import prepare
+from data_prep.corpus_lock import describe, read_lock
 from soe.data.shards import load_meta
 from soe.experiments.experiment import load_config, run
 from soe.experiments.report import domain_table, set_table
@@ -59,6 +60,27 @@ def build_data(fixture: bool) -> tuple[str, bool]:
     return "data/fixture", True
 
 
+DEMO_LOCK = "data_prep/locks/demo.lock.json"
+
+
+def lock_lines(data_dir: str) -> list[str]:
+    """Which package versions the prepared text came from, and whether they are the committed lock's (the
+    README's numbers were measured on that corpus)."""
+    lock = load_meta(data_dir).corpus_lock
+    lines = describe(lock, lock and lock.get("lock_file"))
+    if lock and Path(DEMO_LOCK).is_file():
+        ref = read_lock(DEMO_LOCK)
+        if ref["id"] == lock["id"]:
+            lines.append(f"  = {DEMO_LOCK} (the committed demo corpus)")
+        else:
+            ours = {p["name"]: p["version"] for p in ref["packages"]}
+            moved = [f"{p['name']} {ours.get(p['name'], '(new)')} -> {p['version']}" for p in lock["packages"]
+                     if ours.get(p["name"]) != p["version"]]
+            lines.append(f"  WARNING: differs from {DEMO_LOCK} ({ref['id']}): "
+                         f"{', '.join(moved) or 'same versions, other files'}; losses may differ from the README's")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python demo.py", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="demo_out", help="where runs, results.json and report.md go")
@@ -72,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     data_dir, fell_back = build_data(args.fixture)
+    for line in lock_lines(data_dir):
+        print(f"[demo] {line}", flush=True)
     cfg = load_config(args.config)
     cfg.data_dir = data_dir
     if args.max_steps is not None:

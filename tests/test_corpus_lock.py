@@ -205,3 +205,21 @@ def test_fixture_has_no_lock_and_old_meta_loads(tmp_path, fixture_prepared):
     del raw["corpus_lock"]  # a meta.json written before locks existed
     (tmp_path / "meta.json").write_text(json.dumps(raw))
     assert load_meta(tmp_path).corpus_lock is None
+
+
+def test_demo_prints_the_lock_and_names_what_moved(tmp_path, fixture_prepared):
+    import demo
+    assert demo.lock_lines(str(fixture_prepared)) == ["corpus lock: none (no packages: a committed fixture or local files)"]
+    ref = L.read_lock(REPO / demo.DEMO_LOCK)
+    meta = load_meta(fixture_prepared)
+    meta.corpus_lock = {**ref, "lock_file": "data/offline_corpus/corpus.lock.json"}
+    meta.save(tmp_path)
+    lines = demo.lock_lines(str(tmp_path))
+    assert lines[0] == f"corpus lock {ref['id']}: {len(ref['packages'])} packages (data/offline_corpus/corpus.lock.json)"
+    assert "the committed demo corpus" in lines[1]
+    moved = [dict(p) for p in ref["packages"]]
+    moved[0]["version"] += "+deb12u9"
+    meta.corpus_lock = L.make_lock(moved)
+    meta.save(tmp_path)
+    warning = demo.lock_lines(str(tmp_path))[-1]
+    assert "WARNING" in warning and f"{moved[0]['name']} {ref['packages'][0]['version']} -> {moved[0]['version']}" in warning
