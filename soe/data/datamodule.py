@@ -13,6 +13,7 @@ per domain.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -75,12 +76,17 @@ class SoupDataModule(L.LightningDataModule):
         """
         super().__init__()
         mixture = mixture if isinstance(mixture, MixtureConfig) else MixtureConfig(**(mixture or {}))
-        # Plain values only (checkpoints load with weights_only=True); records where the data lives.
+        # Plain values only (checkpoints load with weights_only=True); records where the data lives, as given
+        # and absolute with the working directory (a relative data_dir means nothing elsewhere).
         self.save_hyperparameters({"data_dir": str(data_dir), "seq_len": seq_len, "batch_size": batch_size,
-                                   "seed": seed, "mixture": asdict(mixture), "rank_h": rank_h, "h_per_step": h_per_step})
+                                   "seed": seed, "mixture": asdict(mixture), "rank_h": rank_h, "h_per_step": h_per_step,
+                                   "data_dir_resolved": str(Path(data_dir).resolve()), "trained_in": os.getcwd()})
         self.data_dir = Path(data_dir)
-        self.meta: Meta = load_meta(self.data_dir)
-        check_tokenizer(self.meta, self.data_dir, expected_vocab=vocab_size)
+        try:
+            self.meta: Meta = load_meta(self.data_dir)
+            check_tokenizer(self.meta, self.data_dir, expected_vocab=vocab_size)
+        except (OSError, ValueError) as e:
+            raise type(e)(f"data.data_dir={data_dir}: {e}") from e
         if rank_h not in ("shared", "per_rank"):
             raise ValueError(f"data.rank_h={rank_h!r}; expected 'shared' or 'per_rank'")
         for name, v in (("seq_len", seq_len), ("batch_size", batch_size), ("val_windows", val_windows),
@@ -117,9 +123,27 @@ class SoupDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._sampler is None:
             train = [open_shard(self.data_dir, self.meta, d, "train") for d in self.meta.domains]
-            self._sampler = MixtureSampler(train, self.seq_len, self.meta.domains)
-            self._val = [eval_windows(open_shard(self.data_dir, self.meta, d, "val"), self.seq_len, self.val_windows)
-                         for d in self.meta.domains]
+            try:
+                self._sampler = MixtureSampler(train, self.seq_len, self.meta.domains)
+            except ValueError as e:
+                raise ValueError(f"data.data_dir={self.data_dir} (train.bin), data.seq_len={self.seq_len}: {e}") from e
+            self._val = []
+            for d in self.meta.domains:
+                shard = open_shard(self.data_dir, self.meta, d, "val")
+                try:
+                    windows = eval_windows(shard, self.seq_len, self.val_windows)
+                except ValueError as e:
+                    raise ValueError(f"{shard.filename} (domain {d!r}, data.seq_len={self.seq_len}): {e}") from e
+                self._val.append(self._in_vocab(windows, shard.filename))
+
+    def _in_vocab(self, tokens: torch.Tensor, where: str) -> torch.Tensor:
+        """``tokens``, refused when an id is outside meta.json's vocabulary (corrupt shards would otherwise
+        fail deep inside the embedding lookup)."""
+        top = int(tokens.max())
+        if top >= self.meta.vocab_size:
+            raise ValueError(f"data.data_dir={self.data_dir}: {where} holds token id {top} >= vocab_size="
+                             f"{self.meta.vocab_size} of meta.json; the shards are corrupt, re-run data preparation")
+        return tokens
 
     # ------------------------------------------------------------------ training stream
     def _rank(self) -> int:
@@ -139,7 +163,8 @@ class SoupDataModule(L.LightningDataModule):
         rng = np.random.default_rng([self.seed, index, rank, 1])
         tokens = np.concatenate([self._sampler.sample(h, self.batch_size // M, rng)[0] for h in H])
         h = torch.from_numpy(H.astype(np.float32))
-        return {"h": h[0] if M == 1 else h, "tokens": torch.from_numpy(tokens), "index": index}
+        tokens = self._in_vocab(torch.from_numpy(tokens), f"training batch {index}")
+        return {"h": h[0] if M == 1 else h, "tokens": tokens, "index": index}
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

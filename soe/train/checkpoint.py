@@ -9,6 +9,7 @@ with ``torch.load(weights_only=True)``: no pickled code runs and no Lightning ob
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -33,16 +34,36 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
+def read_state(path: Path, mmap: bool = False) -> dict:
+    """A training checkpoint's contents, loaded with weights_only=True (``mmap``: tensors mapped, not read);
+    ValueError naming ``path`` when it is unreadable or not a training checkpoint."""
+    # mmap needs torch.save's zip format; anything else (truncated, garbage) gets the plain loader's error.
+    mmap = mmap and zipfile.is_zipfile(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated, garbage, pickled code (refused by weights_only), old formats
+        raise ValueError(_unreadable(path, e)) from e
+    if not isinstance(state, dict) or "hyper_parameters" not in state or "state_dict" not in state:
+        raise ValueError(f"{path}: not a soe training checkpoint (no hyper_parameters/state_dict)")
+    return state
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    if not zipfile.is_zipfile(path):
+        return f"{path}: not a readable checkpoint (not a complete torch.save zip archive: truncated, or another kind of file)"
+    # torch's advice to retry with weights_only=False (" Please use ...") is left out on purpose.
+    refused = [ln.strip().split(" Please")[0][:200] for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
+    if refused:
+        return (f"{path}: holds pickled objects other than tensors and plain values ({refused[0]}); "
+                "refused: checkpoints are loaded with weights_only=True, which runs no pickled code")
+    return f"{path}: not a readable checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SoupOfExperts, dict, Path]:
     """A trained SoupOfExperts (eval mode) from a training checkpoint, loaded with weights_only=True.
     Returns (soup, hyper-parameters plus the recorded ``data_dir``, checkpoint path)."""
     path = find_checkpoint(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
-    if not isinstance(state, dict) or "hyper_parameters" not in state or "state_dict" not in state:
-        raise ValueError(f"{path}: not a soe training checkpoint (no hyper_parameters/state_dict)")
+    state = read_state(path)
     hp = dict(state["hyper_parameters"])
     try:
         soup = SoupOfExperts(ModelConfig(**hp["net"]), int(hp["n_domains"]), SoupConfig(**hp["soup"]))
@@ -53,7 +74,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         soup.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match its hyper-parameters ({str(e)[:300]})") from e
-    hp["data_dir"] = (state.get("datamodule_hyper_parameters") or {}).get("data_dir")
+    data_hp = state.get("datamodule_hyper_parameters") or {}
+    # data_dir as given to train.py (often relative to where it ran); newer checkpoints also record the
+    # absolute path and the working directory (older ones load without them).
+    for key in ("data_dir", "data_dir_resolved", "trained_in"):
+        hp[key] = data_hp.get(key)
     return soup.to(device).eval(), hp, path
 
 
@@ -62,9 +87,24 @@ def prepared_data(data_dir: str | os.PathLike | None, hp: dict, where: Path) -> 
     if data_dir is None:
         raise ValueError(f"{where}: the checkpoint does not record its prepared-data directory; "
                          "pass it with --data DIR (data=...)")
-    data_dir = Path(data_dir)
+    data_dir = _existing_data_dir(Path(data_dir), hp, where)
     meta = load_meta(data_dir)
     check_tokenizer(meta, data_dir, expected_sha256=hp.get("tokenizer_sha256"), expected_vocab=hp["net"]["vocab_size"])
     if list(meta.domains) != list(hp["domain_names"]):
         raise ValueError(f"{data_dir}: domains {meta.domains} differ from the checkpoint's {hp['domain_names']}")
     return data_dir, meta
+
+
+def _existing_data_dir(data_dir: Path, hp: dict, where: Path) -> Path:
+    """``data_dir``; when it is the checkpoint's own record, the absolute path recorded at training time is
+    tried first, and a missing directory says what was tried and from where training ran."""
+    if str(data_dir) != hp.get("data_dir"):  # given by the caller (--data): used as is
+        return data_dir
+    tried = [Path(p) for p in (hp.get("data_dir_resolved"), data_dir) if p]
+    for cand in tried:
+        if cand.is_dir():
+            return cand
+    ran = f"training ran in {hp['trained_in']}" if hp.get("trained_in") else "the checkpoint does not record where training ran"
+    paths = ", ".join(dict.fromkeys(str(c.absolute()) for c in tried))
+    raise FileNotFoundError(f"{where}: its prepared-data directory {hp['data_dir']!r} does not exist (tried {paths}; "
+                            f"{ran}); pass the prepared-data directory with --data DIR (data=...)")

@@ -1,22 +1,148 @@
 """The LightningCLI behind ``train.py``: links data facts (k, domain names, prior, tokenizer) into
-the model so a checkpoint is self-describing, and the model's vocabulary into the data check."""
+the model so a checkpoint is self-describing, and the model's vocabulary into the data check.
+
+`cli_main` is the command line (one-line errors, exit 2, ``--debug`` for tracebacks); `main` builds (and
+runs) the CLI for Python callers. Resuming (``--ckpt_path``) is checked against the configuration first
+(soe/train/resume.py); ``--take_from_checkpoint=true`` resumes with the checkpoint's model and data
+settings instead, printing each one that differs from the configuration.
+"""
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
+import sys
+import tempfile
+import warnings
+from pathlib import Path
 
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.trainer.states import TrainerFn
+
+from soe.core.model import ModelConfig
+from soe.core.soup import SoupConfig
 from soe.data.datamodule import SoupDataModule
+from soe.data.mixture import MixtureConfig
+from soe.errors import pop_debug, run_entry
+from soe.train import resume
 from soe.train.module import SoupModule
+from soe.train.optim import OptimConfig
+
+PROG = "train.py"
+# Config groups built from dataclasses: validated before anything is instantiated, errors named by key.
+GROUPS = {"model.net": ModelConfig, "model.soup": SoupConfig, "model.optim": OptimConfig,
+          "data.mixture": MixtureConfig}
+
+
+def _named(key: str, cls: type, e: Exception) -> str:
+    """'ModelConfig.d_model=-4 must be positive' -> 'model.net.d_model=-4 must be positive'."""
+    msg = str(e).replace(f"{cls.__name__}.", f"{key}.").replace(f"{cls.__name__} ", f"{key}: ")
+    return msg if key in msg else f"{key}: {msg}"
+
+
+class _OneLineErrors(LightningArgumentParser):
+    """jsonargparse's errors on one line: 'Parser key "model.net.d_model": Expected a <class 'int'>...'
+    otherwise ends with a line that does not name the key."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        super().error(" ".join(ln.strip() for ln in str(message).splitlines() if ln.strip()), ex)
 
 
 class SoupCLI(LightningCLI):
+    def __init__(self, *args, parser_class: type = _OneLineErrors, **kwargs):
+        super().__init__(*args, parser_class=parser_class, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.net.vocab_size", "data.vocab_size")
         parser.link_arguments("data.num_domains", "model.n_domains", apply_on="instantiate")
         for attr in ("domain_names", "prior", "tokenizer_sha256"):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+        parser.add_argument("--take_from_checkpoint", type=bool, default=False,
+                            help="With --ckpt_path: resume with the checkpoint's model and data settings where they "
+                                 "differ from the configuration (each is printed); without it such a resume is refused.")
+
+    def _sub(self):
+        return self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self._sub()
+        for key, cls in GROUPS.items():
+            value = cfg.get(key)
+            if value is None:
+                continue
+            try:
+                cls(**(value.as_dict() if hasattr(value, "as_dict") else dict(value)))
+            except (TypeError, ValueError) as e:
+                raise ValueError(_named(key, cls, e)) from e
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI 2.6 replaces the parsed model settings with a checkpoint file's hyper-parameters here,
+        silently; `_check_resume` compares them instead (and applies them only with --take_from_checkpoint)."""
+
+    def _check_resume(self, fn: TrainerFn) -> None:
+        cfg, init = self._sub(), self.config_init[self.config.subcommand]
+        given = cfg.get("ckpt_path")
+        if not given:
+            return
+        given = str(given)
+        self._ckpt_tmp = tempfile.TemporaryDirectory(prefix="soe-ckpt-")  # removed with the CLI object
+        path = shown = resume.localize(given, self._ckpt_tmp)
+        if path != given:  # downloaded: named by its URL
+            shown = given
+        elif not Path(given).is_file():  # 'last', 'hpc', ...: resolved as Lightning's Trainer.fit resolves them
+            path = self.trainer._checkpoint_connector._parse_ckpt_path(fn, given, model_provided=True,
+                                                                      model_connected=False)
+            if path is None:  # 'last' with no checkpoint yet: Lightning warns and trains from scratch
+                return
+            path, shown = str(path), f"{given} ({path})"
+        state = resume.check_file(path, shown)
+        diffs = resume.differences(self._settings(), state)
+        settable = {k: v for k, v in diffs.items() if not resume.from_data(k)}
+        if settable and cfg.get("take_from_checkpoint"):
+            for key, (_, value) in settable.items():
+                cfg[key] = value
+            print(f"{PROG}: --take_from_checkpoint: resuming with the settings of {shown}: "
+                  + ", ".join(f"{k}={v[1]!r} (config: {v[0]!r})" for k, v in settable.items()), file=sys.stderr)
+            self.instantiate_classes()  # model, data and trainer rebuilt from the updated configuration
+            init = self.config_init[self.config.subcommand]
+            diffs = resume.differences(self._settings(), state)
+        if diffs:
+            raise ValueError(resume.refusal(diffs, shown))
+        # Lightning gets the checked local file, and reads it with weights_only=True (no pickled code runs).
+        init["ckpt_path"], init["weights_only"] = path, True
+
+    def _settings(self) -> dict:
+        return resume.settings(dict(self.model.hparams), dict(self.datamodule.hparams))
+
+    def before_fit(self) -> None:
+        self._check_resume(TrainerFn.FITTING)
+
+    def before_validate(self) -> None:
+        self._check_resume(TrainerFn.VALIDATING)
+
+    def before_test(self) -> None:
+        self._check_resume(TrainerFn.TESTING)
+
+    def before_predict(self) -> None:
+        self._check_resume(TrainerFn.PREDICTING)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SoupCLI:
     return SoupCLI(SoupModule, SoupDataModule, save_config_kwargs={"overwrite": True}, args=args, run=run,
                    auto_configure_optimizers=False)
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``train.py``: a bad input prints one line ``train.py: error: ...`` and returns 2 (``--debug``: the
+    traceback); jsonargparse's own parse errors exit 2 with its usage above the error line."""
+    argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
+    with warnings.catch_warnings():  # LightningCLI warns when args (argv without --debug) differ from sys.argv
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        return run_entry(PROG, lambda: _run(argv), debug)
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except MisconfigurationException as e:  # Lightning's word for a bad trainer setting
+        raise ValueError(str(e)) from e
+    return 0

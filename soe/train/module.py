@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from soe.core.model import ModelConfig
 from soe.core.soup import SoupConfig, SoupOfExperts
 from soe.core.weights import check_h
+from soe.train import resume
 from soe.train.optim import OptimConfig, lr_lambda, make_optimizer
 
 
@@ -160,6 +161,15 @@ class SoupModule(L.LightningModule):
             metrics["loss/val/specialist_mean"] = sum(spec) / len(spec)
         if metrics:
             self.log_dict(metrics, add_dataloader_idx=False, sync_dist=True)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse to resume a checkpoint of another model or data stream (train.py checks this before
+        fitting; this also covers Trainer.fit(ckpt_path=...) from Python)."""
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        now = resume.settings(dict(self.hparams), dict(dm.hparams) if dm is not None else {})
+        diffs = {k: v for k, v in resume.differences(now, checkpoint).items() if dm is not None or not k.startswith("data.")}
+        if diffs:
+            raise ValueError(resume.refusal(diffs, "the checkpoint"))
 
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self):

@@ -46,6 +46,22 @@ class OptimConfig:
     compile: bool = False
     """torch.compile the soup's forward (instantiate + dense model) for training steps."""
 
+    def __post_init__(self) -> None:
+        # Refused here, when the config is read, not steps later as NaN losses or a torch error.
+        for name in ("lr", "lr_bank", "lr_router", "eps"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"OptimConfig.{name}={v} must be > 0")
+        for name in ("weight_decay", "weight_decay_bank", "weight_decay_router", "warmup_steps"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                raise ValueError(f"OptimConfig.{name}={v} must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"OptimConfig.{name}={getattr(self, name)} must lie in [0, 1)")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"OptimConfig.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
+
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     if step < warmup:
