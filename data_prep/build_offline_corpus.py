@@ -172,9 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-changed", action="store_true",
                     help="with --lock: when a locked version is gone, build with the available one (and say so)")
     a = ap.parse_args(argv)
-    return run_entry("data_prep.build_offline_corpus", lambda: build(
-        a.out, a.cache, a.sources.split(",") if a.sources else None, a.chunk_chars, a.skip_missing, a.force,
-        a.lock, a.allow_changed) and 0, debug)
+
+    def go() -> int:
+        build(a.out, a.cache, a.sources.split(",") if a.sources else None, a.chunk_chars, a.skip_missing, a.force,
+              a.lock, a.allow_changed)
+        return 0
+    return run_entry("data_prep.build_offline_corpus", go, debug)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,8 @@ def _deb_for(name: str, want: dict | None, cache: Path, allow_changed: bool, res
     deb = _download_deb(f"{name}={want['version']}", debs, name)
     if deb is None:
         available = _available_deb(name)
+        if available is None:  # apt knows no version at all: no package lists yet (`apt-get update`), not a change
+            return None
         res.change(name, "deb", want["version"], available, "the archive no longer serves the locked version")
         if allow_changed and available:
             deb = _download_deb(name, debs, name)

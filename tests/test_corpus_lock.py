@@ -63,13 +63,16 @@ class FakeArchive:
         ok = lambda out="": subprocess.CompletedProcess(cmd, 0, out, "")  # noqa: E731
         if cmd[:2] == ["apt-get", "download"]:
             name, _, asked = cmd[2].partition("=")
+            if name not in self.debs:
+                return subprocess.CompletedProcess(cmd, 100, "", f"E: Unable to locate package {name}")
             version, content = self.debs[name]
             if asked and asked != version:
                 return subprocess.CompletedProcess(cmd, 100, "", f"E: Version '{asked}' for '{name}' was not found")
             (Path(cwd) / f"{name}_{quote(version, safe='')}_all.deb").write_text(content)
             return ok()
         if cmd[:2] == ["apt-cache", "policy"]:
-            return ok(f"{cmd[2]}:\n  Installed: (none)\n  Candidate: {self.debs[cmd[2]][0]}\n")
+            return ok(f"{cmd[2]}:\n  Installed: (none)\n  Candidate: {self.debs[cmd[2]][0]}\n" if cmd[2] in self.debs
+                      else "")  # apt-cache prints nothing for a package it does not know
         if cmd[0] == "dpkg-deb":
             dest = Path(cmd[3]) / "usr/share/toy"
             dest.mkdir(parents=True)
@@ -165,6 +168,17 @@ def test_hash_mismatch_is_named(tmp_path, archive, capsys):
         boc.build(tmp_path / "c2", tmp_path / "cache2", None, 4096, False, lock=tmp_path / "l.json")
     assert "toy-doc" in str(e.value)
     assert "CHANGED toy-doc: locked 1.0-1 -> available 1.0-1 (sha256" in capsys.readouterr().err
+
+
+def test_no_package_lists_is_not_reported_as_a_version_change(tmp_path, archive):
+    """On a fresh machine before `apt-get update` apt knows no package: say so, not "the lock moved"."""
+    lock = build(tmp_path)
+    (tmp_path / "l.json").write_text(json.dumps(lock))
+    archive.debs.clear()
+    with pytest.raises(boc.MissingError) as e:
+        boc.build(tmp_path / "c2", tmp_path / "cache2", None, 4096, False, lock=tmp_path / "l.json",
+                  allow_changed=True)
+    assert "apt-get update" in str(e.value) and "['toy-doc']" in str(e.value) and "lock" not in str(e.value)
 
 
 def test_prepare_records_the_lock_in_meta_and_a_new_lock_reruns_ingest(tmp_path, archive, capsys):
