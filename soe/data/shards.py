@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from soe.fileio import atomic_write_json
+
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val")
 
@@ -92,13 +94,8 @@ class Meta:
         return counts / counts.sum()
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write meta.json atomically (temporary name, then rename). (Not through soe.fileio: soe.data sits
-        below it in the package layering, tests/test_structure.py.)"""
-        path = Path(directory) / "meta.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        """Write meta.json atomically (a unique temporary name, then rename)."""
+        return atomic_write_json(Path(directory) / "meta.json", asdict(self))
 
 
 def load_meta(directory: str | os.PathLike) -> Meta:
