@@ -8,7 +8,6 @@ Facts (paths, formats) are those listed in docs/corpus.md (checked on Debian 12)
 
 from __future__ import annotations
 
-import base64
 import glob
 import gzip
 import html.parser
