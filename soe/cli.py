@@ -5,6 +5,7 @@
     soe evaluate --specialist my-specialist --ckpt CKPT --weights weights.json --prior --json eval.json
     soe evaluate --specialist my-specialist --texts my-eval-set.jsonl
     soe generate my-specialist --prompt "Once upon a time" --max-tokens 80
+    soe merge --config merge.yaml --out merged/          (docs/merging.md)
 
 CKPT is a Lightning checkpoint, a directory holding last.ckpt, or an http(s):// URL of one (downloaded
 once into torch.hub's cache, loaded with weights_only=True); --data names its prepared-data directory
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from soe.errors import run_entry
+from soe.merging import cli as merge_cli
 from soe.fileio import atomic_write_text
 
 
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=positive_int, default=1)
     _common(p)
+
+    merge_cli.add_parser(sub, _common)
     return ap
 
 
@@ -246,7 +250,7 @@ def cmd_generate(a) -> None:
 
 
 COMMANDS = {"estimate-weights": cmd_estimate, "instantiate": cmd_instantiate, "evaluate": cmd_evaluate,
-            "generate": cmd_generate}
+            "generate": cmd_generate, "merge": merge_cli.cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ model's) files with the merged weights and a ``merge`` record in soe_specialist.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,8 @@ from soe.merging import datamerge as D
 from soe.merging import methods as M
 from soe.merging.config import DATA_METHODS, MergeConfig
 from soe.merging.features import Features, collect, exemplar_windows
-from soe.merging.soupbase import bank_coordinates, soup_base
+from soe.merging.inputs import Weights, open_inputs
+from soe.merging.soupbase import bank_projection
 from soe.specialists.export import SOE_FILE, WEIGHTS_FILE, atomic_dir
 
 
@@ -40,71 +40,7 @@ class MergeResult:
     """With a soup base: ‖part of τ_u in the bank's span‖ / ‖τ_u‖ per model."""
 
 
-class _Tensors:
-    """An in-memory base (a soup's Θ) with the interface of `_Weights`."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor], role: str, tokenizer_sha256: str | None):
-        self.t, self.role, self.dir, self.tok = tensors, role, None, tokenizer_sha256
-        self.names, self.bytes = list(tensors), 0
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.t[name].shape)
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.t[name]
-
-
-class _Weights:
-    """Lazy, memory-mapped access to one specialist directory's model.safetensors."""
-
-    def __init__(self, directory: str, role: str):
-        from safetensors import safe_open
-
-        self.dir = Path(directory)
-        path = self.dir / WEIGHTS_FILE
-        if not self.dir.is_dir():
-            raise FileNotFoundError(f"{role} {self.dir}: not a directory (expected a specialist directory)")
-        if not path.is_file():
-            raise FileNotFoundError(f"{role} {self.dir}: no {WEIGHTS_FILE} (expected a specialist directory)")
-        try:
-            self.f = safe_open(str(path), framework="pt")
-            self.names = list(self.f.keys())
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise ValueError(f"{role} {path}: not a readable safetensors file ({e})") from None
-        self.role, self.bytes = role, path.stat().st_size
-        self.tok = _tokenizer_hash(self.dir)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.f.get_slice(name).get_shape())
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.f.get_tensor(name).float()
-
-
-def _tokenizer_hash(d: Path) -> str | None:
-    p = d / "tokenizer.json"
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-
-
-def _check_compatible(base: _Weights, models: list[_Weights]) -> list[str]:
-    """The common tensor names, after checking every input has the same names, shapes and tokenizer."""
-    names = base.names
-    for m in models:
-        if set(m.names) != set(names):
-            diff = sorted(set(m.names) ^ set(names))[:3]
-            raise ValueError(f"{m.role} {m.dir}: its tensors differ from {base.role} {base.dir} (e.g. {diff}): "
-                             "expected specialists of the same architecture")
-        for n in names:
-            if m.shape(n) != base.shape(n):
-                raise ValueError(f"{m.role} {m.dir}: tensor {n} has shape {m.shape(n)}, {base.role} has "
-                                 f"{base.shape(n)}: expected specialists of the same architecture")
-        if base.tok is not None and m.tok != base.tok:
-            raise ValueError(f"{m.role} {m.dir}: its tokenizer.json differs from {base.role}'s "
-                             f"({base.dir or 'the soup'}): merged models must share one tokenizer")
-    return names
-
-
-def _model_thresholds(cfg: MergeConfig, base: _Weights, models: list[_Weights], names: list[str]) -> list[float]:
+def _model_thresholds(cfg: MergeConfig, base, models: list[Weights], names: list[str]) -> list[float]:
     """TIES over the whole model: each model's magnitude threshold for its density (one model at a time)."""
     out = []
     for spec, m in zip(cfg.models, models):
@@ -207,23 +143,12 @@ def _write_info(tmp: Path, cfg: MergeConfig, result: dict) -> None:
         p.write_text(json.dumps(info, indent=2) + "\n")
 
 
-def bank_projection(base, models: list[_Weights], bank: dict[str, torch.Tensor], names: list[str]):
-    """(δ (m, n), in-span share per model): the task vectors' least-squares coordinates in the expert bank."""
-    n = next(iter(bank.values())).shape[0]
-    gram, dots, norms = torch.zeros(n, n, dtype=torch.float64), torch.zeros(len(models), n, dtype=torch.float64), []
-    sq = torch.zeros(len(models), dtype=torch.float64)
-    for name in names:
-        e = bank[name].reshape(n, -1).double()
-        gram += e @ e.T
-        b = base.get(name).reshape(-1).double()
-        for u, m in enumerate(models):
-            tau = m.get(name).reshape(-1).double() - b
-            dots[u] += e @ tau
-            sq[u] += tau @ tau
-    delta = bank_coordinates(dots, gram)
-    span = torch.einsum("un,nm,um->u", delta, gram, delta).clamp_min(0).sqrt()
-    norms = (span / sq.sqrt().clamp_min(1e-30)).tolist()
-    return delta, norms
+def in_span_report(cfg: MergeConfig) -> list[float]:
+    """Without merging: the share of each model's task vector in the span of the soup's expert bank."""
+    if not isinstance(cfg.base_model, dict):
+        raise ValueError(f"{cfg.source}: the in-span report needs base_model: {{soup: CKPT, h: ...}}")
+    inp = open_inputs(cfg)
+    return bank_projection(inp.base, inp.models, inp.soup.bank, inp.names)[1]
 
 
 def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log=print) -> MergeResult:
@@ -231,16 +156,9 @@ def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log
     from safetensors.torch import save_file
 
     t0 = time.perf_counter()
-    models = [_Weights(m.model, f"models[{i}]") for i, m in enumerate(cfg.models)]
-    sb, delta, in_span = None, None, None
-    if isinstance(cfg.base_model, dict):
-        infos = [_specialist_info(m.dir) for m in models]
-        sb = soup_base(cfg.base_model, infos, [m.weight for m in cfg.models], with_bank=True)
-        base = _Tensors(sb.tensors, "base_model (soup)", sb.tokenizer_sha256)
-    else:
-        base = _Weights(cfg.base_model, "base_model") if cfg.base_model else None
-    ref = base or models[0]
-    names = _check_compatible(ref, models if base else models[1:])
+    inp = open_inputs(cfg)
+    models, base, names, sb = inp.models, inp.base, inp.names, inp.soup
+    ref, delta, in_span = base or models[0], None, None
     if sb is not None:
         delta, in_span = bank_projection(base, models, sb.bank, names)
         if log:
@@ -275,8 +193,3 @@ def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log
         _write_info(tmp, cfg, extra)
     read = sum(m.bytes for m in models) + (base.bytes if base else 0)
     return MergeResult(str(out), cfg.merge_method, len(names), n_params, read, written, seconds, in_span)
-
-
-def _specialist_info(d: Path) -> dict:
-    p = d / SOE_FILE
-    return json.loads(p.read_text()) if p.is_file() else {}

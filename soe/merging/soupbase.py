@@ -83,3 +83,22 @@ def bank_coordinates(bank_dot: torch.Tensor, gram: torch.Tensor) -> torch.Tensor
     """δ: (m, n) least-squares coordinates of m task vectors in the bank, from their inner products with the
     expert directions ``bank_dot`` (m, n) and the directions' Gram matrix (n, n)."""
     return torch.linalg.lstsq(gram.double(), bank_dot.double().T, driver="gelsd").solution.T
+
+
+def bank_projection(base, models: list, bank: dict[str, torch.Tensor], names: list[str]):
+    """(δ (m, n), in-span share per model): the task vectors' least-squares coordinates in the expert bank."""
+    n = next(iter(bank.values())).shape[0]
+    gram, dots, norms = torch.zeros(n, n, dtype=torch.float64), torch.zeros(len(models), n, dtype=torch.float64), []
+    sq = torch.zeros(len(models), dtype=torch.float64)
+    for name in names:
+        e = bank[name].reshape(n, -1).double()
+        gram += e @ e.T
+        b = base.get(name).reshape(-1).double()
+        for u, m in enumerate(models):
+            tau = m.get(name).reshape(-1).double() - b
+            dots[u] += e @ tau
+            sq[u] += tau @ tau
+    delta = bank_coordinates(dots, gram)
+    span = torch.einsum("un,nm,um->u", delta, gram, delta).clamp_min(0).sqrt()
+    norms = (span / sq.sqrt().clamp_min(1e-30)).tolist()
+    return delta, norms
