@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 import tempfile
 import warnings
-from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -88,7 +87,7 @@ class SoupCLI(LightningCLI):
         path = shown = resume.localize(given, self._ckpt_tmp)
         if path != given:  # downloaded: named by its URL
             shown = given
-        elif not Path(given).is_file():  # 'last', 'hpc', ...: resolved as Lightning's Trainer.fit resolves them
+        elif given in ("last", "best", "hpc") or given.startswith("registry"):  # as Trainer.fit resolves them
             path = self.trainer._checkpoint_connector._parse_ckpt_path(fn, given, model_provided=True,
                                                                       model_connected=False)
             if path is None:  # 'last' with no checkpoint yet: Lightning warns and trains from scratch
