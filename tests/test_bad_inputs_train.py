@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from bad_inputs import assert_refused
 from conftest import make_prepared
@@ -119,6 +120,8 @@ def test_take_from_checkpoint_resumes_with_its_settings(env, tmp_path, capsys):
                + ["--model.net.d_model=128", "--ckpt_path=last", "--take_from_checkpoint=true"])
     assert "model.net.d_model=64 (config: 128)" in capsys.readouterr().err
     assert cli.model.net_cfg.d_model == 64 and cli.trainer.global_step == 3
+    saved = yaml.safe_load(next((tmp_path / "runs").rglob("config.yaml")).read_text())
+    assert saved["model"]["net"]["d_model"] == 64  # the saved config is the run's, not the command line's
 
 
 def test_resume_may_change_steps_logging_and_loading_from_a_url(env, tmp_path):
