@@ -53,6 +53,9 @@ def env(tmp_path_factory):
     (bad / "garbage.ckpt").write_bytes(bytes(range(256)) * 20)
     torch.save({"foo": 1}, bad / "foreign.ckpt")
     state = torch.load(ckpt, weights_only=True)
+    router = "soup.router.net.0.weight"
+    state["state_dict"][router] = state["state_dict"][router][:, :2].clone()
+    torch.save(state, bad / "reshaped.ckpt")
     state["payload"] = _Pickled()
     torch.save(state, bad / "pickled_code.ckpt")
     return SimpleNamespace(prepared=prepared, ckpt_dir=ckpt_dir, ckpt=ckpt, bad=bad, root=root)
@@ -75,6 +78,7 @@ ROWS = {  # name: (extra train.py arguments, expected fragment of the error line
     "not_an_int": (["--model.net.d_model=wide"], '"model.net.d_model": Expected a <class \'int\'>'),
     "bad_mixture": (["--data.mixture.concentration=-1"], "data.mixture.concentration=-1.0"),
     "negative_max_steps": (["--trainer.max_steps=-5"], "max_steps"),
+    "endless_max_steps": (["--trainer.max_steps=-1"], "trainer.max_steps=-1: the cosine schedule needs a positive"),
     "missing_data_dir": (["--data.data_dir={bad}/nowhere"], "data.data_dir={bad}/nowhere: {bad}/nowhere/meta.json not found"),
     "garbage_meta": (["--data.data_dir={bad}/garbage_meta"], "garbage_meta/meta.json is not valid JSON"),
     "missing_shard": (["--data.data_dir={bad}/no_shard"], "no_shard/dom1/train.bin for domain 'dom1' is missing"),
@@ -86,6 +90,7 @@ ROWS = {  # name: (extra train.py arguments, expected fragment of the error line
     "truncated_ckpt": (["--ckpt_path={bad}/truncated.ckpt"], "truncated.ckpt: not a readable checkpoint"),
     "garbage_ckpt": (["--ckpt_path={bad}/garbage.ckpt"], "garbage.ckpt: not a readable checkpoint"),
     "foreign_ckpt": (["--ckpt_path={bad}/foreign.ckpt"], "not a soe training checkpoint"),
+    "reshaped_ckpt": (["--ckpt_path={bad}/reshaped.ckpt"], "soup.router.net.0.weight has shape (32, 2)"),
     "pickled_code_ckpt": (["--ckpt_path={bad}/pickled_code.ckpt"], "refused: checkpoints are loaded with weights_only=True"),
     "pickled_code_url": (["--ckpt_path=file://{bad}/pickled_code.ckpt"], "file://{bad}/pickled_code.ckpt: holds pickled"),
     "unreachable_url": (["--ckpt_path=file://{bad}/gone.ckpt"], "could not download it"),
@@ -163,3 +168,8 @@ def test_checkpoint_finds_its_data_from_elsewhere(env, tmp_path, monkeypatch):
     old = {k: v for k, v in hp.items() if k not in ("data_dir_resolved", "trained_in")}  # an older checkpoint
     with pytest.raises(FileNotFoundError, match="does not record where training ran.*--data DIR"):
         prepared_data("prepared", old, env.ckpt)
+
+
+def test_debug_shows_the_traceback(env, tmp_path):
+    with pytest.raises(ValueError, match="model.net.d_model=-4"):
+        cli_main(base(env.prepared, env.ckpt_dir, tmp_path / "runs") + ["--model.net.d_model=-4", "--debug"])

@@ -113,6 +113,9 @@ class SoupCLI(LightningCLI):
         return resume.settings(dict(self.model.hparams), dict(self.datamodule.hparams))
 
     def before_fit(self) -> None:
+        steps = self.trainer.max_steps
+        if steps is None or steps <= 0:  # refused before any log or checkpoint directory is written
+            raise ValueError(f"trainer.max_steps={steps}: the cosine schedule needs a positive number of steps")
         self._check_resume(TrainerFn.FITTING)
 
     def before_validate(self) -> None:

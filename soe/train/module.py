@@ -170,6 +170,12 @@ class SoupModule(L.LightningModule):
         diffs = {k: v for k, v in resume.differences(now, checkpoint).items() if dm is not None or not k.startswith("data.")}
         if diffs:
             raise ValueError(resume.refusal(diffs, "the checkpoint"))
+        if not self._sharded:  # same settings, other tensors (an edited or foreign checkpoint)
+            own = self.state_dict()
+            for name, t in checkpoint.get("state_dict", {}).items():
+                if name in own and tuple(own[name].shape) != tuple(t.shape):
+                    raise ValueError(f"the checkpoint's {name} has shape {tuple(t.shape)}, the model's "
+                                     f"{tuple(own[name].shape)}: it was not written by this model")
 
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self):
