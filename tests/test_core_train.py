@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from soe.train.cli import main as cli_main
+from soe.train.cli import main as train_main
 from soe.data.datamodule import SoupDataModule
 from soe.core.model import ModelConfig
 from soe.train.module import SoupModule
@@ -109,7 +109,7 @@ def test_cli_trains_logs_and_resumes(prepared, tmp_path):
             "--model.net.vocab_size=64", "--trainer.max_steps=7", "--trainer.val_check_interval=3",
             "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
             f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck", "--trainer.callbacks.init_args.every_n_train_steps=3"]
-    cli = cli_main(args)
+    cli = train_main(args)
     assert cli.trainer.global_step == 7  # the shipped config's checkpoint callback keeps the final step
     assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 7
     events = list((tmp_path / "runs").rglob("events.out.tfevents*"))
@@ -121,13 +121,13 @@ def test_cli_trains_logs_and_resumes(prepared, tmp_path):
     for tag in ("loss/train", "loss/val/dom0", "loss/val_prior/dom2", "loss/val_prior/mixture", "lr/shared",
                 "throughput/tokens_per_s", "alpha/norm"):
         assert tag in tags, (tag, tags)
-    cli = cli_main([a.replace("max_steps=7", "max_steps=9") for a in args] + ["--ckpt_path=last"])
+    cli = train_main([a.replace("max_steps=7", "max_steps=9") for a in args] + ["--ckpt_path=last"])
     assert cli.trainer.global_step == 9
 
 
 def test_cli_rejects_unknown_keys(prepared, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli_main(["fit", "--config", str(ROOT / "configs/tiny.yaml"), f"--data.data_dir={prepared}",
+        train_main(["fit", "--config", str(ROOT / "configs/tiny.yaml"), f"--data.data_dir={prepared}",
                   "--model.net.n_layers=3"])
     assert "n_layers" in capsys.readouterr().err
 
@@ -137,7 +137,7 @@ def test_every_config_parses(config, capsys):
     path = ROOT / "configs" / config
     assert path.read_text().startswith("#"), "each config starts with a comment: purpose, launch, hardware"
     with pytest.raises(SystemExit) as exit_info:  # full jsonargparse validation of every key, no data needed
-        cli_main(["fit", "--config", str(path), "--print_config"])
+        train_main(["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     net = ModelConfig(**cfg["model"]["net"])

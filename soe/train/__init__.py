@@ -1,2 +1,3 @@
 """Training with Lightning: the module (module.py), its optimizer (optim.py), checkpoints written
-(callbacks.py) and read back (checkpoint.py), and the LightningCLI behind train.py (cli.py)."""
+(callbacks.py) and read back (checkpoint.py), the checks of a resume (resume.py), and the LightningCLI
+behind train.py (cli.py)."""

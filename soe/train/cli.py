@@ -39,8 +39,8 @@ def _named(key: str, cls: type, e: Exception) -> str:
 
 
 class _OneLineErrors(LightningArgumentParser):
-    """jsonargparse's errors on one line: 'Parser key "model.net.d_model": Expected a <class 'int'>...'
-    otherwise ends with a line that does not name the key."""
+    """jsonargparse's errors on one line, so the last line of stderr names the key: its type errors span two
+    lines, 'Parser key "model.net.d_model":' then 'Expected a <class 'int'>. Got value: abc'."""
 
     def error(self, message: str, ex: Exception | None = None):
         super().error(" ".join(ln.strip() for ln in str(message).splitlines() if ln.strip()), ex)
