@@ -94,6 +94,7 @@ ROWS = {  # name: (extra train.py arguments, expected fragment of the error line
     "pickled_code_ckpt": (["--ckpt_path={bad}/pickled_code.ckpt"], "refused: checkpoints are loaded with weights_only=True"),
     "pickled_code_url": (["--ckpt_path=file://{bad}/pickled_code.ckpt"], "file://{bad}/pickled_code.ckpt: holds pickled"),
     "unreachable_url": (["--ckpt_path=file://{bad}/gone.ckpt"], "could not download it"),
+    "unsafe_load": (["--ckpt_path={ckpt}", "--weights_only=false"], "--weights_only=false: train.py reads"),
     "remote_scheme": (["--ckpt_path=s3://bucket/last.ckpt"], "only local files and http(s)/ftp/file URLs"),
     "resume_other_data_seed": (["--ckpt_path={ckpt}", "--data.seed=7"], "data.seed: 7 on the command line/config, 1234 in the checkpoint"),
     "resume_other_data": (["--ckpt_path={ckpt}", "--data.data_dir={bad}/other_prior"], "model.prior: [0.4615"),

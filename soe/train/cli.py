@@ -83,6 +83,9 @@ class SoupCLI(LightningCLI):
         if not given:
             return
         given = str(given)
+        if cfg.get("weights_only") is False:
+            raise ValueError("--weights_only=false: train.py reads checkpoints with weights_only=True only (a soe "
+                             "checkpoint holds tensors and plain values; anything else would run pickled code)")
         self._ckpt_tmp = tempfile.TemporaryDirectory(prefix="soe-ckpt-")  # removed with the CLI object
         path = shown = resume.localize(given, self._ckpt_tmp)
         if path != given:  # downloaded: named by its URL
