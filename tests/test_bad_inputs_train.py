@@ -141,6 +141,12 @@ def test_resume_may_change_steps_logging_and_loading_from_a_url(env, tmp_path):
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
+def test_validate_may_change_the_training_stream(env, tmp_path):
+    """Only fitting continues the training stream: `validate` with another batch size is not refused."""
+    args = base(env.prepared, env.ckpt_dir, tmp_path / "runs")
+    main(["validate"] + args[1:] + ["--data.batch_size=4", f"--ckpt_path={env.ckpt}"])
+
+
 def test_module_refuses_a_checkpoint_of_another_model(env):
     """Trainer.fit(ckpt_path=...) from Python is checked too (SoupModule.on_load_checkpoint)."""
     from soe.train.module import SoupModule

@@ -97,7 +97,7 @@ class SoupCLI(LightningCLI):
                 return
             path, shown = str(path), f"{given} ({path})"
         state = resume.check_file(path, shown)
-        diffs = resume.differences(self._settings(), state)
+        diffs = resume.differences(self._settings(), state, fn == TrainerFn.FITTING)
         settable = {k: v for k, v in diffs.items() if not resume.from_data(k)}
         if settable and cfg.get("take_from_checkpoint"):
             for key, (_, value) in settable.items():
@@ -106,7 +106,7 @@ class SoupCLI(LightningCLI):
                   + ", ".join(f"{k}={v[1]!r} (config: {v[0]!r})" for k, v in settable.items()), file=sys.stderr)
             self.instantiate_classes()  # model, data and trainer rebuilt from the updated configuration
             init = self.config_init[self.config.subcommand]
-            diffs = resume.differences(self._settings(), state)
+            diffs = resume.differences(self._settings(), state, fn == TrainerFn.FITTING)
         if diffs:
             raise ValueError(resume.refusal(diffs, shown))
         # Lightning gets the checked local file, and reads it with weights_only=True (no pickled code runs).

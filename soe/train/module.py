@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from soe.core.model import ModelConfig
@@ -167,7 +168,8 @@ class SoupModule(L.LightningModule):
         fitting; this also covers Trainer.fit(ckpt_path=...) from Python)."""
         dm = self._trainer.datamodule if self._trainer is not None else None
         now = resume.settings(dict(self.hparams), dict(dm.hparams) if dm is not None else {})
-        diffs = {k: v for k, v in resume.differences(now, checkpoint).items() if dm is not None or not k.startswith("data.")}
+        fitting = dm is not None and self._trainer.state.fn == TrainerFn.FITTING  # the training stream matters
+        diffs = resume.differences(now, checkpoint, fitting)
         if diffs:
             raise ValueError(resume.refusal(diffs, "the checkpoint"))
         if not self._sharded:  # same settings, other tensors (an edited or foreign checkpoint)

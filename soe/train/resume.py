@@ -63,11 +63,12 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def differences(now: dict[str, Any], state: dict) -> dict[str, tuple[Any, Any]]:
+def differences(now: dict[str, Any], state: dict, fitting: bool = True) -> dict[str, tuple[Any, Any]]:
     """{key: (configured value, checkpoint's value)} for the compared keys the checkpoint records
-    (an older checkpoint without a key is not refused for it)."""
+    (an older checkpoint without a key is not refused for it); the training stream only when ``fitting``."""
     ck = settings(state.get("hyper_parameters") or {}, state.get("datamodule_hyper_parameters") or {})
-    return {k: (now.get(k), v) for k, v in ck.items() if not _same(now.get(k), v)}
+    return {k: (now.get(k), v) for k, v in ck.items()
+            if not _same(now.get(k), v) and (fitting or not k.startswith("data."))}
 
 
 def _short(v: Any) -> str:
