@@ -138,7 +138,8 @@ class Soup:
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
         info = {"weights": None if dense else weights_dict(h, self.domains), "checkpoint": self.source,
-                "tokenizer_sha256": meta.tokenizer_sha256, "n_experts": self.model.n}
+                "tokenizer_sha256": meta.tokenizer_sha256, "n_experts": self.model.n,
+                "corpus_lock_id": self.hp.get("corpus_lock_id")}
         if dense:
             info["dense"] = "the generic model of a checkpoint without experts: independent of domain weights"
         return Specialist(net, d / meta.tokenizer_file, meta.eos_id, info, secs)

@@ -80,7 +80,7 @@ ROWS = {  # name: (extra train.py arguments, expected fragment of the error line
     "negative_max_steps": (["--trainer.max_steps=-5"], "max_steps"),
     "endless_max_steps": (["--trainer.max_steps=-1"], "trainer.max_steps=-1: the cosine schedule needs a positive"),
     "missing_data_dir": (["--data.data_dir={bad}/nowhere"], "data.data_dir={bad}/nowhere: {bad}/nowhere/meta.json not found"),
-    "garbage_meta": (["--data.data_dir={bad}/garbage_meta"], "garbage_meta/meta.json is not valid JSON"),
+    "garbage_meta": (["--data.data_dir={bad}/garbage_meta"], "garbage_meta/meta.json: corrupt prepared-data metadata"),
     "missing_shard": (["--data.data_dir={bad}/no_shard"], "no_shard/dom1/train.bin for domain 'dom1' is missing"),
     "truncated_shard": (["--data.data_dir={bad}/truncated_shard"], "truncated_shard/dom0/train.bin: 1001 bytes"),
     "garbage_shard": (["--data.data_dir={bad}/garbage_shard"], "dom2/val.bin holds token id 60000 >= vocab_size=64"),

@@ -120,6 +120,10 @@ class SoupDataModule(L.LightningDataModule):
     def tokenizer_sha256(self) -> str:
         return self.meta.tokenizer_sha256
 
+    @property
+    def corpus_lock_id(self) -> str | None:
+        return (self.meta.corpus_lock or {}).get("id")
+
     def setup(self, stage: str | None = None) -> None:
         if self._sampler is None:
             train = [open_shard(self.data_dir, self.meta, d, "train") for d in self.meta.domains]

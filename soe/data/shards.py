@@ -18,7 +18,6 @@ tokenizer hash before use (`load_meta`, `check_tokenizer`).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from soe.fileio import atomic_write_json
+from soe.fileio import atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val")
@@ -103,10 +102,9 @@ def load_meta(directory: str | os.PathLike) -> Meta:
     path = Path(directory) / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: expected a prepared-data directory (run `python -m data_prep.prepare`)")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    raw = read_json(path, "prepared-data metadata")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object (prepared-data metadata), got {type(raw).__name__}")
     version = raw.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version={version!r}, expected {SCHEMA_VERSION}; re-run data preparation")

@@ -53,7 +53,7 @@ class SoupCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.net.vocab_size", "data.vocab_size")
         parser.link_arguments("data.num_domains", "model.n_domains", apply_on="instantiate")
-        for attr in ("domain_names", "prior", "tokenizer_sha256"):
+        for attr in ("domain_names", "prior", "tokenizer_sha256", "corpus_lock_id"):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
         parser.add_argument("--take_from_checkpoint", type=bool, default=False,
                             help="With --ckpt_path: resume with the checkpoint's model and data settings where they "

@@ -40,6 +40,7 @@ class SoupModule(L.LightningModule):
         domain_names: list[str] | None = None,
         prior: list[float] | None = None,
         tokenizer_sha256: str | None = None,
+        corpus_lock_id: str | None = None,
     ):
         """
         Args:
@@ -50,6 +51,8 @@ class SoupModule(L.LightningModule):
             domain_names: domain names in h's order (linked from the data).
             prior: natural token-count mixture over domains (linked from the data).
             tokenizer_sha256: hash of the tokenizer the model is trained with (linked from the data).
+            corpus_lock_id: id of the package versions the training text came from (linked from the data's
+                meta.json; None for data without a corpus lock): checkpoints name the corpus they saw.
         """
         super().__init__()
         self.net_cfg, self.soup_cfg, self.optim_cfg = _as(ModelConfig, net), _as(SoupConfig, soup), _as(OptimConfig, optim)
@@ -61,7 +64,7 @@ class SoupModule(L.LightningModule):
         self.save_hyperparameters({
             "net": asdict(self.net_cfg), "soup": asdict(self.soup_cfg), "optim": asdict(self.optim_cfg),
             "n_domains": n_domains, "domain_names": self.domain_names, "prior": prior_t.tolist(),
-            "tokenizer_sha256": tokenizer_sha256,
+            "tokenizer_sha256": tokenizer_sha256, "corpus_lock_id": corpus_lock_id,
         })
         self.soup = SoupOfExperts(self.net_cfg, n_domains, self.soup_cfg)
         self.register_buffer("prior_h", prior_t, persistent=False)
