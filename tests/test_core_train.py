@@ -109,9 +109,12 @@ def test_cli_trains_logs_and_resumes(prepared, tmp_path):
             "--model.net.vocab_size=64", "--trainer.max_steps=7", "--trainer.val_check_interval=3",
             "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
             f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck", "--trainer.callbacks.init_args.every_n_train_steps=3"]
+    meta = json.loads((prepared / "meta.json").read_text())  # data built from a locked corpus
+    (prepared / "meta.json").write_text(json.dumps({**meta, "corpus_lock": {"id": "0123456789ab", "packages": []}}))
     cli = train_main(args)
     assert cli.trainer.global_step == 7  # the shipped config's checkpoint callback keeps the final step
-    assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 7
+    state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == 7 and state["hyper_parameters"]["corpus_lock_id"] == "0123456789ab"
     events = list((tmp_path / "runs").rglob("events.out.tfevents*"))
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
