@@ -1,5 +1,6 @@
 """Training: loss falls, exact resume, the CLI writes logs and checkpoints, every config parses."""
 
+import json
 from pathlib import Path
 
 import lightning as L
