@@ -5,6 +5,7 @@
     soe evaluate --specialist my-specialist --ckpt CKPT --weights weights.json --prior --json eval.json
     soe evaluate --specialist my-specialist --texts my-eval-set.jsonl
     soe generate my-specialist --prompt "Once upon a time" --max-tokens 80
+    soe finetune my-specialist --texts team.jsonl --out ft/team [--lora-rank 8]   (geometric checkpoints)
     soe merge --config merge.yaml --out merged/          (docs/merging.md)
 
 CKPT is a Lightning checkpoint, a directory holding last.ckpt, or an http(s):// URL of one (downloaded
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from soe.errors import run_entry
 from soe.merging import cli as merge_cli
+from soe.specialists import finetune_cli
 from soe.fileio import atomic_write_text
 
 
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=positive_int, default=1)
     _common(p)
 
+    finetune_cli.add_parser(sub, _common, positive_int, positive_float, open_fraction)
     merge_cli.add_parser(sub, _common)
     return ap
 
@@ -250,7 +253,8 @@ def cmd_generate(a) -> None:
 
 
 COMMANDS = {"estimate-weights": cmd_estimate, "instantiate": cmd_instantiate, "evaluate": cmd_evaluate,
-            "generate": cmd_generate, "merge": merge_cli.cmd_merge}
+            "generate": cmd_generate, "merge": merge_cli.cmd_merge,
+            "finetune": finetune_cli.cmd_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:

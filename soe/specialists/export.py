@@ -200,6 +200,32 @@ def save_specialist(out: str | os.PathLike, params: dict[str, torch.Tensor], cfg
     return out
 
 
+ADAPTER_FILE = "adapter_model.safetensors"  # a LoRA adapter kept beside its base weights (soe finetune --keep-adapter)
+
+
+def _fold_adapter(d: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Base weights + the peft LoRA adapter of ``d`` folded in: W += (alpha / r)·B·A per adapted layer."""
+    from safetensors.torch import load_file
+
+    cfg = read_json(d / "adapter_config.json", "LoRA adapter config")
+    try:
+        scale = float(cfg["lora_alpha"]) / float(cfg["r"])
+        ad = load_file(str(d / ADAPTER_FILE), device="cpu")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{d}: unreadable LoRA adapter ({type(e).__name__}: {e})") from None
+    except Exception as e:  # safetensors' own error type on a corrupt file
+        raise ValueError(f"{d / ADAPTER_FILE}: not a readable safetensors file ({e})") from None
+    for key, a in ad.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.removeprefix("base_model.model.").split(".lora_A.")[0]
+        b = ad.get(key.replace(".lora_A.", ".lora_B."))
+        if b is None or f"{module}.weight" not in state:
+            raise ValueError(f"{d / ADAPTER_FILE}: adapter {module} has no lora_B or matches no weight of the model")
+        state[f"{module}.weight"] = state[f"{module}.weight"] + scale * (b.float() @ a.float())
+    return state
+
+
 def load_specialist(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LlamaLM, dict]:
     """Load a directory written by `save_specialist` (either format) or any Llama HF directory with a
     single model.safetensors. Returns (model in eval mode, soe_specialist.json contents or {})."""
@@ -234,6 +260,8 @@ def load_specialist(directory: str | os.PathLike, device: str | torch.device = "
         raise ValueError(f"{wpath}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)  # some HF writers store the tied copy too
+    if (d / ADAPTER_FILE).is_file():
+        state = _fold_adapter(d, {k: v.float() for k, v in state.items()})
     net = LlamaLM(cfg)
     try:
         net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

@@ -5,6 +5,9 @@ then fine-tuned" are compared on equal terms: AdamW on non-overlapping windows o
 1 − holdout of the token stream (reshuffled every epoch), linear warmup then cosine decay to 10 %,
 gradient clipping at 1.0; the held-out tail is evaluated every ``eval_every`` steps and the model ends
 in its best state (early stopping, so a too-long budget cannot make a start point look worse).
+``save_at`` names steps (e.g. `geometric_steps`: 4, 8, 16, …, T) at which the held-out part is also evaluated and
+``on_save(step, holdout_loss)`` is called, for checkpoints kept during the run; ``patience`` stops the run after
+that many evaluations without a new best. With LoRA (soe/specialists/lora.py) only the adapters train.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -42,9 +46,20 @@ class FineTune:
     """[{step, holdout}] at every evaluation."""
 
 
+def geometric_steps(total: int, first: int = 4) -> list[int]:
+    """first, 2·first, 4·first, … below ``total``, then ``total``: where fine-tuning checkpoints are kept."""
+    out, s = [], first
+    while s < total:
+        out.append(s)
+        s *= 2
+    return out + [total] if total > 0 else []
+
+
 def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float = 3e-4, weight_decay: float = 0.0,
              batch_size: int = 16, warmup: int = 10, holdout: float = 0.1, eval_every: int = 20,
-             seq_len: int | None = None, seed: int = 0) -> FineTune:
+             seq_len: int | None = None, seed: int = 0, save_at: Iterable[int] = (),
+             on_save: Callable[[int, float], None] | None = None, patience: int | None = None,
+             log: Callable[[str], None] | None = None) -> FineTune:
     """Fine-tune ``model`` in place on ``stream`` (1-D token ids) and leave it in eval mode at its best
     held-out state."""
     if steps < 0 or batch_size < 1 or lr <= 0:
@@ -65,7 +80,9 @@ def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float 
     start = held_loss()
     best = (start, 0, {k: v.detach().clone() for k, v in model.state_dict().items()})
     hist = [{"step": 0, "holdout": start}]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    save_at, since_best = set(save_at), 0
 
     def lr_at(step: int) -> float:  # step counts from 1
         if step <= warmup:
@@ -87,13 +104,26 @@ def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float 
         loss = model(b[:, :-1], targets=b[:, 1:])[1]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if step % eval_every == 0 or step == steps:
+        if step % eval_every == 0 or step == steps or step in save_at:
             hl = held_loss()
             hist.append({"step": step, "holdout": hl})
+            since_best += 1
             if hl < best[0]:
-                best = (hl, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                best, since_best = (hl, step, {k: v.detach().clone() for k, v in model.state_dict().items()}), 0
+            if log:
+                log(f"  step {step}/{steps}: held-out loss {hl:.4f} (best {best[0]:.4f} at step {best[1]})")
+            if on_save and step in save_at:
+                model.eval()
+                on_save(step, hl)
+            if patience is not None and since_best >= patience:
+                if log:
+                    log(f"  early stop: no better held-out loss in {patience} evaluations")
+                if on_save and step not in save_at:  # the last state is always kept
+                    on_save(step, hl)
+                steps = step
+                break
     wall = time.perf_counter() - t0
     model.load_state_dict(best[2])
     model.eval()

@@ -1,0 +1,133 @@
+"""``soe finetune``: fine-tune a specialist on in-house texts, keeping checkpoints on a geometric schedule.
+
+    soe finetune team-a-specialist --texts team-a.jsonl --out ft/team-a [--steps 256] [--lora-rank 8]
+    soe finetune runs/soe/last.ckpt@law --texts law.jsonl --out ft/law          # Θ(h) straight from a soup
+
+Output directory (a run directory; every subdirectory is a loadable specialist):
+    step-000004/ step-000008/ … step-<T>/   checkpoints at steps 4, 8, 16, …, T (geometric: what merging needs)
+    best/                                   the state with the lowest held-out loss (early stopping)
+    last/                                   the final state
+    finetune.json                           settings, held-out history, the saved steps (written last)
+With LoRA the adapters are merged into each checkpoint's weights, or with --keep-adapter kept beside the
+starting weights as peft's adapter_model.safetensors + adapter_config.json (loaded, merged, by soe).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+FINETUNE = __doc__.split("\n\n")[0]
+MARKER = "finetune.json"
+
+
+def add_parser(sub, common, positive_int, positive_float, open_fraction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a specialist (full or LoRA), geometric checkpoints",
+                       description=__doc__.split("\n\n", 1)[1])
+    p.add_argument("source", help="specialist directory, checkpoint (with --weights), or CKPT@WEIGHTS")
+    p.add_argument("--texts", required=True, help="in-house texts: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT]")
+    p.add_argument("--out", required=True, help="run directory (refused if it exists, unless --overwrite)")
+    p.add_argument("--weights", default=None, help="with a checkpoint: domain weights of the start (default: prior)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--max-docs", type=positive_int)
+    p.add_argument("--steps", type=positive_int, default=256, help="optimizer steps at most (default 256)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 3e-4; LoRA 1e-3)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--warmup", type=positive_int, default=10)
+    p.add_argument("--holdout", type=open_fraction, default=0.1, help="fraction of the tokens held out, in (0, 1)")
+    p.add_argument("--eval-every", type=positive_int, default=32, help="held-out evaluation every N steps")
+    p.add_argument("--patience", type=positive_int, default=None, help="stop after N evaluations without a new best")
+    p.add_argument("--first-checkpoint", type=positive_int, default=4, help="first step of the geometric schedule")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lora-rank", type=positive_int, default=None, help="LoRA (peft) of this rank instead of full fine-tuning")
+    p.add_argument("--lora-alpha", type=positive_float, default=16.0)
+    p.add_argument("--lora-targets", default=None, help="comma list of projections (default: all seven)")
+    p.add_argument("--keep-adapter", action="store_true", help="LoRA: keep the adapter instead of merging it")
+    p.add_argument("--format", choices=("hf", "soe"), default="hf")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous soe finetune run directory")
+    common(p)
+
+
+def check_run_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an existing --out unless --overwrite and it is a previous finetune run (or empty)."""
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise FileExistsError(f"output directory {out} already exists; pass --overwrite to replace it")
+    if out.is_symlink() or not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file()):
+        raise FileExistsError(f"output {out} is not a soe finetune run directory (no {MARKER}); --overwrite "
+                              "replaces only those: remove it yourself or choose another --out")
+
+
+def _start(a):
+    from soe import api
+
+    src, weights = a.source, a.weights
+    if "@" in src and not Path(src).exists() and weights is None:
+        src, weights = src.rsplit("@", 1)
+    obj = api.load(src, data=a.data, device=a.device)
+    if isinstance(obj, api.Soup):
+        return obj.specialist(weights or "prior")
+    if weights is not None:
+        raise ValueError(f"--weights/@WEIGHTS applies to a checkpoint, but {src} is an exported specialist")
+    return obj
+
+
+def cmd_finetune(a) -> None:
+    from soe.data.text import read_texts, token_stream
+    from soe.fileio import atomic_write_json
+    from soe.specialists import lora as L
+    from soe.specialists.export import save_specialist
+    from soe.specialists.finetune import finetune, geometric_steps
+
+    out = Path(a.out)
+    check_run_dir(out, a.overwrite)
+    if a.keep_adapter and a.lora_rank is None:
+        raise ValueError("--keep-adapter needs --lora-rank")
+    spec = L.LoRA(a.lora_rank, a.lora_alpha, tuple(a.lora_targets.split(",")) if a.lora_targets else L.TARGETS) \
+        if a.lora_rank else None
+    start = _start(a)
+    net = start.model
+    stream = token_stream(read_texts(a.texts, a.text_field, a.max_docs), start.tokenizer_file, start.eos_id)
+    start_params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    if spec:
+        import torch
+
+        torch.manual_seed(a.seed)  # peft draws lora_A's init from the global generator
+        L.add_lora(net, spec)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    saved: list[dict] = []
+
+    def save(name: str, step: int, loss: float) -> None:
+        info = {**start.info, "finetune": {"source": a.source, "step": step, "holdout_loss": loss,
+                                           "lora": None if spec is None else {"rank": spec.rank, "alpha": spec.alpha}}}
+        params = start_params if a.keep_adapter else L.merged_params(net)
+        d = save_specialist(out / name, params, net.cfg, tokenizer_file=start.tokenizer_file, eos_id=start.eos_id,
+                            info=info, fmt=a.format)
+        if a.keep_adapter:
+            from safetensors.torch import save_file
+
+            save_file(L.adapter_state(net), str(d / "adapter_model.safetensors"), metadata={"format": "pt"})
+            atomic_write_json(d / "adapter_config.json", L.adapter_config(spec, str(a.source)))
+        saved.append({"dir": name, "step": step, "holdout_loss": loss})
+        print(f"  saved {d}")
+
+    schedule = geometric_steps(a.steps, a.first_checkpoint)
+    mode = f"LoRA r={spec.rank}" if spec else "full"
+    print(f"fine-tuning ({mode}) {a.source} on {len(stream):,} tokens of {a.texts}: {a.steps} steps, "
+          f"checkpoints at {schedule}")
+    lr = a.lr or (1e-3 if spec else 3e-4)
+    ft = finetune(net, stream, steps=a.steps, lr=lr, batch_size=a.batch_size, warmup=a.warmup, holdout=a.holdout,
+                  eval_every=a.eval_every, seed=a.seed, save_at=schedule, patience=a.patience, log=print,
+                  on_save=lambda step, loss: save(f"step-{step:06d}", step, loss))
+    shutil.copytree(out / saved[-1]["dir"], out / "last")
+    save("best", ft.best_step, ft.holdout_loss)  # finetune() left the model in its best state
+    record = {"source": a.source, "texts": str(a.texts), "mode": mode, "lr": lr, "steps": ft.steps,
+              "best_step": ft.best_step, "holdout_loss_start": ft.holdout_loss_start, "holdout_loss": ft.holdout_loss,
+              "tokens": ft.tokens, "wall_s": round(ft.wall_s, 2), "checkpoints": saved, "history": ft.history}
+    atomic_write_json(out / MARKER, record)
+    print(f"held-out loss {ft.holdout_loss_start:.4f} -> {ft.holdout_loss:.4f} (best at step {ft.best_step}); "
+          f"wrote {out}/ ({len(saved) - 1} checkpoints, best/, last/, {MARKER})")

@@ -1,0 +1,100 @@
+"""`soe finetune`: geometric checkpoints, best/last, LoRA merged or kept as a peft adapter, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bad_inputs import assert_refused
+from soe import api
+from soe.cli import main
+from soe.specialists.finetune import geometric_steps
+from specialize_helpers import make_docs, text_env
+
+COMMON = ["--steps", "20", "--eval-every", "5", "--batch-size", "4", "--warmup", "2", "--format", "soe"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    prepared, ckpt = text_env(tmp_path_factory)
+    root = tmp_path_factory.mktemp("ft")
+    (root / "cooking.txt").write_text("\n\n".join(make_docs("cooking", 60, seed=7)))
+    return ckpt, root
+
+
+def _w(d):
+    return load_file(str(d / "model.safetensors"))
+
+
+def test_geometric_schedule():
+    assert geometric_steps(20) == [4, 8, 16, 20] and geometric_steps(16) == [4, 8, 16]
+    assert geometric_steps(3) == [3] and geometric_steps(100, first=8) == [8, 16, 32, 64, 100]
+
+
+def test_full_finetune_keeps_geometric_checkpoints_best_and_last(env, capsys):
+    ckpt, root = env
+    out = root / "full"
+    assert main(["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out", str(out), *COMMON]) == 0
+    rec = json.loads((out / "finetune.json").read_text())
+    steps = [c["step"] for c in rec["checkpoints"] if c["dir"].startswith("step-")]
+    assert steps == [4, 8, 16, 20]
+    for s in steps:  # every checkpoint is a loadable specialist recording its step
+        spec = api.load(out / f"step-{s:06d}")
+        assert spec.info["finetune"]["step"] == s and spec.weights["cooking"] == pytest.approx(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(_w(out / "last").values(), _w(out / "step-000020").values()))
+    best = min(rec["history"], key=lambda r: r["holdout"])
+    assert rec["best_step"] == best["step"] and rec["holdout_loss"] == pytest.approx(best["holdout"])
+    assert rec["holdout_loss"] < rec["holdout_loss_start"]  # fine-tuning on the topic helps
+    start = api.load(ckpt).specialist("cooking").model.state_dict()
+    assert not torch.equal(_w(out / "step-000004")["model.layers.0.mlp.up_proj.weight"],
+                           start["model.layers.0.mlp.up_proj.weight"])
+    # rerun: refused without --overwrite, replaced with it
+    assert_refused(capsys, "soe", ["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out",
+                                   str(out), *COMMON], "already exists", watch=(out,))
+
+
+def test_lora_merged_and_kept_adapter_agree_and_load_in_peft(env):
+    ckpt, root = env
+    args = ["--texts", str(root / "cooking.txt"), *COMMON, "--lora-rank", "2"]
+    assert main(["finetune", str(ckpt), "--weights", "cooking", "--out", str(root / "lora"), *args]) == 0
+    assert main(["finetune", f"{ckpt}@cooking", "--out", str(root / "adapter"), *args, "--keep-adapter", "--format", "hf"]) == 0
+    start = api.load(ckpt).specialist("cooking").model.state_dict()
+    merged = _w(root / "lora" / "step-000020")
+    for name, w in merged.items():
+        d = w - start[name]
+        if name.endswith(("q_proj.weight", "down_proj.weight")):
+            assert 0 < torch.linalg.matrix_rank(d) <= 2, name  # a rank-2 update
+        elif not name.endswith("_proj.weight"):
+            assert torch.equal(w, start[name]), name  # embeddings and norms frozen
+    kept = root / "adapter" / "step-000020"
+    assert (kept / "adapter_config.json").is_file() and (kept / "adapter_model.safetensors").is_file()
+    assert all(torch.equal(_w(kept)[k], start[k]) for k in start)  # base weights stored unchanged
+    ours = api.load(kept).model  # soe folds the adapter in on load
+    folded = ours.state_dict()
+    assert all(torch.allclose(folded[k], merged[k], atol=1e-6) for k in merged)
+    # the adapter is peft's standard format: transformers + peft load the same model
+    transformers, peft = pytest.importorskip("transformers"), pytest.importorskip("peft")
+    hf = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(str(kept)), str(kept)).eval()
+    x = torch.randint(0, ours.cfg.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, ours(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["{ckpt}@cooking", "--keep-adapter"], "--keep-adapter needs --lora-rank"),
+    (["{ckpt}@nosuchdomain"], "nosuchdomain"),
+    (["{ckpt}@cooking", "--lora-rank", "0"], "--lora-rank"),
+    (["{ckpt}@cooking", "--lora-rank", "2", "--lora-targets", "qproj"], "LoRA targets"),
+    (["{ckpt}@cooking", "--holdout", "1.5"], "--holdout"),
+    (["{ckpt}@cooking", "--steps", "0"], "--steps"),
+    (["{root}/cooking.txt"], "cooking.txt"),
+])
+def test_finetune_bad_inputs(env, capsys, argv, expect):
+    ckpt, root = env
+    argv = [a.format(ckpt=ckpt, root=root) for a in argv]
+    assert_refused(capsys, "soe", ["finetune", *argv, "--texts", str(root / "cooking.txt"), "--out", str(root / "bad")],
+                   expect, watch=(root,))
+    assert not (root / "bad").exists()
