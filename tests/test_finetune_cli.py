@@ -61,6 +61,8 @@ def test_lora_merged_and_kept_adapter_agree_and_load_in_peft(env):
     args = ["--texts", str(root / "cooking.txt"), *COMMON, "--lora-rank", "2"]
     assert main(["finetune", str(ckpt), "--weights", "cooking", "--out", str(root / "lora"), *args]) == 0
     assert main(["finetune", f"{ckpt}@cooking", "--out", str(root / "adapter"), *args, "--keep-adapter", "--format", "hf"]) == 0
+    rec = json.loads((root / "lora" / "finetune.json").read_text())
+    assert rec["holdout_loss"] < rec["holdout_loss_start"] and rec["mode"] == "LoRA r=2"  # LoRA reduces the loss
     start = api.load(ckpt).specialist("cooking").model.state_dict()
     merged = _w(root / "lora" / "step-000020")
     for name, w in merged.items():
@@ -81,6 +83,24 @@ def test_lora_merged_and_kept_adapter_agree_and_load_in_peft(env):
     x = torch.randint(0, ours.cfg.vocab_size, (2, 16))
     with torch.no_grad():
         assert torch.allclose(hf(x).logits, ours(x), atol=1e-4)
+
+
+def test_an_adapter_on_another_base_is_refused(env, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    ckpt, root = env
+    kept = root / "adapter" / "step-000004"
+    if not kept.exists():
+        pytest.skip("needs the LoRA test's output")
+    bad = tmp_path / "bad-adapter"
+    shutil.copytree(kept, bad)
+    ad = load_file(str(bad / "adapter_model.safetensors"))
+    save_file({k: torch.cat([v, v], dim=1) if ".lora_A." in k else v for k, v in ad.items()},
+              str(bad / "adapter_model.safetensors"))
+    assert_refused(capsys, "soe", ["generate", str(bad), "--max-tokens", "2"], "does not match its base weight",
+                   watch=(bad,))
 
 
 @pytest.mark.parametrize("argv,expect", [

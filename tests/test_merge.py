@@ -175,3 +175,43 @@ def test_data_aware_merge_uses_each_models_exemplar_features(text_specialists, t
 def test_data_aware_merge_needs_exemplars():
     with pytest.raises(ValueError, match=r"models\[0\].parameters.exemplars: merge_method cat needs"):
         parse_config({"merge_method": "cat", "base_model": "b", "models": ["a"]}, "merge.yaml")
+
+
+@pytest.mark.parametrize("weight,match", [(-1.0, "weight: -1.0 is outside"), (float("nan"), "weight: nan is outside"),
+                                          (0.0, "sum to 0")])
+def test_negative_nan_or_zero_weights_are_refused(weight, match):
+    with pytest.raises(ValueError, match=match):
+        parse_config({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": weight}}]}, "m.yaml")
+
+
+def test_other_tokenizer_or_vocab_is_refused_and_nothing_written(specialists, tmp_path):
+    root, dirs = specialists
+    other_tok = tmp_path / "tok.json"
+    other_tok.write_text(json.dumps({"another": "tokenizer"}))
+    base = load_file(str(dirs["a"] / "model.safetensors"))
+    odd = save_specialist(tmp_path / "odd-tok", base, CFG, tokenizer_file=other_tok, eos_id=0, info={}, fmt="soe")
+    with pytest.raises(ValueError, match=r"models\[1\].*tokenizer.json differs"):
+        merge(parse_config({"merge_method": "linear", "models": [str(dirs["a"]), str(odd)]}), tmp_path / "o1", log=None)
+    cfg64 = ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=32)
+    big = save_specialist(tmp_path / "vocab64", {k: v.detach() for k, v in LlamaLM(cfg64).named_parameters()}, cfg64,
+                          tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe")
+    with pytest.raises(ValueError, match=r"base_model .* has shape|models\[0\].*has shape"):
+        merge(parse_config({"merge_method": "task_arithmetic", "base_model": str(big), "models": [str(dirs["a"])]}),
+              tmp_path / "o2", log=None)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_too_few_exemplar_tokens_is_refused(text_specialists, tmp_path):
+    root, dirs = text_specialists
+    (tmp_path / "tiny.txt").write_text("oven")
+    cfg = parse_config({"merge_method": "regmean", "models": [
+        {"model": str(dirs["cooking"]), "parameters": {"exemplars": str(tmp_path / "tiny.txt")}},
+        {"model": str(dirs["law"]), "parameters": {"exemplars": str(root / "law.txt")}}]})
+    with pytest.raises(ValueError, match="tiny.txt"):
+        merge(cfg, tmp_path / "o", log=None)
+    cfg = parse_config({"merge_method": "cat", "base_model": str(dirs["base"]), "parameters": {"exemplar_tokens": 8},
+                        "models": [{"model": str(dirs[d]), "parameters": {"exemplars": str(root / f"{d}.txt")}}
+                                   for d in ("cooking", "law")]})
+    with pytest.raises(ValueError, match="exemplar token budget 8 is below one window"):
+        merge(cfg, tmp_path / "o", log=None)
+    assert not (tmp_path / "o").exists()

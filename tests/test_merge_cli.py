@@ -37,8 +37,15 @@ def test_merge_then_evaluate_and_load_in_transformers(env, capsys):
     assert len(info["merge"]["in_span_share"]) == 2
     assert main(["evaluate", "--specialist", str(out), "--texts", str(root / "texts.txt"), "--windows", "2"]) == 0
     transformers = pytest.importorskip("transformers")
-    m = transformers.AutoModelForCausalLM.from_pretrained(str(out))
-    assert m.config.model_type == "llama"
+    import torch
+
+    from soe import api
+
+    m = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    ours = api.load(out).model
+    x = torch.randint(0, ours.cfg.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(m(x).logits, ours(x), atol=1e-4)  # the merged export is the same model in transformers
     assert main(["merge", "--config", str(root / "merge.yaml"), "--report"]) == 0
     assert "span of the expert bank" in capsys.readouterr().out
     # --overwrite replaces our own merge

@@ -72,6 +72,20 @@ def test_in_span_share_and_bank_projection(soup_specialists, tmp_path):
     assert not all(torch.allclose(t[k], tp[k], atol=1e-5) for k in t)
 
 
+def test_bank_projection_reconstructs_a_task_vector_in_the_span_exactly(soup_specialists, tmp_path):
+    # cooking's task vector lies in span(E): with the projection, TIES (density 0.3) no longer trims it and
+    # the merge of cooking alone is cooking itself; without it, TIES keeps only 30 % of its entries
+    _, ckpt, dirs = soup_specialists
+    raw = {"merge_method": "ties", "base_model": {"soup": str(ckpt), "h": "prior"},
+           "models": [{"model": str(dirs["cooking"]), "parameters": {"density": 0.3}}]}
+    merge(parse_config({**raw, "parameters": {"bank_projection": True}}), tmp_path / "p", log=None)
+    merge(parse_config(raw), tmp_path / "t", log=None)
+    want = load_file(str(dirs["cooking"] / "model.safetensors"))
+    got, trimmed = load_file(str(tmp_path / "p" / "model.safetensors")), load_file(str(tmp_path / "t" / "model.safetensors"))
+    assert all(torch.allclose(got[k], want[k], atol=1e-5) for k in want)
+    assert not all(torch.allclose(trimmed[k], want[k], atol=1e-5) for k in want)
+
+
 def test_bank_projection_config_errors():
     with pytest.raises(ValueError, match="bank_projection needs base_model"):
         parse_config({"merge_method": "ties", "base_model": "dir", "models": ["a"], "parameters": {"bank_projection": True}})

@@ -127,8 +127,10 @@ def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
         if method in DATA_METHODS and not isinstance(ex, str):
             raise ValueError(f"{where}.parameters.exemplars: merge_method {method} needs a file of a few unlabelled "
                              f"texts of this model's task, got {ex!r}")
-        specs.append(ModelSpec(m["model"], _number(p.get("weight", 1.0), f"{where}.parameters.weight"),
+        specs.append(ModelSpec(m["model"], _number(p.get("weight", 1.0), f"{where}.parameters.weight", 0),
                                _number(p.get("density", 1.0), f"{where}.parameters.density", 0, 1, lo_open=True), ex))
+    if sum(m.weight for m in specs) <= 0:
+        raise ValueError(f"{source}: the models' weights sum to 0; expected a positive total")
     params = raw.get("parameters") or {}
     if not isinstance(params, dict) or set(params) - GLOBAL_KEYS:
         raise ValueError(f"{source}: parameters: expected keys among {sorted(GLOBAL_KEYS)}, got {params!r}")

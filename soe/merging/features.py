@@ -35,10 +35,10 @@ def exemplar_windows(source, tokenizer_file: str | os.PathLike, eos_id: int, seq
     """(N, seq_len) token windows from unlabelled texts (any form `read_texts` accepts), at most ``max_tokens``."""
     if max_tokens < seq_len:
         raise ValueError(f"exemplar token budget {max_tokens} is below one window of {seq_len} tokens")
-    docs = read_texts(source, text_field)
-    wins = eval_windows(token_stream(docs, tokenizer_file, eos_id), seq_len, max_windows=max_tokens // seq_len)
-    if len(wins) == 0:
-        raise ValueError(f"exemplars {source}: fewer than {seq_len + 1} tokens; expected at least one window")
+    stream = token_stream(read_texts(source, text_field), tokenizer_file, eos_id)
+    if len(stream) < seq_len + 1:
+        raise ValueError(f"exemplars {source}: {len(stream)} tokens; expected at least one window of {seq_len + 1}")
+    wins = eval_windows(stream, seq_len, max_windows=max_tokens // seq_len)
     return wins[:, :seq_len]  # eval_windows adds the next-token targets; only the inputs run here
 
 

@@ -222,7 +222,11 @@ def _fold_adapter(d: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Te
         b = ad.get(key.replace(".lora_A.", ".lora_B."))
         if b is None or f"{module}.weight" not in state:
             raise ValueError(f"{d / ADAPTER_FILE}: adapter {module} has no lora_B or matches no weight of the model")
-        state[f"{module}.weight"] = state[f"{module}.weight"] + scale * (b.float() @ a.float())
+        w = state[f"{module}.weight"]
+        if b.shape[0] != w.shape[0] or a.shape[1] != w.shape[1] or a.shape[0] != b.shape[1]:
+            raise ValueError(f"{d / ADAPTER_FILE}: adapter {module} (B {tuple(b.shape)}, A {tuple(a.shape)}) does not "
+                             f"match its base weight {tuple(w.shape)}: the adapter was trained on another model")
+        state[f"{module}.weight"] = w + scale * (b.float() @ a.float())
     return state
 
 
