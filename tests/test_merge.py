@@ -215,3 +215,19 @@ def test_too_few_exemplar_tokens_is_refused(text_specialists, tmp_path):
     with pytest.raises(ValueError, match="exemplar token budget 8 is below one window"):
         merge(cfg, tmp_path / "o", log=None)
     assert not (tmp_path / "o").exists()
+
+
+def test_semantic_merge_of_disjoint_layer_changes_keeps_both(specialists, tmp_path):
+    # a changed only block 0, b only block 1: the data-free merge gives each block to the model that changed it
+    root, dirs = specialists
+    base = load_file(str(dirs["base"] / "model.safetensors"))
+    a = {k: v + (0.3 * torch.randn_like(v) if k.startswith("model.layers.0.mlp") else 0) for k, v in base.items()}
+    b = {k: v + (0.3 * torch.randn_like(v) if k.startswith("model.layers.1.mlp") else 0) for k, v in base.items()}
+    da = save_specialist(tmp_path / "a", a, CFG, tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe")
+    db = save_specialist(tmp_path / "b", b, CFG, tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe")
+    cfg = parse_config({"merge_method": "semantic", "base_model": str(dirs["base"]), "models": [str(da), str(db)]})
+    merge(cfg, tmp_path / "out", log=None)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    for k in got:
+        want = a[k] if k.startswith("model.layers.0.mlp") else b[k] if k.startswith("model.layers.1.mlp") else base[k]
+        assert torch.allclose(got[k], want, atol=1e-5), k  # task arithmetic's average would halve each change

@@ -82,3 +82,29 @@ def test_collect_hooks_every_linear_layer_and_gain():
     x = net.model.layers[0].input_layernorm(net.model.embed_tokens(wins)).reshape(-1, 8).double()
     assert torch.allclose(f.gram["model.layers.0.self_attn.q_proj.weight"], x.T @ x, atol=1e-4)
     assert f.gram["model.layers.0.mlp.down_proj.weight"].shape == (cfg.ff_dim, cfg.ff_dim)
+
+
+def test_semantic_coefficients_follow_the_model_that_changed_a_layer():
+    from soe.merging import semantic as S
+
+    cfg = ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=8, max_seq_len=16)
+    torch.manual_seed(0)
+    base = LlamaLM(cfg).eval()
+    a, b = LlamaLM(cfg).eval(), LlamaLM(cfg).eval()
+    a.load_state_dict(base.state_dict())
+    b.load_state_dict(base.state_dict())
+    with torch.no_grad():  # model a changes block 0 only, model b block 1 only
+        a.model.layers[0].mlp.down_proj.weight.add_(0.5 * torch.randn(8, cfg.ff_dim, generator=_g(1)))
+        b.model.layers[1].mlp.down_proj.weight.add_(0.5 * torch.randn(8, cfg.ff_dim, generator=_g(2)))
+    s = S.semantic_scores(base, [a, b], probe_len=8, probe_batch=4)
+    assert s[0, 0] > 0 and s[0, 1] == 0 and s[1, 0] == 0 and s[1, 1] > 0
+    c = S.layer_coefficients(s, [1.0, 1.0])
+    assert torch.allclose(c, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # each layer goes to the model that changed it
+    assert torch.allclose(S.layer_coefficients(torch.zeros(2, 2), [1.0, 3.0]), torch.tensor([[0.25, 0.25], [0.75, 0.75]]))
+    assert S.block_index("model.layers.1.mlp.up_proj.weight") == 1 and S.block_index("model.norm.weight") is None
+    # each anchor is the least-squares preimage of its token's one-hot logits: W a_v = P e_v, so (W a_v)_v > 0
+    x = S.anchors(base, 5, seed=0)
+    w = base.model.embed_tokens.weight.detach()
+    ids = torch.randint(40, (5,), generator=torch.Generator().manual_seed(0))
+    proj = w @ torch.linalg.pinv(w)  # P, the projection on W's column space
+    assert torch.allclose(x @ w.T, proj[:, ids].T, atol=1e-4)

@@ -1,6 +1,7 @@
 """The merge config: mergekit's YAML conventions, validated before anything is read.
 
     merge_method: ties                 # linear | task_arithmetic | ties | dare_linear | dare_ties | regmean | lot | cat
+                                       # | semantic (data-free, layer-wise: soe/merging/semantic.py)
     base_model: runs/generic-export    # a specialist directory (required by all but linear and regmean), or
                                        # {soup: CKPT, h: mean | alpha-mean | <weights>} (soe/merging/soupbase.py)
     models:
@@ -44,6 +45,7 @@ METHODS = {
     "regmean": (False, True),
     "lot": (True, False),
     "cat": (True, False),
+    "semantic": (True, False),
 }
 DATA_METHODS = ("regmean", "lot", "cat")
 DTYPES = ("float32", "bfloat16", "float16")

@@ -20,6 +20,7 @@ import torch
 
 from soe.merging import datamerge as D
 from soe.merging import methods as M
+from soe.merging import semantic as S
 from soe.merging.config import DATA_METHODS, MergeConfig
 from soe.merging.features import Features, collect, exemplar_windows
 from soe.merging.inputs import Weights, open_inputs
@@ -96,9 +97,27 @@ def _data_tensor(cfg: MergeConfig, name: str, base, thetas, feats: list[Features
     return M.combine(base, taus, weights, lam)
 
 
+def semantic_coefficients(cfg: MergeConfig, inp) -> torch.Tensor:
+    """(m, L) per-layer coefficients of the data-free ``semantic`` method, one model in memory at a time."""
+    from soe.core.model import LlamaLM
+    from soe.specialists.export import load_specialist
+
+    first, _ = load_specialist(inp.models[0].dir)
+    base = LlamaLM(first.cfg)
+    base.load_state_dict({n: inp.base.get(n) for n in inp.names}, strict=True)
+    base.eval()
+    scores = []
+    for m in inp.models:
+        net, _ = load_specialist(m.dir)
+        scores.append(S.semantic_scores(base, [net], seed=int(cfg.parameters.get("seed", 0)))[0])
+        del net
+    return S.layer_coefficients(torch.stack(scores), [m.weight for m in cfg.models])
+
+
 def merge_tensor(cfg: MergeConfig, name: str, base: torch.Tensor | None, thetas: list[torch.Tensor],
                  thresholds: list[float] | None = None, feats: list[Features] | None = None,
-                 bank: torch.Tensor | None = None, delta: torch.Tensor | None = None) -> torch.Tensor:
+                 bank: torch.Tensor | None = None, delta: torch.Tensor | None = None,
+                 coeffs: torch.Tensor | None = None) -> torch.Tensor:
     """One merged tensor by ``cfg.merge_method`` (float32). With ``bank`` (n, *S) and the task vectors' bank
     coordinates ``delta`` (m, n): the in-span parts are combined in α-space, the residuals by the method."""
     weights = [m.weight for m in cfg.models]
@@ -110,6 +129,10 @@ def merge_tensor(cfg: MergeConfig, name: str, base: torch.Tensor | None, thetas:
         return resid + moved
     if method in DATA_METHODS:
         return _data_tensor(cfg, name, base, thetas, feats)
+    if method == "semantic":
+        ell = S.block_index(name)
+        c = coeffs[:, ell].tolist() if ell is not None else [w / sum(weights) for w in weights]
+        return M.combine(base, [t - base for t in thetas], c, cfg.lam)
     if method == "linear":
         return M.linear(thetas, weights, cfg.normalize)
     taus = [t - base for t in thetas]
@@ -169,13 +192,16 @@ def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log
     if cfg.merge_method == "ties" and cfg.parameters.get("trim") == "model":
         thresholds = _model_thresholds(cfg, base, models, names)
     feats = model_features(cfg, log) if cfg.merge_method in DATA_METHODS else None
+    coeffs = semantic_coefficients(cfg, inp) if cfg.merge_method == "semantic" else None
+    if coeffs is not None and log:
+        log("  semantic layer coefficients (models × layers): " + str([[round(x, 3) for x in r] for r in coeffs.tolist()]))
     dtype = getattr(torch, cfg.dtype)
     merged, n_params = {}, 0
     for i, name in enumerate(names):
         b = base.get(name) if base else None
         bank = sb.bank.get(name) if sb is not None and delta is not None else None
         merged[name] = merge_tensor(cfg, name, b, [m.get(name) for m in models], thresholds, feats, bank,
-                                    delta).to(dtype).contiguous()
+                                    delta, coeffs).to(dtype).contiguous()
         n_params += merged[name].numel()
         if log and (i + 1) % max(len(names) // 4, 1) == 0:
             log(f"  merged {i + 1}/{len(names)} tensors")
