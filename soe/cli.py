@@ -225,7 +225,8 @@ def cmd_evaluate(a) -> None:
         spec = api.load(d, device=a.device)
         if not isinstance(spec, api.Specialist):
             raise ValueError(f"--specialist {d} is not an exported specialist directory")
-        models[Path(d).name] = spec
+        names = [Path(x).name for x in a.specialist]
+        models[Path(d).name if names.count(Path(d).name) == 1 else str(d).rstrip("/")] = spec  # ft/a/best, ft/b/best
     sets = [] if a.sets is None and a.texts else (a.sets or "val,specialists").split(",")
     if sets and data is None:
         raise ValueError("pass --data DIR (the prepared-data directory holding the evaluation sets) or --texts FILE")

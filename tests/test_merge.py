@@ -231,3 +231,11 @@ def test_semantic_merge_of_disjoint_layer_changes_keeps_both(specialists, tmp_pa
     for k in got:
         want = a[k] if k.startswith("model.layers.0.mlp") else b[k] if k.startswith("model.layers.1.mlp") else base[k]
         assert torch.allclose(got[k], want, atol=1e-5), k  # task arithmetic's average would halve each change
+
+
+def test_shipped_merge_configs_parse():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "merge").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.models and cfg.merge_method, path
