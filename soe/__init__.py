@@ -13,15 +13,33 @@ The package, by concern (each part imports only the parts listed before it):
     soe.train        the LightningModule, optimizer, checkpoint I/O, the CLI behind train.py
     soe.specialists  estimate / refine h, evaluate, export, generate, fine-tune
     soe.experiments  generic vs SoE vs dedicated comparisons, ablations, reports
+    soe.merging      merging fine-tuned specialists (soe.merge), after soe.finetune
     soe.api, soe.cli the Python API (soe.load) and the `soe` command line
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load", "Soup", "Specialist", "read_texts", "parse_weights"]
+__all__ = ["load", "Soup", "Specialist", "read_texts", "parse_weights", "finetune", "merge"]
 
 _LAZY = {"Soup": "soe.api", "Specialist": "soe.api", "read_texts": "soe.data.text", "parse_weights": "soe.core.weights"}
+
+
+def finetune(source, texts, out, **kw) -> dict:
+    """`soe finetune` from Python: fine-tune a specialist directory or ``CKPT@WEIGHTS`` on ``texts`` into the
+    run directory ``out`` (geometric checkpoints, best/, last/); see soe/specialists/finetune_cli.py."""
+    from soe.specialists.finetune_cli import run_finetune
+
+    return run_finetune(source, texts, out, **kw)
+
+
+def merge(config, out, overwrite: bool = False):
+    """`soe merge` from Python: ``config`` a merge YAML path or a mergekit-style dict; returns a MergeResult."""
+    from soe.merging.config import load_config, parse_config
+    from soe.merging.merge import merge as _merge
+
+    cfg = parse_config(config) if isinstance(config, dict) else load_config(config)
+    return _merge(cfg, out, overwrite)
 
 
 def load(path, data=None, device=None):

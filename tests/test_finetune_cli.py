@@ -118,3 +118,16 @@ def test_finetune_bad_inputs(env, capsys, argv, expect):
     assert_refused(capsys, "soe", ["finetune", *argv, "--texts", str(root / "cooking.txt"), "--out", str(root / "bad")],
                    expect, watch=(root,))
     assert not (root / "bad").exists()
+
+
+def test_python_api_finetune_then_merge(env, tmp_path):
+    import soe
+    from soe.specialists.lora import LoRA
+
+    ckpt, root = env
+    rec = soe.finetune(f"{ckpt}@cooking", root / "cooking.txt", tmp_path / "ft", steps=8, batch_size=4, warmup=1,
+                       eval_every=4, lora=LoRA(rank=2), fmt="soe", log=None)
+    assert [c["step"] for c in rec["checkpoints"]] == [4, 8, rec["best_step"]]
+    res = soe.merge({"merge_method": "linear", "models": [str(tmp_path / "ft" / "step-000004"),
+                                                          str(tmp_path / "ft" / "step-000008")]}, tmp_path / "m")
+    assert res.tensors > 0 and soe.load(tmp_path / "m").info["merge"]["method"] == "linear"

@@ -60,74 +60,92 @@ def check_run_dir(out: Path, overwrite: bool) -> None:
                               "replaces only those: remove it yourself or choose another --out")
 
 
-def _start(a):
+def _start(source: str, weights, data, device):
     from soe import api
 
-    src, weights = a.source, a.weights
-    if "@" in src and not Path(src).exists() and weights is None:
-        src, weights = src.rsplit("@", 1)
-    obj = api.load(src, data=a.data, device=a.device)
+    if "@" in str(source) and not Path(source).exists() and weights is None:
+        source, weights = str(source).rsplit("@", 1)
+    obj = api.load(source, data=data, device=device)
     if isinstance(obj, api.Soup):
         return obj.specialist(weights or "prior")
     if weights is not None:
-        raise ValueError(f"--weights/@WEIGHTS applies to a checkpoint, but {src} is an exported specialist")
+        raise ValueError(f"--weights/@WEIGHTS applies to a checkpoint, but {source} is an exported specialist")
     return obj
 
 
-def cmd_finetune(a) -> None:
+def run_finetune(source, texts, out, *, weights=None, text_field: str = "text", max_docs: int | None = None,
+                 steps: int = 256, lr: float | None = None, batch_size: int = 16, warmup: int = 10,
+                 holdout: float = 0.1, eval_every: int = 32, patience: int | None = None, first_checkpoint: int = 4,
+                 seed: int = 0, lora=None, keep_adapter: bool = False, fmt: str = "hf", overwrite: bool = False,
+                 data=None, device=None, log=print) -> dict:
+    """The Python API of ``soe finetune`` (module docstring): returns the finetune.json record.
+    ``lora``: a `soe.specialists.lora.LoRA` for LoRA, None for full fine-tuning."""
+    import torch
+
     from soe.data.text import read_texts, token_stream
     from soe.fileio import atomic_write_json
     from soe.specialists import lora as L
     from soe.specialists.export import save_specialist
     from soe.specialists.finetune import finetune, geometric_steps
 
-    out = Path(a.out)
-    check_run_dir(out, a.overwrite)
-    if a.keep_adapter and a.lora_rank is None:
-        raise ValueError("--keep-adapter needs --lora-rank")
-    spec = L.LoRA(a.lora_rank, a.lora_alpha, tuple(a.lora_targets.split(",")) if a.lora_targets else L.TARGETS) \
-        if a.lora_rank else None
-    start = _start(a)
+    out = Path(out)
+    check_run_dir(out, overwrite)
+    if keep_adapter and lora is None:
+        raise ValueError("--keep-adapter needs --lora-rank (keep_adapter needs lora)")
+    start = _start(source, weights, data, device)
     net = start.model
-    stream = token_stream(read_texts(a.texts, a.text_field, a.max_docs), start.tokenizer_file, start.eos_id)
+    stream = token_stream(read_texts(texts, text_field, max_docs), start.tokenizer_file, start.eos_id)
     start_params = {k: v.detach().clone() for k, v in net.named_parameters()}
-    if spec:
-        import torch
-
-        torch.manual_seed(a.seed)  # peft draws lora_A's init from the global generator
-        L.add_lora(net, spec)
+    if lora is not None:
+        torch.manual_seed(seed)  # peft draws lora_A's init from the global generator
+        L.add_lora(net, lora)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     saved: list[dict] = []
 
     def save(name: str, step: int, loss: float) -> None:
-        info = {**start.info, "finetune": {"source": a.source, "step": step, "holdout_loss": loss,
-                                           "lora": None if spec is None else {"rank": spec.rank, "alpha": spec.alpha}}}
-        params = start_params if a.keep_adapter else L.merged_params(net)
+        info = {**start.info, "finetune": {"source": str(source), "step": step, "holdout_loss": loss,
+                                           "lora": None if lora is None else {"rank": lora.rank, "alpha": lora.alpha}}}
+        params = start_params if keep_adapter else L.merged_params(net)
         d = save_specialist(out / name, params, net.cfg, tokenizer_file=start.tokenizer_file, eos_id=start.eos_id,
-                            info=info, fmt=a.format)
-        if a.keep_adapter:
+                            info=info, fmt=fmt)
+        if keep_adapter:
             from safetensors.torch import save_file
 
             save_file(L.adapter_state(net), str(d / "adapter_model.safetensors"), metadata={"format": "pt"})
-            atomic_write_json(d / "adapter_config.json", L.adapter_config(spec, str(a.source)))
+            atomic_write_json(d / "adapter_config.json", L.adapter_config(lora, str(source)))
         saved.append({"dir": name, "step": step, "holdout_loss": loss})
-        print(f"  saved {d}")
+        if log:
+            log(f"  saved {d}")
 
-    schedule = geometric_steps(a.steps, a.first_checkpoint)
-    mode = f"LoRA r={spec.rank}" if spec else "full"
-    print(f"fine-tuning ({mode}) {a.source} on {len(stream):,} tokens of {a.texts}: {a.steps} steps, "
-          f"checkpoints at {schedule}")
-    lr = a.lr or (1e-3 if spec else 3e-4)
-    ft = finetune(net, stream, steps=a.steps, lr=lr, batch_size=a.batch_size, warmup=a.warmup, holdout=a.holdout,
-                  eval_every=a.eval_every, seed=a.seed, save_at=schedule, patience=a.patience, log=print,
+    schedule = geometric_steps(steps, first_checkpoint)
+    mode = f"LoRA r={lora.rank}" if lora is not None else "full"
+    if log:
+        log(f"fine-tuning ({mode}) {source} on {len(stream):,} tokens of {texts}: {steps} steps, checkpoints at {schedule}")
+    lr = lr or (1e-3 if lora is not None else 3e-4)
+    ft = finetune(net, stream, steps=steps, lr=lr, batch_size=batch_size, warmup=warmup, holdout=holdout,
+                  eval_every=eval_every, seed=seed, save_at=schedule, patience=patience, log=log,
                   on_save=lambda step, loss: save(f"step-{step:06d}", step, loss))
     shutil.copytree(out / saved[-1]["dir"], out / "last")
     save("best", ft.best_step, ft.holdout_loss)  # finetune() left the model in its best state
-    record = {"source": a.source, "texts": str(a.texts), "mode": mode, "lr": lr, "steps": ft.steps,
+    record = {"source": str(source), "texts": str(texts), "mode": mode, "lr": lr, "steps": ft.steps,
               "best_step": ft.best_step, "holdout_loss_start": ft.holdout_loss_start, "holdout_loss": ft.holdout_loss,
               "tokens": ft.tokens, "wall_s": round(ft.wall_s, 2), "checkpoints": saved, "history": ft.history}
     atomic_write_json(out / MARKER, record)
-    print(f"held-out loss {ft.holdout_loss_start:.4f} -> {ft.holdout_loss:.4f} (best at step {ft.best_step}); "
-          f"wrote {out}/ ({len(saved) - 1} checkpoints, best/, last/, {MARKER})")
+    if log:
+        log(f"held-out loss {ft.holdout_loss_start:.4f} -> {ft.holdout_loss:.4f} (best at step {ft.best_step}); "
+            f"wrote {out}/ ({len(saved) - 1} checkpoints, best/, last/, {MARKER})")
+    return record
+
+
+def cmd_finetune(a) -> None:
+    from soe.specialists import lora as L
+
+    spec = L.LoRA(a.lora_rank, a.lora_alpha, tuple(a.lora_targets.split(",")) if a.lora_targets else L.TARGETS) \
+        if a.lora_rank else None
+    run_finetune(a.source, a.texts, a.out, weights=a.weights, text_field=a.text_field, max_docs=a.max_docs,
+                 steps=a.steps, lr=a.lr, batch_size=a.batch_size, warmup=a.warmup, holdout=a.holdout,
+                 eval_every=a.eval_every, patience=a.patience, first_checkpoint=a.first_checkpoint, seed=a.seed,
+                 lora=spec, keep_adapter=a.keep_adapter, fmt=a.format, overwrite=a.overwrite, data=a.data,
+                 device=a.device)
