@@ -24,7 +24,7 @@ from pathlib import Path
 
 from soe.errors import run_entry
 from soe.merging import cli as merge_cli
-from soe.specialists import finetune_cli
+from soe import finetune_cli
 from soe.fileio import atomic_write_text
 
 
