@@ -78,21 +78,25 @@ def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
 def combine(base: torch.Tensor, taus: list[torch.Tensor], weights: list[float], lam: float = 1.0,
             consensus: bool = False, normalize: bool = False) -> torch.Tensor:
     """base + λ · mix(w_u τ_u): a plain (optionally normalised) sum, or TIES's disjoint mean with ``consensus``."""
+    if not consensus:  # accumulate in place: no (m, *S) stack, a third of the memory traffic
+        mixed = torch.zeros(base.shape, dtype=torch.float32)
+        for w, t in zip(weights, taus):
+            mixed.add_(t.float(), alpha=w)
+        if normalize and abs(sum(weights)) >= 1e-8:
+            mixed /= sum(weights)
+        return mixed.mul_(lam).add_(base.float())
     t = torch.stack([x.float() for x in taus])  # (m, *S)
     w = torch.tensor(weights, dtype=torch.float32).reshape(-1, *([1] * base.ndim))
     wt = t * w
-    if consensus:
-        agree = (torch.sign(wt) == elect_sign(wt)).float()  # trimmed (zero) entries never agree
-        mixed, divisor = (wt * agree).sum(0), (w * agree).sum(0)
-    else:
-        mixed, divisor = wt.sum(0), w.sum(0).expand(base.shape)
+    agree = (torch.sign(wt) == elect_sign(wt)).float()  # trimmed (zero) entries never agree
+    mixed, divisor = (wt * agree).sum(0), (w * agree).sum(0)
     if normalize:
         mixed = mixed / torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
     return base.float() + lam * mixed
 
 
 def linear(thetas: list[torch.Tensor], weights: list[float], normalize: bool = True) -> torch.Tensor:
-    t = torch.stack([x.float() for x in thetas])
-    w = torch.tensor(weights, dtype=torch.float32).reshape(-1, *([1] * (t.ndim - 1)))
-    out = (t * w).sum(0)
-    return out / w.sum() if normalize else out
+    out = torch.zeros(thetas[0].shape, dtype=torch.float32)
+    for w, t in zip(weights, thetas):
+        out.add_(t.float(), alpha=w)
+    return out / sum(weights) if normalize else out
