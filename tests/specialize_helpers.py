@@ -138,3 +138,23 @@ def strip_data_dir(ckpt, out):
     state.pop("datamodule_hyper_parameters", None)
     torch.save(state, out)
     return out
+
+
+def perturbed_specialists(root: Path, net: ModelConfig, tokenizer_file: Path, names=("base", "a", "b", "c"),
+                          scale: float = 0.01, fmt: str = "soe", info: dict | None = None) -> dict[str, Path]:
+    """Specialist directories for merge tests: names[0] a random model (seed 0), the others it plus a random
+    task vector of std ``scale`` (generator seeded by the name's position)."""
+    import torch
+
+    from soe.core.model import LlamaLM
+    from soe.specialists.export import save_specialist
+
+    torch.manual_seed(0)
+    base = {k: v.detach().clone() for k, v in LlamaLM(net).named_parameters()}
+    dirs = {}
+    for i, name in enumerate(names):
+        g = torch.Generator().manual_seed(i)
+        p = base if i == 0 else {k: v + scale * torch.randn(v.shape, generator=g) for k, v in base.items()}
+        dirs[name] = save_specialist(root / name, p, net, tokenizer_file=tokenizer_file, eos_id=0, info=info or {},
+                                     fmt=fmt)
+    return dirs

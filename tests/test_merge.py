@@ -13,6 +13,7 @@ from soe.merging import methods as M
 from soe.merging.config import load_config, parse_config
 from soe.merging.merge import merge
 from soe.specialists.export import load_specialist, save_specialist
+from specialize_helpers import perturbed_specialists
 
 CFG = ModelConfig(vocab_size=48, n_layer=2, n_head=2, d_model=16, max_seq_len=32)
 
@@ -23,15 +24,7 @@ def specialists(tmp_path_factory):
     root = tmp_path_factory.mktemp("merge")
     tok = root / "tokenizer.json"
     tok.write_text(json.dumps({"stand-in": True}))
-    torch.manual_seed(0)
-    base = {k: v.detach().clone() for k, v in LlamaLM(CFG).named_parameters()}
-    dirs = {}
-    for i, name in enumerate(["base", "a", "b", "c"]):
-        g = torch.Generator().manual_seed(i)
-        params = base if name == "base" else {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
-        dirs[name] = save_specialist(root / name, params, CFG, tokenizer_file=tok, eos_id=0,
-                                     info={"weights": {"x": 1.0}}, fmt="soe")
-    return root, dirs
+    return root, perturbed_specialists(root, CFG, tok, info={"weights": {"x": 1.0}})
 
 
 def _cfg(dirs, method, **params):

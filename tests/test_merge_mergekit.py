@@ -9,29 +9,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from soe.core.model import LlamaLM
 from soe.merging.config import parse_config
 from soe.merging.merge import merge
-from soe.specialists.export import save_specialist
 
 mergekit = pytest.importorskip("mergekit")
 
 
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
-    from specialize_helpers import NET, make_docs, train_tokenizer
+    from specialize_helpers import NET, make_docs, perturbed_specialists, train_tokenizer
 
     root = tmp_path_factory.mktemp("mk")
     train_tokenizer(make_docs("cooking", 10, 0) + make_docs("law", 10, 1), root / "tokenizer.json")
-    torch.manual_seed(0)
-    base = {k: v.detach().clone() for k, v in LlamaLM(NET).named_parameters()}
-    dirs = {}
-    for i, name in enumerate(["base", "a", "b", "c"]):
-        g = torch.Generator().manual_seed(i)
-        p = base if name == "base" else {k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in base.items()}
-        dirs[name] = save_specialist(root / name, p, NET, tokenizer_file=root / "tokenizer.json", eos_id=0, info={},
-                                     fmt="hf")
-    return dirs
+    return perturbed_specialists(root, NET, root / "tokenizer.json", scale=0.02, fmt="hf")
 
 
 def _mergekit(raw: dict, out) -> dict[str, torch.Tensor]:

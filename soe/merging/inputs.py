@@ -7,13 +7,13 @@ tensor names, shapes and tokenizer, and builds the soup base when the config ask
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from soe.data.shards import sha256_file
+from soe.fileio import read_json
 from soe.merging.config import MergeConfig
 from soe.merging.soupbase import SoupBase, soup_base
 from soe.specialists.export import SOE_FILE, WEIGHTS_FILE
@@ -62,7 +62,7 @@ class Weights:
 
 def _tokenizer_hash(d: Path) -> str | None:
     p = d / "tokenizer.json"
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+    return sha256_file(p) if p.is_file() else None
 
 
 def _check_compatible(base: Weights, models: list[Weights]) -> list[str]:
@@ -85,7 +85,7 @@ def _check_compatible(base: Weights, models: list[Weights]) -> list[str]:
 
 def _specialist_info(d: Path) -> dict:
     p = d / SOE_FILE
-    return json.loads(p.read_text()) if p.is_file() else {}
+    return read_json(p, "specialist metadata") if p.is_file() else {}
 
 
 @dataclass

@@ -53,23 +53,18 @@ def _model_thresholds(cfg: MergeConfig, base, models: list[Weights], names: list
 
 def model_features(cfg: MergeConfig, log=print) -> list[Features]:
     """Each model's layer-input statistics on its own exemplars (one model in memory at a time)."""
-    from soe.specialists.export import load_specialist
+    from soe import api
 
     feats = []
     for i, spec in enumerate(cfg.models):
-        net, info = load_specialist(spec.model)
-        d = Path(spec.model)
-        eos = info.get("eos_id")
-        if eos is None and (d / "config.json").is_file():
-            eos = json.loads((d / "config.json").read_text()).get("eos_token_id")
-        if eos is None or not (d / "tokenizer.json").is_file():
-            raise ValueError(f"models[{i}] {d}: needs tokenizer.json and an eos id to tokenize its exemplars")
+        sp = api.load(spec.model, device="cpu")  # checks tokenizer.json and the eos id, names what is missing
+        net = sp.model
         seq = min(net.cfg.max_seq_len, 256)
-        wins = exemplar_windows(spec.exemplars, d / "tokenizer.json", int(eos), seq, int(cfg.knob("exemplar_tokens")))
+        wins = exemplar_windows(spec.exemplars, sp.tokenizer_file, sp.eos_id, seq, int(cfg.knob("exemplar_tokens")))
         feats.append(collect(net, wins))
         if log:
             log(f"  models[{i}]: layer inputs of {feats[-1].tokens} exemplar tokens from {spec.exemplars}")
-        del net
+        del net, sp
     return feats
 
 
