@@ -30,11 +30,11 @@ class RecordLoss(L.Callback):
             trainer.should_stop = True  # a clean "interruption" after step stop_at
 
 
-def make(prepared, n_experts=2, seed=0, h_per_step=1):
+def make(prepared, n_experts=2, seed=0, h_per_step=1, bank_update="dense"):
     dm = SoupDataModule(str(prepared), seq_len=32, batch_size=8, seed=seed, val_windows=4, val_batch_size=4,
                         h_per_step=h_per_step)
     model = SoupModule(net=NET, soup=SoupConfig(n_experts=n_experts, router_hidden=8, router_depth=1),
-                       optim=OptimConfig(lr=1e-2, warmup_steps=2), n_domains=dm.num_domains,
+                       optim=OptimConfig(lr=1e-2, warmup_steps=2, bank_update=bank_update), n_domains=dm.num_domains,
                        domain_names=dm.domain_names, prior=dm.prior, tokenizer_sha256=dm.tokenizer_sha256)
     return dm, model
 
@@ -54,21 +54,23 @@ def test_loss_falls(prepared, tmp_path, n_experts, h_per_step):
     assert last < first - 1.0, (first, last)  # log(64) ≈ 4.16 at init; the Markov chains are learnable
 
 
-@pytest.mark.parametrize("h_per_step", [1, 2])
-def test_resume_is_exact(prepared, tmp_path, h_per_step):
+@pytest.mark.parametrize("h_per_step,bank_update", [(1, "dense"), (2, "dense"), (1, "factored"), (2, "factored")])
+def test_resume_is_exact(prepared, tmp_path, h_per_step, bank_update):
+    """The factored bank update keeps m and v in AdamW's own state: saved and restored with it."""
+    kw = dict(h_per_step=h_per_step, bank_update=bank_update)
     full = RecordLoss()
     L.seed_everything(0)
-    trainer(tmp_path / "a", 12, [full], enable_checkpointing=False).fit(*make(prepared, h_per_step=h_per_step)[::-1])
+    trainer(tmp_path / "a", 12, [full], enable_checkpointing=False).fit(*make(prepared, **kw)[::-1])
 
     L.seed_everything(0)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=3, save_last=True, save_top_k=0)
     part = RecordLoss(stop_at=6)
-    trainer(tmp_path / "b", 12, [part, ckpt]).fit(*make(prepared, h_per_step=h_per_step)[::-1])
+    trainer(tmp_path / "b", 12, [part, ckpt]).fit(*make(prepared, **kw)[::-1])
     assert max(part.losses) == 6
 
     L.seed_everything(123)  # resuming must not depend on the global seed
     rest = RecordLoss()
-    dm, model = make(prepared, h_per_step=h_per_step)
+    dm, model = make(prepared, **kw)
     trainer(tmp_path / "b", 12, [rest]).fit(model, dm, ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
     assert sorted(rest.losses) == list(range(7, 13))
     for step in range(7, 13):

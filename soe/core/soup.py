@@ -78,23 +78,29 @@ class _Mix(torch.autograd.Function):
 
     With M domain weights per step (alpha: (M, n)) it instantiates all M models in one GEMM,
     θ: (M, P), and the backward reads and writes the bank once for all of them: ∂S = Σ_m g_m,
-    ∂E = αᵀ G, ∂α = G Eᵀ (M micro-batches of gradient accumulation would touch it M times)."""
+    ∂E = αᵀ G, ∂α = G Eᵀ (M micro-batches of gradient accumulation would touch it M times).
+    With a ``sink`` list (the factored bank update, soe/train/bank_update.py) ∂E is never built: the
+    backward appends (α: (M, n), G: (M, P)) to it and leaves E.grad None."""
 
     @staticmethod
-    def forward(ctx, S, E, alpha):  # S: (P,), E: (n, P), alpha: (n,) or (M, n)
+    def forward(ctx, S, E, alpha, sink=None):  # S: (P,), E: (n, P), alpha: (n,) or (M, n)
         ctx.save_for_backward(E, alpha)
+        ctx.sink = sink
         return torch.addmv(S, E.t(), alpha) if alpha.ndim == 1 else torch.addmm(S, alpha, E)
 
     @staticmethod
     def backward(ctx, g):  # g: (P,) or (M, P)
         E, alpha = ctx.saved_tensors
+        if ctx.sink is not None and ctx.needs_input_grad[1]:  # keep the factors, not their (n, P) product
+            ctx.sink.append((alpha.reshape(-1, alpha.shape[-1]), g.reshape(-1, g.shape[-1])))
+        gE = ctx.sink is None and ctx.needs_input_grad[1]
         if alpha.ndim == 1:
-            gE = torch.outer(alpha, g) if ctx.needs_input_grad[1] else None
+            gE = torch.outer(alpha, g) if gE else None
             ga = torch.mv(E, g) if ctx.needs_input_grad[2] else None
-            return g, gE, ga
-        gE = alpha.t() @ g if ctx.needs_input_grad[1] else None  # (n, M) @ (M, P)
+            return g, gE, ga, None
+        gE = alpha.t() @ g if gE else None                        # (n, M) @ (M, P)
         ga = g @ E.t() if ctx.needs_input_grad[2] else None       # (M, P) @ (P, n)
-        return g.sum(0), gE, ga
+        return g.sum(0), gE, ga, None
 
 
 class Router(nn.Module):
@@ -188,6 +194,7 @@ class SoupOfExperts(nn.Module):
         with torch.device("meta"):
             object.__setattr__(self, "_template", LlamaLM(net))
         self._sizes = {g: [math.prod(s) for _, s in self.layout[g]] for g in GROUPS}
+        self.bank_grad_sink: dict[str, list] | None = None  # {group: [(α, G), ...]}: set by a factored optimizer
 
     # ---------------------------------------------------------------- soup
     def coefficients(self, h: torch.Tensor) -> torch.Tensor:
@@ -212,7 +219,8 @@ class SoupOfExperts(nn.Module):
             parts = []
             if self.n and g in self.bank:
                 # S[:ps] + E^T α  — E: (n, ps), α: (n,) → (ps,)
-                parts.append(_Mix.apply(S[:ps], self.bank[g], alpha.to(S.dtype)))
+                sink = None if self.bank_grad_sink is None else self.bank_grad_sink.setdefault(g, [])
+                parts.append(_Mix.apply(S[:ps], self.bank[g], alpha.to(S.dtype), sink))
             else:
                 parts.append(S[:ps])
             end = ps

@@ -20,6 +20,7 @@ from soe.core.model import ModelConfig
 from soe.core.soup import SoupConfig, SoupOfExperts
 from soe.core.weights import check_h
 from soe.train import resume
+from soe.train.bank_update import BankAdamW
 from soe.train.optim import OptimConfig, lr_lambda, make_optimizer
 
 
@@ -183,8 +184,26 @@ class SoupModule(L.LightningModule):
                                      f"{tuple(own[name].shape)}: it was not written by this model")
 
     # ------------------------------------------------------------------ optimizer
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning's clipping, except that a factored bank (E.grad None) counts through its factors."""
+        if not isinstance(optimizer, BankAdamW) or not gradient_clip_val:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_algorithm is not None and gradient_clip_algorithm == "value":  # Lightning's str enum
+            optimizer.clip_grad_value_(float(gradient_clip_val))
+        else:
+            optimizer.clip_grad_norm_(float(gradient_clip_val))
+
     def configure_optimizers(self):
         o = self.optim_cfg
+        if o.bank_update == "factored":
+            # The factors stay on this process: DDP/FSDP would all-reduce E.grad, which no longer exists, and
+            # an fp16 GradScaler would unscale E.grad only.
+            if self._sharded or self.trainer.world_size > 1:
+                raise ValueError(f"model.optim.bank_update=factored runs on one process (world size "
+                                 f"{self.trainer.world_size}); use model.optim.bank_update=dense with DDP/FSDP")
+            if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+                raise ValueError(f"model.optim.bank_update=factored does not support trainer.precision="
+                                 f"{self.trainer.precision} (gradient scaler); use bf16-mixed or 32-true")
         opt = make_optimizer(self.soup, o)
         total = self.trainer.max_steps
         if total is None or total <= 0:

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from soe.core.soup import SoupOfExperts
+from soe.train.bank_update import BankAdamW
+
+BANK_UPDATES = ("dense", "factored")
 
 
 @dataclass
@@ -45,6 +48,10 @@ class OptimConfig:
     """Use the fused AdamW kernel (otherwise the foreach implementation)."""
     compile: bool = False
     """torch.compile the soup's forward (instantiate + dense model) for training steps."""
+    bank_update: str = "dense"
+    """How the full-rank bank E (n × P) is updated: 'dense' (autograd writes ∂E = αᵀG, n × P, every step;
+    the reference) or 'factored' (∂E is never built: the clip norm and AdamW's update are computed from α and
+    G, soe/train/bank_update.py; same update up to float rounding, one process, no compile, no fp16 scaler)."""
 
     def __post_init__(self) -> None:
         # Refused here, when the config is read, not steps later as NaN losses or a torch error.
@@ -59,6 +66,12 @@ class OptimConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"OptimConfig.{name}={getattr(self, name)} must lie in [0, 1)")
+        if self.bank_update not in BANK_UPDATES:
+            raise ValueError(f"OptimConfig.bank_update={self.bank_update!r}; expected one of {BANK_UPDATES}")
+        if self.bank_update == "factored" and self.compile:
+            # a compiled backward would not hand the factors to the optimizer: the bank would never move
+            raise ValueError("OptimConfig.bank_update='factored' does not work with compile=true; "
+                             "set model.optim.compile=false or model.optim.bank_update=dense")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"OptimConfig.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
 
@@ -95,6 +108,11 @@ def param_groups(soup: SoupOfExperts, o: OptimConfig) -> list[dict]:
 
 
 def make_optimizer(soup: SoupOfExperts, o: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over `param_groups`, fused (one kernel per dtype/device) or foreach."""
+    """AdamW over `param_groups`, fused (one kernel per dtype/device) or foreach. With
+    bank_update='factored' a `BankAdamW`, which makes the soup's backward hand it (α, G) instead of ∂E."""
     kwargs = {"fused": True} if o.fused else {"foreach": True}
-    return torch.optim.AdamW(param_groups(soup, o), betas=(o.beta1, o.beta2), eps=o.eps, **kwargs)
+    kwargs.update(betas=(o.beta1, o.beta2), eps=o.eps)
+    if o.bank_update == "factored":
+        return BankAdamW(param_groups(soup, o), soup, **kwargs)
+    soup.bank_grad_sink = None  # the dense reference: autograd writes E.grad
+    return torch.optim.AdamW(param_groups(soup, o), **kwargs)

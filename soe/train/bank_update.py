@@ -1,0 +1,165 @@
+"""The factored (rank-M) update of the expert bank: AdamW on ∂E = αᵀG without ever building ∂E.
+
+With M domain weights per step (``data.h_per_step``) the bank's gradient is ∂E = αᵀG, α: (M, n) the
+router's coefficients and G: (M, P) the gradient w.r.t. the M instantiated models' souped prefix. The dense
+path writes it into a fresh (n, P) buffer every step, the clip reads it again and zero_grad frees it. Here
+the soup's backward (``soe.core.soup._Mix``) hands (α, G) to ``SoupOfExperts.bank_grad_sink`` instead and
+leaves E.grad None; `BankAdamW` then
+
+- adds the bank's share to the global grad norm exactly from K×K Gram matrices (K = M times the backward
+  passes since zero_grad, gradient accumulation concatenates them): ‖αᵀG‖² = Σ (ααᵀ) ∘ (GGᵀ);
+- updates E, m and v in one pass over column chunks: the chunk's gradient αᵀG[:, a:b] (n × c) is written
+  into a reused workspace, scaled by the clip coefficient, and put through the same ops as torch's foreach
+  AdamW (decoupled decay, lerp of m, v, bias corrections), so the result equals torch.optim.AdamW on the
+  materialised gradient up to float rounding, and its state (step, exp_avg, exp_avg_sq) is AdamW's own:
+  checkpoints of both paths are interchangeable.
+
+Low-rank experts (``soup.expert_rank``) are supported: their factors A, B are small ordinary parameters
+(n·r·(out + in) per matrix) and keep their dense gradients; only the full-rank bank is factored. One
+process only: data parallelism would have to reduce G instead of ∂E (not built yet).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CHUNK_NUMEL = 1 << 20  # workspace per buffer (n × c numbers): 4 MB in fp32, cache-sized, never bank-sized
+
+
+class BankAdamW(torch.optim.AdamW):
+    """torch.optim.AdamW whose full-rank bank parameters (``soup.bank``) are updated from (α, G)."""
+
+    def __init__(self, params, soup, chunk_numel: int = CHUNK_NUMEL, **adamw_kwargs):
+        super().__init__(params, **adamw_kwargs)
+        for group in self.param_groups:
+            if group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]:
+                raise ValueError("model.optim.bank_update=factored supports plain AdamW only "
+                                 "(no amsgrad, maximize, capturable or differentiable)")
+        self._bank: dict[str, Tensor] = dict(soup.bank.items())  # {group: E (n, P)}
+        if any(E not in self._group_of() for E in self._bank.values()):
+            raise ValueError("BankAdamW: every bank parameter of the soup must be in the optimizer")
+        # {group: [(α (K, n), G (K, P)), ...]}: filled by the soup's backward. Lists are emptied in place,
+        # never dropped: Lightning runs zero_grad between the forward (which picks the list) and the backward.
+        self._pending: dict[str, list] = {}
+        soup.bank_grad_sink = self._pending
+        self._chunk = chunk_numel
+        self._work: Tensor | None = None
+        self._scale: Tensor | None = None  # clip coefficient of this step (norm clipping)
+        self._clip_value: float | None = None  # value clipping of this step
+
+    def _group_of(self) -> dict[Tensor, dict]:
+        # looked up afresh: load_state_dict replaces the group dicts (and the scheduler sets lr in the new ones)
+        return {p: group for group in self.param_groups for p in group["params"]}
+
+    # ------------------------------------------------------------ gradients
+    def _factors(self, g: str) -> tuple[Tensor, Tensor] | None:
+        """(α: (K, n), G: (K, P)) of every backward since zero_grad, or None when there was none."""
+        pairs = self._pending.get(g)
+        if not pairs:
+            return None
+        if len(pairs) > 1:  # gradient accumulation: αᵀG summed over passes = one product over stacked rows
+            pairs[:] = [(torch.cat([a for a, _ in pairs]), torch.cat([G for _, G in pairs]))]
+        return pairs[0]
+
+    def _reset(self) -> None:
+        for pairs in self._pending.values():
+            pairs.clear()
+        self._scale, self._clip_value = None, None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        self._reset()
+
+    @torch.no_grad()
+    def bank_norms(self) -> list[Tensor]:
+        """‖αᵀG‖ of each factored bank parameter, from K×K Grams (exact up to rounding)."""
+        out = []
+        for g in self._bank:
+            f = self._factors(g)
+            if f is not None:
+                a, G = f
+                sq = ((a @ a.t()) * (G @ G.t()).to(a.dtype)).sum()
+                out.append(sq.clamp_min(0).sqrt())
+        return out
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float) -> Tensor:
+        """torch.nn.utils.clip_grad_norm_ over all of this optimizer's parameters, the factored bank included
+        (its scale is applied to G's chunks in `step`). Returns the total norm before clipping."""
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms = [torch.linalg.vector_norm(gr) for gr in grads] + self.bank_norms()
+        if not norms:
+            return torch.tensor(0.0)
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # torch's formula, applied even when 1
+        if grads:
+            torch._foreach_mul_(grads, coef)
+        self._scale = coef if self._scale is None else self._scale * coef
+        return total
+
+    @torch.no_grad()
+    def clip_grad_value_(self, clip_value: float) -> None:
+        """torch.nn.utils.clip_grad_value_ over all parameters, the factored bank's chunks in `step`."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.clamp_(-clip_value, clip_value)
+        self._clip_value = clip_value
+
+    # ------------------------------------------------------------ update
+    def step(self, closure=None):
+        """Run the closure (forward, backward, clipping under Lightning), AdamW on every parameter with a
+        .grad (the bank has none), then the factored bank update; the factors are dropped afterwards."""
+        loss = super().step(closure)
+        with torch.no_grad():
+            group_of = self._group_of()
+            for g, E in self._bank.items():
+                f = self._factors(g)
+                if f is not None:
+                    self._update(E, f[0], f[1], group_of[E])
+        self._reset()
+        return loss
+
+    def _workspace(self, numel: int, like: Tensor) -> Tensor:
+        if self._work is None or self._work.numel() < numel or self._work.dtype != like.dtype \
+                or self._work.device != like.device:
+            self._work = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return self._work
+
+    def _update(self, E: Tensor, alpha: Tensor, G: Tensor, group: dict) -> None:
+        """AdamW on E (n, P) with gradient αᵀG, α: (K, n), G: (K, P), one pass over column chunks."""
+        state = self.state[E]
+        if not state:  # AdamW's own lazy state, so state_dict/load_state_dict need nothing new
+            state["step"] = (torch.zeros((), dtype=torch.float32, device=E.device) if group["fused"]
+                             else torch.tensor(0.0, dtype=torch.float32))
+            state["exp_avg"] = torch.zeros_like(E, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(E, memory_format=torch.preserve_format)
+        state["step"] += 1
+        step = float(state["step"])
+        lr, wd, eps = float(group["lr"]), group["weight_decay"], group["eps"]
+        b1, b2 = (float(b) for b in group["betas"])
+        step_size = -(lr / (1 - b1 ** step))    # torch's foreach AdamW, same order of operations
+        bc2_sqrt = (1 - b2 ** step) ** 0.5
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        a_t, G = alpha.t().to(E.dtype), G.to(E.dtype)  # (n, K), (K, P)
+        n, P = E.shape
+        c = max(1, min(P, self._chunk // n))
+        work = self._workspace(2 * n * c, E)
+        scale, cv = self._scale, self._clip_value
+        for a0 in range(0, P, c):
+            w = min(c, P - a0)
+            grad, denom = work[: n * w].view(n, w), work[n * c: n * c + n * w].view(n, w)
+            torch.mm(a_t, G[:, a0:a0 + w], out=grad)  # this chunk of αᵀG: (n, w)
+            if scale is not None:
+                grad.mul_(scale)
+            if cv is not None:
+                grad.clamp_(-cv, cv)
+            e, mc, vc = E[:, a0:a0 + w], m[:, a0:a0 + w], v[:, a0:a0 + w]
+            if wd != 0:
+                e.mul_(1 - lr * wd)
+            mc.lerp_(grad, 1 - b1)
+            vc.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            torch.sqrt(vc, out=denom)
+            denom.div_(bc2_sqrt).add_(eps)
+            e.addcdiv_(mc, denom, value=step_size)
