@@ -138,7 +138,8 @@ def test_no_bank_sized_allocation_per_step(bank_update):
         assert big  # ∂E = αᵀG, twice (steps 2 and 3) per bank group
 
 
-def test_lightning_clipping_and_accumulation_match_dense(prepared, tmp_path):
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_lightning_clipping_and_accumulation_match_dense(prepared, tmp_path, algorithm):
     """Through Lightning (configure_gradient_clipping, accumulate_grad_batches): factored = dense."""
     final = {}
     for bank_update in ("dense", "factored"):
@@ -150,7 +151,8 @@ def test_lightning_clipping_and_accumulation_match_dense(prepared, tmp_path):
                            n_domains=dm.num_domains, domain_names=dm.domain_names, prior=dm.prior,
                            tokenizer_sha256=dm.tokenizer_sha256)
         L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                  enable_checkpointing=False, limit_val_batches=0, gradient_clip_val=0.05, accumulate_grad_batches=2,
+                  enable_checkpointing=False, limit_val_batches=0, gradient_clip_val=0.05 if algorithm == "norm" else 1e-3,
+                  gradient_clip_algorithm=algorithm, accumulate_grad_batches=2,
                   default_root_dir=tmp_path).fit(model, dm)
         final[bank_update] = {k: v.clone() for k, v in model.state_dict().items()}
         assert model.global_step == 4
