@@ -114,34 +114,47 @@ def _parses_as_float(text: str) -> bool:
         return False
 
 
-def validate(cfg: ExperimentConfig, source: str = "experiment config") -> ExperimentConfig:
-    """Refuse any field of the wrong type or out of range: one line naming ``source``, the key, the expectation."""
-    hints = typing.get_type_hints(ExperimentConfig)
-    for f in dataclasses.fields(ExperimentConfig):
+def check_fields(cfg, rules: dict, source: str) -> None:
+    """Refuse any field of the dataclass ``cfg`` whose value does not have its type hint's type or fails its
+    ``rules[field]`` test: one line naming ``source``, the key and what was expected."""
+    cls = type(cfg)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         value = getattr(cfg, f.name)
         if not _is(value, hints[f.name]):
             hint = ""
             if isinstance(value, str) and hints[f.name] is float and _parses_as_float(value):
                 hint = f" (YAML reads {value} as text: write it with a dot, e.g. {float(value):.1e})"
             raise ValueError(f"{source}: {f.name}: expected {_type_name(hints[f.name])}, got {value!r}{hint}")
-        test, expected = RULES.get(f.name, (None, ""))
+        test, expected = rules.get(f.name, (None, ""))
         if test is not None and value is not None and not test(value):
             raise ValueError(f"{source}: {f.name}: expected {expected}, got {value!r}")
+
+
+def validate(cfg: ExperimentConfig, source: str = "experiment config") -> ExperimentConfig:
+    """Refuse any field of the wrong type or out of range: one line naming ``source``, the key, the expectation."""
+    check_fields(cfg, RULES, source)
     if cfg.max_steps is not None and cfg.budgets and cfg.budgets[-1] >= cfg.max_steps:
         raise ValueError(f"{source}: budgets: expected step counts below max_steps={cfg.max_steps} (the main runs are "
                          f"the curve's last point), got {cfg.budgets}")
     return cfg
 
 
-def from_mapping(raw, source: str) -> ExperimentConfig:
-    """An `ExperimentConfig` from a parsed YAML mapping, refusing unknown keys and invalid values."""
+def build(cls, raw, source: str, what: str = "experiment settings"):
+    """An instance of the dataclass ``cls`` from a parsed YAML mapping, refusing non-mappings and unknown keys
+    (the caller validates the values)."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: expected a mapping of experiment settings, got {type(raw).__name__}")
-    known = [f.name for f in dataclasses.fields(ExperimentConfig)]
+        raise ValueError(f"{source}: expected a mapping of {what}, got {type(raw).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(map(str, raw)) - set(known))
     if unknown:
         raise ValueError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
-    return validate(ExperimentConfig(**raw), source)
+    return cls(**raw)
+
+
+def from_mapping(raw, source: str) -> ExperimentConfig:
+    """An `ExperimentConfig` from a parsed YAML mapping, refusing unknown keys and invalid values."""
+    return validate(build(ExperimentConfig, raw, source), source)
 
 
 def read_yaml(path: str | Path, what: str):

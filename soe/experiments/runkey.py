@@ -24,6 +24,16 @@ IGNORED = ("config", "trainer.logger", "trainer.enable_progress_bar", "trainer.e
 IGNORED_SUFFIXES = (".init_args.dirpath",)  # the checkpoint callback's directory
 
 
+# Settings added after runs were keyed, with the value that reproduces what runs trained before them did: a key
+# without such a setting is read as having that value, so adding a setting never retrains finished runs.
+ADDED_SETTINGS = {"model.optim.bank_update": "dense"}
+
+
+def with_added_settings(key: dict[str, Any]) -> dict[str, Any]:
+    """A stored run key completed with the `ADDED_SETTINGS` it predates."""
+    return {**{k: v for k, v in ADDED_SETTINGS.items() if k not in key}, **key}
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}, "c": [{"d": 2}]} -> {"a.b": 1, "c.0.d": 2}; lists of plain values stay values."""
     if isinstance(obj, dict) and obj:

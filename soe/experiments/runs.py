@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from soe.data.datamodule import SoupDataModule
-from soe.experiments.runkey import describe_changes, run_key
+from soe.experiments.runkey import describe_changes, run_key, with_added_settings
 from soe.fileio import atomic_write_json, read_json
 from soe.train.cli import SoupCLI, main as cli_main
 from soe.train.module import SoupModule
@@ -139,7 +139,7 @@ def _previous(run_dir: Path, name: str, key: dict, steps: int) -> tuple[dict | N
         if "key" not in state:
             return _move_aside(run_dir, name, f"its {state_file} records no configuration key (written by an "
                                "older soe), so it may have been trained under another configuration"), False
-        if state["key"] != key:
+        if with_added_settings(state["key"]) != key:
             return _move_aside(run_dir, name, "its configuration changed since it was trained ("
                                + describe_changes(state["key"], key) + ")"), False
         try:

@@ -23,7 +23,7 @@ from soe.merging import methods as M
 from soe.merging import semantic as S
 from soe.merging.config import DATA_METHODS, MergeConfig
 from soe.merging.features import Features, collect, exemplar_windows
-from soe.merging.inputs import Weights, open_inputs
+from soe.merging.inputs import Tensors, Weights, open_inputs
 from soe.merging.soupbase import bank_projection
 from soe.specialists.export import SOE_FILE, WEIGHTS_FILE, atomic_dir
 
@@ -142,6 +142,23 @@ def merge_tensor(cfg: MergeConfig, name: str, base: torch.Tensor | None, thetas:
                 for u, (t, m) in enumerate(zip(taus, cfg.models))]
     consensus = method in ("ties", "dare_ties")
     return M.combine(base, taus, weights, cfg.lam, consensus=consensus, normalize=cfg.normalize)
+
+
+def merge_tensors(cfg: MergeConfig, base: dict[str, torch.Tensor] | None, thetas: list[dict[str, torch.Tensor]],
+                  feats: list[Features] | None = None, bank: dict[str, torch.Tensor] | None = None,
+                  coeffs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The merge of in-memory state dicts (HF names) by the same rules as `merge`, for experiments that try many
+    merges of the same inputs. ``feats``: each model's `collect` statistics (regmean, lot, cat); ``bank``: the
+    expert directions (n, *S) per name when ``cfg`` asks for bank projection; ``coeffs``: `semantic`'s (m, L)."""
+    names = list(thetas[0])
+    b = Tensors(base, "base_model", None) if base is not None else None
+    models = [Tensors(t, f"models[{u}]", None) for u, t in enumerate(thetas)]
+    delta = bank_projection(b, models, bank, names)[0] if bank and cfg.parameters.get("bank_projection") else None
+    thresholds = None
+    if cfg.merge_method == "ties" and cfg.parameters.get("trim") == "model":
+        thresholds = _model_thresholds(cfg, b, models, names)
+    return {n: merge_tensor(cfg, n, None if base is None else base[n], [t[n] for t in thetas], thresholds, feats,
+                            bank[n] if delta is not None else None, delta, coeffs) for n in names}
 
 
 def _write_info(tmp: Path, cfg: MergeConfig, result: dict) -> None:

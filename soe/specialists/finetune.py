@@ -59,9 +59,9 @@ def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float 
              batch_size: int = 16, warmup: int = 10, holdout: float = 0.1, eval_every: int = 20,
              seq_len: int | None = None, seed: int = 0, save_at: Iterable[int] = (),
              on_save: Callable[[int, float], None] | None = None, patience: int | None = None,
-             log: Callable[[str], None] | None = None) -> FineTune:
+             holdout_windows: int = 256, log: Callable[[str], None] | None = None) -> FineTune:
     """Fine-tune ``model`` in place on ``stream`` (1-D token ids) and leave it in eval mode at its best
-    held-out state."""
+    held-out state. ``holdout_windows``: at most this many held-out windows are scored at each evaluation."""
     if steps < 0 or batch_size < 1 or lr <= 0:
         raise ValueError(f"fine-tuning needs steps ≥ 0, batch_size ≥ 1, lr > 0; got {steps}, {batch_size}, {lr}")
     if not 0 < holdout < 1:
@@ -72,7 +72,7 @@ def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float 
     if cut - 1 < T or len(stream) - cut - 1 < T:
         raise ValueError(f"in-house data too small to fine-tune: {len(stream)} tokens cannot hold one window of "
                          f"{T + 1} tokens in both the training part and the {holdout:.0%} held-out part")
-    train, held = eval_windows(stream[:cut], T).to(dev), eval_windows(stream[cut:], T, max_windows=256).to(dev)
+    train, held = eval_windows(stream[:cut], T).to(dev), eval_windows(stream[cut:], T, max_windows=holdout_windows).to(dev)
 
     def held_loss() -> float:
         return model_loss(model, held)

@@ -1,0 +1,1 @@
+"""The merging experiment: python -m soe.merge_experiment (study.py)."""
