@@ -2,6 +2,7 @@
 
     soe finetune team-a-specialist --texts team-a.jsonl --out ft/team-a [--steps 256] [--lora-rank 8]
     soe finetune runs/soe/last.ckpt@law --texts law.jsonl --out ft/law          # Θ(h) straight from a soup
+    soe finetune --stop-for-merge merge.yaml --out merged     # each run's checkpoint chosen for the merge
 
 Output directory (a run directory; every subdirectory is a loadable specialist):
     step-000004/ step-000008/ … step-<T>/   checkpoints at steps 4, 8, 16, …, T (geometric: what merging needs)
@@ -10,6 +11,10 @@ Output directory (a run directory; every subdirectory is a loadable specialist):
     finetune.json                           settings, held-out history, the saved steps (written last)
 With LoRA the adapters are merged into each checkpoint's weights, or with --keep-adapter kept beside the
 starting weights as peft's adapter_model.safetensors + adapter_config.json (loaded, merged, by soe).
+
+--stop-for-merge CONFIG: a `soe merge` config whose models are finetune run directories. Each run's checkpoint is
+chosen by the *merged* model's held-out loss, greedily one run at a time from the individually best ones
+(soe/merging/stopping.py); the merge at the chosen checkpoints is written to --out with stop_for_merge.json.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ MARKER = "finetune.json"
 def add_parser(sub, common, positive_int, positive_float, open_fraction) -> None:
     p = sub.add_parser("finetune", help="fine-tune a specialist (full or LoRA), geometric checkpoints",
                        description=__doc__.split("\n\n", 1)[1])
-    p.add_argument("source", help="specialist directory, checkpoint (with --weights), or CKPT@WEIGHTS")
-    p.add_argument("--texts", required=True, help="in-house texts: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT]")
+    p.add_argument("source", nargs="?", help="specialist directory, checkpoint (with --weights), or CKPT@WEIGHTS")
+    p.add_argument("--stop-for-merge", metavar="CONFIG", default=None,
+                   help="choose each run's checkpoint for the merge of this soe merge config (no SOURCE/--texts)")
+    p.add_argument("--texts", help="in-house texts: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT]")
     p.add_argument("--out", required=True, help="run directory (refused if it exists, unless --overwrite)")
     p.add_argument("--weights", default=None, help="with a checkpoint: domain weights of the start (default: prior)")
     p.add_argument("--text-field", default="text")
@@ -129,7 +136,8 @@ def run_finetune(source, texts, out, *, weights=None, text_field: str = "text", 
                   on_save=lambda step, loss: save(f"step-{step:06d}", step, loss))
     shutil.copytree(out / saved[-1]["dir"], out / "last")
     save("best", ft.best_step, ft.holdout_loss)  # finetune() left the model in its best state
-    record = {"source": str(source), "texts": str(texts), "mode": mode, "lr": lr, "steps": ft.steps,
+    record = {"source": str(source), "texts": str(texts), "text_field": text_field, "max_docs": max_docs,
+              "holdout": holdout, "mode": mode, "lr": lr, "steps": ft.steps,
               "best_step": ft.best_step, "holdout_loss_start": ft.holdout_loss_start, "holdout_loss": ft.holdout_loss,
               "tokens": ft.tokens, "wall_s": round(ft.wall_s, 2), "checkpoints": saved, "history": ft.history}
     atomic_write_json(out / MARKER, record)
@@ -142,6 +150,15 @@ def run_finetune(source, texts, out, *, weights=None, text_field: str = "text", 
 def cmd_finetune(a) -> None:
     from soe.specialists import lora as L
 
+    if a.stop_for_merge:
+        if a.source or a.texts:
+            raise ValueError("--stop-for-merge takes the runs from its config's models; drop SOURCE and --texts")
+        from soe.merging.stopping import stop_for_merge
+
+        stop_for_merge(a.stop_for_merge, a.out, overwrite=a.overwrite)
+        return
+    if not a.source or not a.texts:
+        raise ValueError("soe finetune needs SOURCE and --texts (or --stop-for-merge CONFIG)")
     spec = L.LoRA(a.lora_rank, a.lora_alpha, tuple(a.lora_targets.split(",")) if a.lora_targets else L.TARGETS) \
         if a.lora_rank else None
     run_finetune(a.source, a.texts, a.out, weights=a.weights, text_field=a.text_field, max_docs=a.max_docs,
