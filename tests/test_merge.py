@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from soe.core.model import LlamaLM, ModelConfig
 from soe.merging import methods as M
 from soe.merging.config import load_config, parse_config
-from soe.merging.merge import merge
+from soe.merging.merge import merge, merge_tensors
 from soe.specialists.export import load_specialist, save_specialist
 from specialize_helpers import perturbed_specialists
 
@@ -64,6 +64,9 @@ def test_streaming_merge_equals_the_per_tensor_rule(specialists, tmp_path, metho
             want = M.combine(b, kept, w, consensus=method == "dare_ties")
         assert torch.allclose(t, want, atol=1e-6), (method, n)
     assert res.tensors == len(got) and res.bytes_written > 0
+    # the in-memory merge the merging experiment uses gives the same tensors as the streaming merge
+    mem = merge_tensors(cfg, sd["base"], [sd[u] for u in "abc"])
+    assert all(torch.equal(mem[n], got[n]) for n in got), method
     net, info = load_specialist(tmp_path / "out")  # a loadable specialist, with the merge recorded
     assert info["merge"]["method"] == method and len(info["merge"]["models"]) == 3
     assert sum(p.numel() for p in net.parameters()) == res.parameters
