@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: venv test test-all demo bench clean
+.PHONY: venv test test-all demo merging bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,12 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	$(PY) demo.py --out $(DEMO_OUT)
 
+# The merging experiment on the demo's soup and generic model (run make demo first; ~40 min on 2 CPU cores).
+merging: $(STAMP)
+	$(PY) -m soe.merge_experiment --config experiments/merging.yaml --out merging_out --runs $(DEMO_OUT)/runs
+
 bench: $(STAMP)
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) runs $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) runs $(DEMO_OUT) merging_out .pytest_cache
