@@ -199,6 +199,10 @@ def test_every_shipped_experiment_config_parses(path):
         from soe.experiments.ablate import load_ablation
 
         cfg = load_ablation(str(ROOT / "experiments" / path))[0]
+    elif "teams" in raw:  # the merging experiment (soe.merge_experiment)
+        from soe.merge_experiment.config import load_config as load_merging
+
+        cfg = load_merging(ROOT / "experiments" / path)
     else:
         cfg = load_config(ROOT / "experiments" / path)
     for config in (cfg.soe_config, cfg.generic_config):

@@ -163,11 +163,11 @@ def test_greedy_checkpoints_finds_what_individual_stopping_misses():
     ({"steps": 4, "first_checkpoint": 8}, "first_checkpoint"),
     ({"teams": ["go", "nosuchteam"]}, "nosuchteam"),
 ])
-def test_bad_configs_are_refused_before_anything_runs(tmp_path, capsys, patch, expect):
+def test_bad_configs_are_refused_before_anything_runs(fixture_prepared, tmp_path, capsys, patch, expect):
     import yaml
 
     raw = yaml.safe_load((ROOT / "experiments/merging-tiny.yaml").read_text())
-    raw.update(patch, data_dir=str(ROOT / "data/fixture"))
+    raw.update(patch, data_dir=str(fixture_prepared))
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
