@@ -207,3 +207,18 @@ def test_stop_for_merge_cli_merges_at_the_chosen_checkpoints(tmp_path_factory, c
     assert_refused(capsys, "soe", ["finetune", "--stop-for-merge", str(cfg), "--texts", "x", "--out", str(root / "x")],
                    "drop SOURCE and --texts", watch=(root,))
     assert_refused(capsys, "soe", ["finetune", "--out", str(root / "y")], "needs SOURCE and --texts", watch=(root,))
+
+
+def test_marker_fact_score_separates_the_fact_from_the_template(fixture_prepared):
+    markers = TM.make_markers(["a", "b"], 1, 1, seed=0, tokenizer_file=fixture_prepared / "tokenizer.json")
+    known = set(markers[0].answer)
+
+    class Knows(torch.nn.Module):  # prefers marker 0's answer tokens everywhere: knows that fact only
+        def forward(self, x):
+            logits = torch.zeros(*x.shape, 5000)
+            logits[..., sorted(known)] = 5.0
+            return logits
+
+    loss, recall, fact = TM.marker_scores(Knows(), markers, eos_id=0)
+    assert fact[0] < -1 and all(f > 0 for f, m in zip(fact[1:], markers[1:]) if not set(m.answer) <= known)
+    assert loss[0] < loss[1:].min()

@@ -71,8 +71,10 @@ class Evaluation:
         return {t: float(v.mean()) for t, v in self.own_windows(states).items()}
 
     def marker_losses(self, sd: dict) -> np.ndarray:
+        """(2, markers): the fact measure (teams.marker_scores; retention is computed on it) and the raw loss."""
         self.scorer.net.load_state_dict(sd, strict=True)
-        return marker_scores(self.scorer.net, self.markers, self.s.eos_id)[0]
+        loss, _, fact = marker_scores(self.scorer.net, self.markers, self.s.eos_id)
+        return np.stack([fact, loss])
 
     def run(self) -> dict:
         s, c = self.s, self.s.cfg
@@ -163,16 +165,23 @@ class Evaluation:
         if not self.markers:
             return {}
         before = self.marker_losses(s.bases("soup-full")["mean"])
-        indiv = np.stack([self.marker_losses(t) for t in inp.thetas])  # (m, markers)
+        indiv = np.stack([self.marker_losses(t) for t in inp.thetas])  # (m, 2, markers)
         team_ix = {t: i for i, t in enumerate(c.teams)}
-        ref = np.array([indiv[team_ix[m.team]][j] if m.team else indiv[:, j].mean() for j, m in enumerate(self.markers)])
+        # what the specialist(s) that learned each marker alone reached: its team's model, or the mean (shared)
+        ref = np.stack([indiv[team_ix[m.team], :, j] if m.team else indiv[:, :, j].mean(0)
+                        for j, m in enumerate(self.markers)], axis=1)  # (2, markers)
         spec = np.array([m.kind == "specific" for m in self.markers])
 
-        def row(loss: np.ndarray, seen: list[str] | None = None) -> dict:
+        def row(sc: np.ndarray, seen: list[str] | None = None) -> dict:
+            """Retention of the facts (sc[0]) and of the raw answer loss (sc[1], mostly the template)."""
             mask = spec & np.array([m.team in seen for m in self.markers]) if seen is not None else spec
-            return {"specific": marker_retention(loss, before, ref, mask), "shared": marker_retention(loss, before, ref, ~spec),
-                    "loss_specific": float(loss[spec].mean()) if spec.any() else None,
-                    "loss_shared": float(loss[~spec].mean()) if (~spec).any() else None}
+            fact, loss = sc
+            return {"specific": marker_retention(fact, before[0], ref[0], mask),
+                    "shared": marker_retention(fact, before[0], ref[0], ~spec),
+                    "template_specific": marker_retention(loss, before[1], ref[1], mask),
+                    "template_shared": marker_retention(loss, before[1], ref[1], ~spec),
+                    "fact_specific": float(fact[spec].mean()) if spec.any() else None,
+                    "fact_shared": float(fact[~spec].mean()) if (~spec).any() else None}
 
         out = {"before": row(before), "individual": row(ref), "parallel_merge": row(self.marker_losses(best_sd))}
         if c.multitask:

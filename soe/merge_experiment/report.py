@@ -162,21 +162,27 @@ def write_report(out: Path, cfg, results: dict, selections: dict, meta: dict) ->
         L.append(f"| {s} | " + " | ".join(f"{g:+.3f}" for g in results[s]["buckets"]["gap"]) + " |")
     L += ["", "## 3. Sequential vs parallel: planted markers", "",
           f"{cfg.markers_specific} specific markers per team (in that team's fine-tune part only) and {cfg.markers_shared} "
-          f"shared ones (in every team's), {cfg.marker_copies} copies each. Retention = Σ(L_before − L) / Σ(L_before − "
-          "L_specialists alone): 1 = known as well as by the specialists that learned them alone, 0 = as before.", "",
+          f"shared ones (in every team's), {cfg.marker_copies} copies each. A fact's score F = the loss of its answer "
+          "minus the mean loss of the other markers' answers after the same prompt (the answer loss alone falls as "
+          "soon as the template is learned, whatever the fact). Retention = Σ(F_before − F) / Σ(F_before − "
+          "F_alone): 1 = known as well as by the specialists that learned them alone, 0 = as before fine-tuning. "
+          "In brackets: the same retention on the raw answer loss (mostly the template).", "",
           "| seed | model | specific retention | shared retention | team loss |", "|---|---|---|---|---|"]
     for s in seeds:
         mk = results[s]["markers"]
         if not mk:
             continue
-        L.append(f"| {s} | parallel fine-tunes + best merge | {_f(mk['parallel_merge']['specific'], 2)} | "
-                 f"{_f(mk['parallel_merge']['shared'], 2)} | {_f(full[s]['rows'][full[s]['best']]['mean'])} |")
+        def ret(r: dict, kind: str) -> str:
+            return f"{_f(r[kind], 2)} ({_f(r.get('template_' + kind), 2)})"
+
+        L.append(f"| {s} | parallel fine-tunes + best merge | {ret(mk['parallel_merge'], 'specific')} | "
+                 f"{ret(mk['parallel_merge'], 'shared')} | {_f(full[s]['rows'][full[s]['best']]['mean'])} |")
         if "multitask" in mk:
-            L.append(f"| {s} | multi-task fine-tune | {_f(mk['multitask']['specific'], 2)} | {_f(mk['multitask']['shared'], 2)} | "
+            L.append(f"| {s} | multi-task fine-tune | {ret(mk['multitask'], 'specific')} | {ret(mk['multitask'], 'shared')} | "
                      f"{_f(results[s]['references']['multitask']['mean'])} |")
         for i, p in enumerate(mk.get("sequential", [])):
             L.append(f"| {s} | sequential, after {i + 1} ({p['after']}); first team's specific {_f(p['first_team_specific'], 2)} | "
-                     f"{_f(p['specific'], 2)} | {_f(p['shared'], 2)} | {_f(p['mean'])} |")
+                     f"{ret(p, 'specific')} | {ret(p, 'shared')} | {_f(p['mean'])} |")
     plot_curve(selections, out / "undertraining.png")
     L += ["", "![undertraining](undertraining.png)", ""]
     text = "\n".join(L) + "\n"

@@ -124,24 +124,37 @@ def evaluation_windows(data_dir, name: str, seq_len: int, max_windows: int) -> t
     return eval_windows(open_shard(spec, load_meta(spec), name, "val"), seq_len, max_windows)
 
 
-@torch.no_grad()
-def marker_scores(net: LlamaLM, markers: list[Marker], eos_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(loss, recall) per marker: mean NLL of the answer tokens given <eos> + prompt, and 1.0 when every answer
-    token is the argmax. One right-padded batch (causal attention: padding never reaches earlier positions)."""
-    if not markers:
-        return np.zeros(0), np.zeros(0)
-    seqs = [[eos_id] + m.prompt + m.answer for m in markers]
-    width = max(map(len, seqs))
-    x = torch.full((len(seqs), width), eos_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        x[i, :len(s)] = torch.tensor(s)
+def _answer_nll(net: LlamaLM, pairs: list[tuple[list[int], list[int]]], eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean NLL of the answer tokens, 1.0 if every answer token is the argmax) of each (prompt, answer) after
+    <eos>. One right-padded batch (causal attention: padding never reaches earlier positions)."""
+    seqs = [[eos_id] + p + a for p, a in pairs]
+    x = torch.full((len(seqs), max(map(len, seqs))), eos_id, dtype=torch.long)
+    for i, sq in enumerate(seqs):
+        x[i, :len(sq)] = torch.tensor(sq)
     net.eval()
     logp = F.log_softmax(net(x[:, :-1]).float(), dim=-1)  # (B, W-1, V): position p predicts token p+1
-    loss, recall = np.zeros(len(markers)), np.zeros(len(markers))
-    for i, m in enumerate(markers):
-        start = 1 + len(m.prompt)  # index of the first answer token in seqs[i]
-        pos = torch.arange(start - 1, start - 1 + len(m.answer))
-        tgt = torch.tensor(m.answer)
-        loss[i] = float(-logp[i, pos, tgt].mean())
-        recall[i] = float((logp[i, pos].argmax(-1) == tgt).all())
-    return loss, recall
+    nll, hit = np.zeros(len(pairs)), np.zeros(len(pairs))
+    for i, (p, a) in enumerate(pairs):
+        pos, tgt = torch.arange(len(p), len(p) + len(a)), torch.tensor(a)  # answer tokens follow <eos> + prompt
+        nll[i] = float(-logp[i, pos, tgt].mean())
+        hit[i] = float((logp[i, pos].argmax(-1) == tgt).all())
+    return nll, hit
+
+
+@torch.no_grad()
+def marker_scores(net: LlamaLM, markers: list[Marker], eos_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(loss, recall, fact) per marker. loss: NLL of the answer given <eos> + prompt — it falls as soon as the
+    model learns the *template* (a 4-digit number after "is number"), whatever the fact. fact: loss minus the mean
+    loss of the other markers' answers after the same prompt — it falls only when the model prefers this fact's
+    own answer, so it measures the fact."""
+    if not markers:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    loss, recall = _answer_nll(net, [(m.prompt, m.answer) for m in markers], eos_id)
+    others = [(i, j) for i in range(len(markers)) for j in range(len(markers)) if i != j]
+    if not others:
+        return loss, recall, np.zeros(len(markers))
+    cross, _ = _answer_nll(net, [(markers[i].prompt, markers[j].answer) for i, j in others], eos_id)
+    alt = np.zeros(len(markers))
+    for (i, _), v in zip(others, cross):
+        alt[i] += v / (len(markers) - 1)
+    return loss, recall, loss - alt
