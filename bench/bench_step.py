@@ -19,6 +19,7 @@ import time
 import torch
 
 from bench.common import CONFIGS, copy_bandwidth, interleaved, machine, verdict
+from soe.train.bank_update import BankAdamW
 from soe.train.module import OptimConfig, make_optimizer
 from soe.core.soup import SoupConfig, SoupOfExperts
 
@@ -29,9 +30,9 @@ class Stepper:
     """A soup, its optimizer and one fixed batch; ``step()`` runs one full training step."""
 
     def __init__(self, net, n: int, seq: int, batch: int, fused: bool = True, rank: int = 0, clip: float = 1.0,
-                 device: str = "cpu", compile: bool = False, h_per_step: int = 1):
+                 device: str = "cpu", compile: bool = False, h_per_step: int = 1, bank_update: str = "dense"):
         self.soup = SoupOfExperts(net, K, SoupConfig(n_experts=n, expert_init="normal", expert_rank=rank)).to(device)
-        self.opt = make_optimizer(self.soup, OptimConfig(fused=fused))
+        self.opt = make_optimizer(self.soup, OptimConfig(fused=fused, bank_update=bank_update))
         g = torch.Generator().manual_seed(0)
         self.tokens = torch.randint(0, net.vocab_size, (batch, seq + 1), generator=g).to(device)
         shape = (K,) if h_per_step == 1 else (h_per_step, K)
@@ -61,7 +62,9 @@ class Stepper:
         return self.update(None)
 
     def update(self, loss):
-        if self.clip:
+        if self.clip and isinstance(self.opt, BankAdamW):  # the factored bank's norm comes from (α, G)
+            self.opt.clip_grad_norm_(self.clip)
+        elif self.clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -99,7 +102,7 @@ def compare(name: str, n: int, iters: int, fused: bool = True, rank: int = 0, sh
     soe = Stepper(c["net"], n, c["seq"], c["batch"], fused=fused, rank=rank)
     t = interleaved({"dense": dense.step, "soe": soe.step}, iters=iters, repeats=repeats)
     P = dense.soup.param_counts()["total"]
-    bank = soe.core.soup.param_counts()["bank"]
+    bank = soe.soup.param_counts()["bank"]
     bw = copy_bandwidth(max(bank, P) * 4)
     floor = 7 * bank * 4 / bw  # read E (instantiate) + read E, m, v and write them (one fused update)
     over = t["soe"] - t["dense"]
@@ -116,6 +119,31 @@ def compare(name: str, n: int, iters: int, fused: bool = True, rank: int = 0, sh
         for k in bd:
             print(f"        {k:18s} {bd[k] * 1e3:9.1f} {bs[k] * 1e3:9.1f} {(bs[k] - bd[k]) * 1e3:9.1f}")
         row["breakdown"] = {"dense": bd, "soe": bs}
+    return row
+
+
+def bank_updates(n: int, M: int, tokens: int, iters: int, repeats: int) -> dict:
+    """Dense model vs the soup with each bank update (model.optim.bank_update), side by side, on the demo model
+    at ``tokens`` per step (sequences of 128, as the demo trains) with M = h_per_step domain weights per step."""
+    c = CONFIGS["demo"]
+    seq = 128
+    steppers = {"dense": Stepper(c["net"], 0, seq, tokens // seq),
+                "soe-dense": Stepper(c["net"], n, seq, tokens // seq, h_per_step=M),
+                "soe-factored": Stepper(c["net"], n, seq, tokens // seq, h_per_step=M, bank_update="factored")}
+    t = interleaved({k: s.step for k, s in steppers.items()}, iters=iters, repeats=repeats)
+    bank = steppers["soe-dense"].soup.param_counts()["bank"]
+    bw = copy_bandwidth(bank * 4)
+    floor = 7 * bank * 4 / bw  # read E (instantiate) + read E, m, v and write them (one fused update)
+    row = {"n": n, "M": M, "tokens": tokens, "floor_s": floor, **{f"{k}_s": v for k, v in t.items()}}
+    for u in ("dense", "factored"):
+        row[f"ratio_{u}"] = t[f"soe-{u}"] / t["dense"]
+        row[f"overhead_vs_floor_{u}"] = (t[f"soe-{u}"] - t["dense"]) / floor
+    print(f"[step] demo n={n} M={M} {tokens} tokens/step: dense {t['dense'] * 1e3:7.1f} ms | bank_update=dense "
+          f"{t['soe-dense'] * 1e3:7.1f} ms, SoE÷dense {row['ratio_dense']:.3f}, overhead÷floor "
+          f"{row['overhead_vs_floor_dense']:.2f} | bank_update=factored {t['soe-factored'] * 1e3:7.1f} ms, SoE÷dense "
+          f"{row['ratio_factored']:.3f} ({verdict(row['ratio_factored'], 1.10)}), overhead÷floor "
+          f"{row['overhead_vs_floor_factored']:.2f} ({verdict(row['overhead_vs_floor_factored'], 1.3)}) "
+          f"[floor {floor * 1e3:.1f} ms]", flush=True)
     return row
 
 
@@ -146,6 +174,8 @@ def main(argv=None) -> list[dict]:
             compare("demo", 8, it, fused, show_breakdown=True, repeats=rep)]
     print(f"  demo n=8: SoE÷dense {rows[-1]['ratio']:.3f} → {verdict(rows[-1]['ratio'], 1.10)} (docs/soup.md targets; issue: ≤ 1.25); "
           f"overhead÷floor {rows[-1]['overhead_vs_floor']:.2f} → {verdict(rows[-1]['overhead_vs_floor'], 1.3)}")
+    for tokens in (2048, 4096):  # the demo's step, and twice it: both bank updates side by side
+        rows.append(bank_updates(8, 4, tokens, it, rep))
     for n in (4, 16, 64):
         rows.append(compare("demo", n, it, fused, repeats=rep))
     for M in (4, 8):  # several h per step (the recipe of experiments/RECIPE.md)
