@@ -34,10 +34,10 @@ NET = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=16
 STEPS, B = 4, 4
 
 
-def make_module(dm: SoupDataModule, n_experts: int = 4) -> SoupModule:
+def make_module(dm: SoupDataModule, n_experts: int = 4, bank_update: str = "dense") -> SoupModule:
     return SoupModule(net=NET, soup=SoupConfig(n_experts=n_experts, router_hidden=8, router_depth=1,
                                                expert_init="normal", init_seed=3),
-                      optim=OptimConfig(lr=1e-2, warmup_steps=1), n_domains=dm.num_domains,
+                      optim=OptimConfig(lr=1e-2, warmup_steps=1, bank_update=bank_update), n_domains=dm.num_domains,
                       domain_names=dm.domain_names, prior=dm.prior, tokenizer_sha256=dm.tokenizer_sha256)
 
 
@@ -104,11 +104,12 @@ def launch(tmp_path: Path, strategy: str, rank_h: str = "shared", h_per_step: in
     return [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
 
 
-def single_process_on_global_batch(tmp_path: Path, ranks: list[dict], M: int = 1) -> tuple[dict, list[float]]:
+def single_process_on_global_batch(tmp_path: Path, ranks: list[dict], M: int = 1,
+                                   bank_update: str = "dense") -> tuple[dict, list[float]]:
     """Replay the global batch (ranks' sequences concatenated group by group, rank 0's h) in one process."""
     L.seed_everything(0)
     dm = SoupDataModule(str(tmp_path / "data"), seq_len=NET.max_seq_len, batch_size=B, seed=7)
-    module = make_module(dm)
+    module = make_module(dm, bank_update=bank_update)
 
     def merged(t):  # group m of the global batch = group m of every rank (each rank: M groups of B/M)
         per_rank = [r["batches"][t]["tokens"].reshape(M, B // M, -1) for r in ranks]

@@ -15,8 +15,9 @@ leaves E.grad None; `BankAdamW` then
   checkpoints of both paths are interchangeable.
 
 Low-rank experts (``soup.expert_rank``) are supported: their factors A, B are small ordinary parameters
-(n·r·(out + in) per matrix) and keep their dense gradients; only the full-rank bank is factored. One
-process only: data parallelism would have to reduce G instead of ∂E (not built yet).
+(n·r·(out + in) per matrix) and keep their dense gradients; only the full-rank bank is factored. Under DDP a
+``reducer`` (soe/train/bank_ddp.py `BankDDP`) averages G over ranks once per step, before the clip norm:
+the factors, never ∂E, are what data parallelism sends.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class BankAdamW(torch.optim.AdamW):
         self._work: Tensor | None = None
         self._scale: Tensor | None = None  # clip coefficient of this step (norm clipping)
         self._clip_value: float | None = None  # value clipping of this step
+        self.reducer = None  # BankDDP under DDP: (α, G) → factors of the ranks' mean αᵀG
+        self._reduced: set[str] = set()  # groups whose factors this step were already reduced
 
     def _group_of(self) -> dict[Tensor, dict]:
         # looked up afresh: load_state_dict replaces the group dicts (and the scheduler sets lr in the new ones)
@@ -60,11 +63,15 @@ class BankAdamW(torch.optim.AdamW):
             return None
         if len(pairs) > 1:  # gradient accumulation: αᵀG summed over passes = one product over stacked rows
             pairs[:] = [(torch.cat([a for a, _ in pairs]), torch.cat([G for _, G in pairs]))]
+        if self.reducer is not None and g not in self._reduced:  # once per step, whoever asks first
+            pairs[:] = [self.reducer.reduce(*pairs[0])]
+            self._reduced.add(g)
         return pairs[0]
 
     def _reset(self) -> None:
         for pairs in self._pending.values():
             pairs.clear()
+        self._reduced.clear()
         self._scale, self._clip_value = None, None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -119,6 +126,8 @@ class BankAdamW(torch.optim.AdamW):
                 if f is not None:
                     self._update(E, f[0], f[1], group_of[E])
         self._reset()
+        if self.reducer is not None:
+            self.reducer.end_step()
         return loss
 
     def _workspace(self, numel: int, like: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from soe.core.model import ModelConfig
 from soe.core.soup import SoupConfig, SoupOfExperts
 from soe.core.weights import check_h
 from soe.train import resume
+from soe.train.bank_ddp import BankDDP, ignored_names
 from soe.train.bank_update import BankAdamW
 from soe.train.optim import OptimConfig, lr_lambda, make_optimizer
 
@@ -71,6 +72,8 @@ class SoupModule(L.LightningModule):
         self.register_buffer("prior_h", prior_t, persistent=False)
         self._t_last: float | None = None
         self._sharded = False  # set by configure_model under ModelParallelStrategy (FSDP2)
+        if self.optim_cfg.bank_update == "factored":  # DDP must not wait for E.grad (never built): G is reduced
+            self._ddp_params_and_buffers_to_ignore = ignored_names("soup.", self.soup)  # by BankDDP instead
         object.__setattr__(self, "_compiled", None)  # torch.compile wrapper, hidden from nn.Module
 
     # ------------------------------------------------------------------ training
@@ -196,15 +199,22 @@ class SoupModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim_cfg
         if o.bank_update == "factored":
-            # The factors stay on this process: DDP/FSDP would all-reduce E.grad, which no longer exists, and
-            # an fp16 GradScaler would unscale E.grad only.
-            if self._sharded or self.trainer.world_size > 1:
-                raise ValueError(f"model.optim.bank_update=factored runs on one process (world size "
-                                 f"{self.trainer.world_size}); use model.optim.bank_update=dense with DDP/FSDP")
+            # FSDP2 shards E by experts; its update from the reduced G is not built: refused. An fp16
+            # GradScaler would unscale E.grad only.
+            if self._sharded:
+                raise ValueError("model.optim.bank_update=factored is not supported under FSDP2 "
+                                 "(ModelParallelStrategy); use DDPStrategy, or model.optim.bank_update=dense")
             if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
                 raise ValueError(f"model.optim.bank_update=factored does not support trainer.precision="
                                  f"{self.trainer.precision} (gradient scaler); use bf16-mixed or 32-true")
         opt = make_optimizer(self.soup, o)
+        if o.bank_update == "factored":
+            wrapped = self.trainer.strategy.model  # DDP(self) once DDPStrategy has wrapped it (before this hook)
+            if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+                opt.reducer = BankDDP.attach(wrapped, self.soup)  # all-reduces G, never ∂E
+            elif self.trainer.world_size > 1:
+                raise ValueError(f"model.optim.bank_update=factored supports DDPStrategy only for several "
+                                 f"processes (got {type(self.trainer.strategy).__name__}); or use =dense")
         total = self.trainer.max_steps
         if total is None or total <= 0:
             raise ValueError(f"trainer.max_steps={total}: the cosine schedule needs a positive max_steps")
