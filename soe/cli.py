@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=positive_int, default=200, help="optimisation steps of --refine (≥ 1)")
     p.add_argument("--refine-lr", type=positive_float, default=0.05, help="learning rate of --refine (> 0)")
     p.add_argument("--holdout", type=open_fraction, default=0.2, help="fraction of in-house tokens for early stopping, in (0, 1)")
+    p.add_argument("--refine-tol", type=nonneg_float, default=0.0,
+                   help="held-out improvement below this does not count (stops earlier; default 0: any decrease)")
+    p.add_argument("--refine-precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="precision of --refine's gradient steps (auto: bf16 on a CPU with bf16 units); losses stay fp32")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     _common(p)
 
     p = sub.add_parser("instantiate", help="write a standalone dense specialist Θ(h)", description=INSTANTIATE)
@@ -142,17 +147,21 @@ def cmd_estimate(a) -> None:
     from soe.data.shards import load_meta
     from soe.specialists.estimate import estimate_weights
 
+    # progress goes to stderr so that stdout keeps only the result (scripts parse it)
+    say = None if a.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     if _is_prepared(a.source):
         if a.refine:
             raise ValueError(f"--refine needs a checkpoint, but {a.source} is a prepared-data directory")
         domains, data_dir, soup = load_meta(a.source).domains, a.source, None
-        est = estimate_weights(data_dir, a.texts, max_docs=a.max_docs, min_weight=a.min_weight, text_field=a.text_field)
+        est = estimate_weights(data_dir, a.texts, max_docs=a.max_docs, min_weight=a.min_weight, text_field=a.text_field,
+                               progress=say)
     else:
         soup = api.load(a.source, data=a.data, device=a.device)
         if not isinstance(soup, api.Soup):
             raise ValueError(f"{a.source} is an exported specialist; estimate-weights needs a checkpoint or prepared dir")
         domains = soup.domains
-        est = soup.estimate_weights(a.texts, max_docs=a.max_docs, min_weight=a.min_weight, text_field=a.text_field)
+        est = estimate_weights(soup.data_dir, a.texts, max_docs=a.max_docs, min_weight=a.min_weight,
+                               text_field=a.text_field, progress=say)
     total = sum(est.tokens.values())
     print(f"estimated domain weights from {est.n_docs} documents ({est.n_chunks} chunks, {total} tokens); top domains:")
     for d, w in top_domains(est.weights, a.top):
@@ -160,7 +169,8 @@ def cmd_estimate(a) -> None:
     weights = est.weights
     if a.refine:
         r = soup.refine(a.texts, est.weights, max_docs=a.max_docs, text_field=a.text_field, steps=a.refine_steps,
-                        lr=a.refine_lr, holdout=a.holdout)
+                        lr=a.refine_lr, holdout=a.holdout, tol=a.refine_tol, progress=say,
+                        bf16={"auto": None, "bf16": True, "fp32": False}[a.refine_precision])
         print(f"refinement ({r.steps} steps, {r.fit_windows} fit / {r.holdout_windows} held-out windows):")
         print(f"  in-sample loss  {r.fit_loss_start:.4f} (histogram) -> {r.fit_loss:.4f} (refined)")
         print(f"  held-out loss   {r.holdout_loss_start:.4f} (histogram) -> {r.holdout_loss:.4f} (refined)")

@@ -3,11 +3,20 @@
 The histogram of `estimate` only looks at embeddings; refinement asks the soup which h makes the
 in-house tokens most likely. It fits on the first 1 − holdout of the token stream, checks the rest every
 ``eval_every`` steps, and never returns an h whose in-sample loss is worse than the start's.
+
+Cost (issue 17): every window costs a full forward of the soup's Θ(h) — the loss is not linear in α, so
+nothing per window can be cached across h. Refinement therefore only avoids work that cannot change
+its result: evaluations run without autograd, the in-sample check is evaluated only when the held-out
+loss improves (otherwise the iterate is rejected whatever it is), and the gradient steps may run in
+bfloat16 on a CPU that has bf16 matrix units (``bf16``): they only pick a direction, while every loss
+that selects or reports an h stays float32.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,9 +50,12 @@ class Refinement:
 
 def refine(soup: SoupOfExperts, h0: torch.Tensor, stream: np.ndarray, domains: list[str], *, holdout: float = 0.2,
            steps: int = 200, lr: float = 0.05, batch_size: int = 16, eval_every: int = 10, patience: int = 5,
-           seq_len: int | None = None, seed: int = 0) -> Refinement:
+           seq_len: int | None = None, seed: int = 0, tol: float = 0.0, bf16: bool | None = None,
+           progress: Callable[[str], None] | None = None) -> Refinement:
     """Minimise the soup's loss in h on the simplex (h = softmax(z), z from log h0) on the first
-    1-holdout of the in-house token stream, early-stopping on the rest."""
+    1-holdout of the in-house token stream, early-stopping on the rest: an evaluation counts as an
+    improvement when it beats the best held-out loss by more than ``tol`` (0: any decrease). ``bf16``: gradient steps under
+    bfloat16 autocast (None: on a CPU with bf16 support). ``progress`` gets one line per evaluation."""
     if not 0 < holdout < 1:
         raise ValueError(f"holdout={holdout} must be in (0, 1)")
     dev = next(soup.parameters()).device
@@ -57,12 +69,18 @@ def refine(soup: SoupOfExperts, h0: torch.Tensor, stream: np.ndarray, domains: l
     # eval_every steps made refinement on a 300k-token sample take minutes on CPU.
     fit_eval = eval_windows(stream[:cut], T, max_windows=256).to(dev)
     h0 = h0.to(dev)
+    bf16 = cpu_bf16(dev) if bf16 is None else bf16
+    say = progress or (lambda line: None)
+    t0 = time.perf_counter()
 
+    @torch.no_grad()  # losses only: a graph per window would cost memory and time for nothing
     def loss_at(h, wins):
         params = soup.instantiate(h)
         return mean_loss(lambda x, y: soup(x, targets=y, params=params)[1], wins)
 
     start = (loss_at(h0, fit_eval), loss_at(h0, held))
+    say(f"refine: start fit {start[0]:.4f} held-out {start[1]:.4f} ({len(fit)} fit / {len(held)} held-out "
+        f"windows of {T} tokens, {'bf16' if bf16 else 'fp32'} steps), {time.perf_counter() - t0:.1f}s")
     best = (start[1], h0, start[0])  # (holdout loss, h, fit loss)
     hist = [{"step": 0, "fit": start[0], "holdout": start[1]}]
     if soup.n == 0:  # dense: h has no effect
@@ -78,23 +96,40 @@ def refine(soup: SoupOfExperts, h0: torch.Tensor, stream: np.ndarray, domains: l
         for step in range(1, steps + 1):
             idx = torch.randperm(len(fit), generator=gen)[:batch_size].to(dev)
             b = fit[idx]
-            loss = soup(b[:, :-1], targets=b[:, 1:], params=soup.instantiate(torch.softmax(z, 0)))[1]
+            params = soup.instantiate(torch.softmax(z, 0))  # float32 Θ(h): autocast casts per matmul
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = soup(b[:, :-1], targets=b[:, 1:], params=params)[1]
             opt.zero_grad()
             loss.backward()
             opt.step()
             if step % eval_every and step != steps:
                 continue
             h = torch.softmax(z.detach(), 0)
-            fl, hl = loss_at(h, fit_eval), loss_at(h, held)
+            # the fit loss only matters for an iterate that beats the best held-out loss: skip it otherwise
+            hl = loss_at(h, held)
+            fl = loss_at(h, fit_eval) if hl < best[0] - tol else None
             hist.append({"step": step, "fit": fl, "holdout": hl})
-            if fl <= start[0] and hl < best[0]:
+            if fl is not None and fl <= start[0]:
                 best, bad = (hl, h.clone(), fl), 0
             else:
                 bad += 1
-                if bad >= patience:
-                    break
+            say(f"refine: step {step}/{steps} batch {float(loss.detach()):.4f} held-out {hl:.4f} best {best[0]:.4f}"
+                + (f" fit {fl:.4f}" if fl is not None else "") + f", {time.perf_counter() - t0:.1f}s")
+            if bad >= patience:
+                break
     finally:
         for p, f in zip(soup.parameters(), flags):
             p.requires_grad_(f)
     return Refinement(weights_dict(best[1].cpu(), domains), weights_dict(h0.cpu(), domains), start[0], best[2],
                       start[1], best[0], step, len(fit), len(held), hist)
+
+
+def cpu_bf16(dev: torch.device) -> bool:
+    """bfloat16 autocast pays on a CPU with bf16 matrix instructions (AVX512-BF16/AMX: ~1.7x on the demo
+    soup); elsewhere it is emulated and slower, and on GPUs the caller decides."""
+    if dev.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

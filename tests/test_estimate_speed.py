@@ -1,0 +1,99 @@
+"""Issue 17 item 5: the cheaper refinement returns what the original computation returned, and
+estimate-weights reports progress (embedding rate/ETA, refinement steps) on stderr."""
+
+import pytest
+import torch
+
+import soe
+from soe.cli import main
+from soe.core.weights import weights_dict
+from soe.data.shards import load_meta
+from soe.data.text import read_texts, token_stream
+from soe.data.windows import eval_windows
+from soe.specialists.estimate import embed_blocks, estimate_weights
+from soe.specialists.evaluate import mean_loss
+from specialize_helpers import make_docs, text_env
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return text_env(tmp_path_factory)
+
+
+def reference_refine(soup, h0, stream, holdout=0.2, steps=40, lr=0.05, batch_size=16, eval_every=5, patience=3):
+    """The refinement as it was before issue 17 (graph-building evaluations, both losses every time):
+    kept verbatim in substance as the reference the fast path must reproduce."""
+    cut = int(len(stream) * (1 - holdout))
+    T = min(soup.net_cfg.max_seq_len, cut - 1, len(stream) - cut - 1)
+    fit, held = eval_windows(stream[:cut], T), eval_windows(stream[cut:], T, max_windows=256)
+    fit_eval = eval_windows(stream[:cut], T, max_windows=256)
+
+    def loss_at(h, wins):
+        params = soup.instantiate(h)
+        return mean_loss(lambda x, y: soup(x, targets=y, params=params)[1], wins)
+
+    start = (loss_at(h0, fit_eval), loss_at(h0, held))
+    best = (start[1], h0, start[0])
+    z = torch.log(h0.clamp_min(1e-3)).detach().requires_grad_(True)
+    opt, gen = torch.optim.Adam([z], lr=lr), torch.Generator().manual_seed(0)
+    flags = [p.requires_grad for p in soup.parameters()]
+    for p in soup.parameters():
+        p.requires_grad_(False)
+    bad = 0
+    for step in range(1, steps + 1):
+        b = fit[torch.randperm(len(fit), generator=gen)[:batch_size]]
+        loss = soup(b[:, :-1], targets=b[:, 1:], params=soup.instantiate(torch.softmax(z, 0)))[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % eval_every and step != steps:
+            continue
+        h = torch.softmax(z.detach(), 0)
+        fl, hl = loss_at(h, fit_eval), loss_at(h, held)
+        if fl <= start[0] and hl < best[0]:
+            best, bad = (hl, h.clone(), fl), 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    for p, f in zip(soup.parameters(), flags):
+        p.requires_grad_(f)
+    return best, step
+
+
+@pytest.mark.parametrize("lr", [0.05, 50.0])  # 50: wild steps, most iterates rejected (the skipped fit losses)
+def test_fast_refinement_equals_the_reference(env, lr):
+    prepared, ckpt = env
+    soup = soe.load(ckpt, data=prepared, device="cpu")
+    texts = prepared / "specialists" / "legalfood" / "inhouse.jsonl"
+    start = {"cooking": 0.0, "law": 0.0, "space": 1.0}
+    stream = token_stream(read_texts(texts), prepared / "tokenizer.json", load_meta(prepared).eos_id)
+    (hl, h, fl), steps = reference_refine(soup.model, soup.weights(start), stream, lr=lr)
+    r = soup.refine(texts, start, steps=40, lr=lr, eval_every=5, patience=3, bf16=False)
+    assert r.steps == steps and r.weights == weights_dict(h, soup.domains)
+    assert (r.holdout_loss, r.fit_loss) == (hl, fl)
+    # bf16 gradient steps: the same kind of result (the losses that select h stay float32)
+    rb = soup.refine(texts, start, steps=40, lr=lr, eval_every=5, patience=3, bf16=True)
+    assert rb.fit_loss <= rb.fit_loss_start and rb.holdout_loss <= r.holdout_loss_start
+    assert max(abs(rb.weights[d] - r.weights[d]) for d in r.weights) < 0.1 or lr > 1
+
+
+def test_progress_lines(env, tmp_path, capsys):
+    prepared, ckpt = env
+    texts = prepared / "specialists" / "legalfood" / "inhouse.jsonl"
+    lines = []
+    embed_blocks(type("E", (), {"encode": lambda self, c: torch.zeros(len(c), 2).numpy()})(), ["x"] * 10,
+                 lines.append, block=4)
+    assert [ln.split(",")[0] for ln in lines] == ["embedding: 4/10 chunks", "embedding: 8/10 chunks",
+                                                 "embedding: 10/10 chunks"] and "ETA" in lines[-1]
+    est = estimate_weights(prepared, make_docs("law", 5, seed=3), progress=lines.append)
+    assert est.n_docs == 5  # few chunks: one block, no line needed
+    out = tmp_path / "w.json"
+    assert main(["estimate-weights", str(ckpt), "--data", str(prepared), "--texts", str(texts), "--refine",
+                 "--refine-steps", "20", "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "refine: start fit" in cap.err and "refine: step 10/20 batch" in cap.err and "held-out" in cap.err
+    assert "refine:" not in cap.out and "refinement (" in cap.out  # stdout keeps only the result
+    main(["estimate-weights", str(ckpt), "--data", str(prepared), "--texts", str(texts), "--refine",
+          "--refine-steps", "5", "--out", str(out), "--quiet"])
+    assert "refine:" not in capsys.readouterr().err
