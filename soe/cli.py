@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=open_fraction, default=0.2, help="fraction of in-house tokens for early stopping, in (0, 1)")
     p.add_argument("--refine-tol", type=nonneg_float, default=0.0,
                    help="held-out improvement below this does not count (stops earlier; default 0: any decrease)")
-    p.add_argument("--refine-precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="precision of --refine's gradient steps (auto: bf16 on a CPU with bf16 units); losses stay fp32")
+    p.add_argument("--refine-precision", choices=("auto", "bf16", "fp32"), default="fp32",
+                   help="precision of --refine's gradient steps (auto: bf16 on a CPU with bf16 units, ~1.7x faster, "
+                        "h within ~1e-3); losses stay fp32")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     _common(p)
 

@@ -50,12 +50,13 @@ class Refinement:
 
 def refine(soup: SoupOfExperts, h0: torch.Tensor, stream: np.ndarray, domains: list[str], *, holdout: float = 0.2,
            steps: int = 200, lr: float = 0.05, batch_size: int = 16, eval_every: int = 10, patience: int = 5,
-           seq_len: int | None = None, seed: int = 0, tol: float = 0.0, bf16: bool | None = None,
+           seq_len: int | None = None, seed: int = 0, tol: float = 0.0, bf16: bool | None = False,
            progress: Callable[[str], None] | None = None) -> Refinement:
     """Minimise the soup's loss in h on the simplex (h = softmax(z), z from log h0) on the first
     1-holdout of the in-house token stream, early-stopping on the rest: an evaluation counts as an
-    improvement when it beats the best held-out loss by more than ``tol`` (0: any decrease). ``bf16``: gradient steps under
-    bfloat16 autocast (None: on a CPU with bf16 support). ``progress`` gets one line per evaluation."""
+    improvement when it beats the best held-out loss by more than ``tol`` (0: any decrease). ``bf16``: gradient
+    steps under bfloat16 autocast (None: on a CPU with bf16 support; off by default, so that reported numbers do
+    not move). ``progress`` gets one line per evaluation."""
     if not 0 < holdout < 1:
         raise ValueError(f"holdout={holdout} must be in (0, 1)")
     dev = next(soup.parameters()).device
