@@ -79,10 +79,11 @@ class Evaluation:
     def run(self) -> dict:
         s, c = self.s, self.s.cfg
         res: dict = {"kinds": {}}
-        keep = {}
+        keep, inputs = {}, {}
+        teams = s.teams(self.seed)
         for kind in s.kinds():
             s.log(f"[merging] seed {self.seed}: evaluating the {kind} merges")
-            inp = s.inputs(self.seed, kind)
+            inp = inputs[kind] = s.inputs(self.seed, kind, teams=teams)
             start = self.own([s.start(kind, t) for t in c.teams])
             own = self.own(inp.thetas)
             chosen = self.sel["kinds"][kind]
@@ -106,7 +107,7 @@ class Evaluation:
         full = res["kinds"]["soup-full"]
         (wb, best_sd), (wt, _) = keep[full["best"]], keep[full["ta"]]
         full["ci_best_vs_ta"] = paired_interval(_flat(wb), _flat(wt), c.bootstrap, seed=self.seed)
-        inp = s.inputs(self.seed, "soup-full")
+        inp = inputs["soup-full"]  # the same models: loaded once
         res["mixture"] = {"start_mean_h": self.mixture(s.bases("soup-full")["mean"]),
                           "individual": float(np.mean([self.mixture(t) for t in inp.thetas]))}
         res["references"] = self.references(inp, best_sd)

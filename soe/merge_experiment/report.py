@@ -93,10 +93,8 @@ def method_table(results: dict, kind: str) -> list[str]:
         lines.append(f"| {lab} | {_ms([r['mean'] for r in rows])} | {delta} | {_ms([r['R_mean'] for r in rows], 2)} | "
                      f"{_ms([r['R_worst'] for r in rows], 2)} | {_ms([r['default_mean'] for r in rows])} | "
                      f"{_ms([r['seconds'] for r in rows], 2)} | {rows[0]['grid_points']} |")
-    k = results[seeds[0]]["kinds"][kind]
     lines.append(f"| *each team's own specialist* | {_ms([results[s]['kinds'][kind]['own_mean'] for s in seeds])} | | 1 | 1 | | | |")
     lines.append(f"| *starting points (no fine-tuning)* | {_ms([results[s]['kinds'][kind]['start_mean'] for s in seeds])} | | 0 | 0 | | | |")
-    del k
     return lines
 
 
