@@ -121,14 +121,6 @@ def test_per_rank_h_falls_back_to_gathering_the_factors(tmp_path):
     assert all(r["gathered"] == STEPS * 2 for r in ranks), [r["gathered"] for r in ranks]  # 2 bank groups
 
 
-def test_fsdp2_refuses_factored():
-    m = make_module(type("DM", (), {"num_domains": 3, "domain_names": None, "prior": None,
-                                    "tokenizer_sha256": None})(), bank_update="factored")
-    m._sharded = True
-    with pytest.raises(ValueError, match="FSDP2"):
-        m.configure_optimizers()
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)

@@ -92,12 +92,14 @@ def worker(args) -> None:
                Path(args.out) / f"rank{tr.global_rank}.pt")
 
 
-def launch(tmp_path: Path, strategy: str, rank_h: str = "shared", h_per_step: int = 1) -> list[dict]:
+def launch(tmp_path: Path, strategy: str, rank_h: str = "shared", h_per_step: int = 1,
+           script: str = __file__) -> list[dict]:
+    """Run ``script``'s worker (this file's, or another test's taking the same arguments) on 2 ranks."""
     data = make_prepared(tmp_path / "data", k=3, vocab=NET.vocab_size)
     out = tmp_path / f"run_{strategy}_{rank_h}_{h_per_step}"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--data", str(data), "--out", str(out),
+    cmd = [sys.executable, str(Path(script).resolve()), "--data", str(data), "--out", str(out),
            "--strategy", strategy, "--rank-h", rank_h, "--h-per-step", str(h_per_step)]
     r = subprocess.run(cmd, env=env, cwd=str(out), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]

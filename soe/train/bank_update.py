@@ -95,7 +95,10 @@ class BankAdamW(torch.optim.AdamW):
         """torch.nn.utils.clip_grad_norm_ over all of this optimizer's parameters, the factored bank included
         (its scale is applied to G's chunks in `step`). Returns the total norm before clipping."""
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        norms = [torch.linalg.vector_norm(gr) for gr in grads] + self.bank_norms()
+        norms = [torch.linalg.vector_norm(gr) for gr in grads]
+        if norms and hasattr(norms[0], "full_tensor"):  # FSDP2: DTensor norms of shards → one plain global norm
+            norms = [torch.linalg.vector_norm(torch.stack(norms)).full_tensor()]
+        norms += self.bank_norms()
         if not norms:
             return torch.tensor(0.0)
         total = torch.linalg.vector_norm(torch.stack(norms))
@@ -124,11 +127,19 @@ class BankAdamW(torch.optim.AdamW):
             for g, E in self._bank.items():
                 f = self._factors(g)
                 if f is not None:
-                    self._update(E, f[0], f[1], group_of[E])
+                    self._update_bank(E, f[0], f[1], group_of[E])
         self._reset()
         if self.reducer is not None:
             self.reducer.end_step()
         return loss
+
+    def _update_bank(self, E: Tensor, alpha: Tensor, G: Tensor, group: dict) -> None:
+        """`_update` on E, or, when the reducer shards E (FSDP2: soe/train/bank_fsdp.py `BankFSDP.update`),
+        on this rank's rows of E, m and v (a DTensor's local shard) with the matching columns of α."""
+        if self.reducer is not None and hasattr(self.reducer, "update"):
+            self.reducer.update(self, E, alpha, G, group)
+        else:
+            self._update(E, alpha, G, group)
 
     def _workspace(self, numel: int, like: Tensor) -> Tensor:
         if self._work is None or self._work.numel() < numel or self._work.dtype != like.dtype \

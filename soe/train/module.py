@@ -21,6 +21,7 @@ from soe.core.soup import SoupConfig, SoupOfExperts
 from soe.core.weights import check_h
 from soe.train import resume
 from soe.train.bank_ddp import BankDDP, ignored_names
+from soe.train.bank_fsdp import BankFSDP
 from soe.train.bank_update import BankAdamW
 from soe.train.optim import OptimConfig, lr_lambda, make_optimizer
 
@@ -113,7 +114,8 @@ class SoupModule(L.LightningModule):
         """Shard S, the bank and φ over the data-parallel mesh (FSDP2) under ModelParallelStrategy.
 
         Each flat buffer is split along dim 0 (the bank: by experts), so a rank holds ≈ 1/world of
-        the parameters, gradients and AdamW state; the forward all-gathers them for one step."""
+        the parameters, gradients and AdamW state; the forward all-gathers them for one step. With
+        bank_update=factored the bank's rows are updated from the all-reduced G (soe/train/bank_fsdp.py)."""
         mesh = self.device_mesh
         if mesh is None or self._sharded:
             return
@@ -198,23 +200,21 @@ class SoupModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim_cfg
-        if o.bank_update == "factored":
-            # FSDP2 shards E by experts; its update from the reduced G is not built: refused. An fp16
-            # GradScaler would unscale E.grad only.
-            if self._sharded:
-                raise ValueError("model.optim.bank_update=factored is not supported under FSDP2 "
-                                 "(ModelParallelStrategy); use DDPStrategy, or model.optim.bank_update=dense")
+        if o.bank_update == "factored":  # an fp16 GradScaler would unscale E.grad only (never built)
             if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
                 raise ValueError(f"model.optim.bank_update=factored does not support trainer.precision="
                                  f"{self.trainer.precision} (gradient scaler); use bf16-mixed or 32-true")
         opt = make_optimizer(self.soup, o)
         if o.bank_update == "factored":
             wrapped = self.trainer.strategy.model  # DDP(self) once DDPStrategy has wrapped it (before this hook)
-            if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+            if self._sharded:  # FSDP2: G all-reduced, each rank updates its rows of E, m, v
+                opt.reducer = BankFSDP.attach(self.soup, opt)
+            elif isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
                 opt.reducer = BankDDP.attach(wrapped, self.soup)  # all-reduces G, never ∂E
             elif self.trainer.world_size > 1:
-                raise ValueError(f"model.optim.bank_update=factored supports DDPStrategy only for several "
-                                 f"processes (got {type(self.trainer.strategy).__name__}); or use =dense")
+                raise ValueError(f"model.optim.bank_update=factored supports DDPStrategy and ModelParallelStrategy "
+                                 f"(FSDP2) only for several processes (got {type(self.trainer.strategy).__name__}); "
+                                 "or use =dense")
         total = self.trainer.max_steps
         if total is None or total <= 0:
             raise ValueError(f"trainer.max_steps={total}: the cosine schedule needs a positive max_steps")
