@@ -74,7 +74,8 @@ def worker(args) -> None:
     tr, module = fit(args, out, [rec, counts, ckpt], save=True)
     opt = tr.optimizers[0]
     bank = {g: {"E": E.to_local().shape, "m": opt.state[E]["exp_avg"].to_local().shape,
-                "v": opt.state[E]["exp_avg_sq"].to_local().shape, "full": E.shape, "grad": E.grad,
+                "v": opt.state[E]["exp_avg_sq"].to_local().shape, "full": E.shape,
+                "grad": None if E.grad is None else E.grad.to_local().clone(),
                 "rows": opt.reducer.rows(E)} for g, E in module.soup.bank.items()}
     local = sum(p.to_local().numel() * p.element_size() for p in module.soup.parameters())
     state = full_state(module)
