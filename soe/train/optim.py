@@ -52,7 +52,8 @@ class OptimConfig:
     """How the full-rank bank E (n × P) is updated: 'dense' (autograd writes ∂E = αᵀG, n × P, every step;
     the reference) or 'factored' (∂E is never built: the clip norm and AdamW's update are computed from α and
     G, soe/train/bank_update.py; same update up to float rounding; under DDP only G is all-reduced,
-    soe/train/bank_ddp.py; not under FSDP2, torch.compile or the fp16 scaler)."""
+    soe/train/bank_ddp.py; under FSDP2 G is all-reduced and each rank updates its own rows of E, m and v,
+    soe/train/bank_fsdp.py; not with torch.compile or the fp16 scaler)."""
 
     def __post_init__(self) -> None:
         # Refused here, when the config is read, not steps later as NaN losses or a torch error.
