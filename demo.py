@@ -27,6 +27,7 @@ from pathlib import Path
 from data_prep import prepare
 from data_prep.corpus_lock import describe, read_lock
 from soe.data.shards import load_meta
+from soe.malloc import keep_freed_memory
 from soe.experiments.experiment import load_config, run
 from soe.experiments.report import domain_table, set_table
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # the experiment trains in this process (soe/malloc.py)
     t0 = time.perf_counter()
     data_dir, fell_back = build_data(args.fixture)
     for line in lock_lines(data_dir):

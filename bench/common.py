@@ -15,6 +15,10 @@ from typing import Callable
 import torch
 
 from soe.core.model import ModelConfig
+from soe.malloc import keep_freed_memory
+
+# As every soe entry point does (soe/malloc.py): both sides of every ratio run with freed memory kept.
+KEEPS_FREED_MEMORY = keep_freed_memory()
 
 # The configurations the issue names. "demo" is configs/demo-cpu.yaml's model at seq 256 (≈5.3M params).
 CONFIGS = {
@@ -34,7 +38,8 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"{gpu}, Python {platform.python_version()}")
+            f"{gpu}, Python {platform.python_version()}, freed memory {'kept' if KEEPS_FREED_MEMORY else 'returned'} "
+            "(soe/malloc.py)")
 
 
 def sync() -> None:

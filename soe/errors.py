@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from soe.malloc import keep_freed_memory
+
 # OSError covers FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
 
@@ -27,7 +29,9 @@ def pop_debug(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def run_entry(prog: str, fn: Callable[[], int | None], debug: bool) -> int:
-    """Run ``fn``; a user error prints ``<prog>: error: <message>`` and returns 2 (raised with ``debug``)."""
+    """Run ``fn``; a user error prints ``<prog>: error: <message>`` and returns 2 (raised with ``debug``).
+    Every entry point trains or evaluates models on CPU, so freed memory is kept in the process (soe/malloc.py)."""
+    keep_freed_memory()
     try:
         return fn() or 0
     except USER_ERRORS as e:
