@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from soe.data.shards import Meta, sha256_file, shard_path
+
+# Entry points called in-process would switch the whole test session's allocator to keeping freed memory
+# (soe/malloc.py) from that test on; the session keeps glibc's defaults, tests/test_malloc.py checks the feature.
+os.environ.setdefault("SOE_KEEP_FREED_MEMORY", "0")
 
 
 def write_shard(root: Path, domain: str, split: str, tokens: np.ndarray) -> None:
