@@ -72,19 +72,23 @@ class Stepper:
 
 
 def breakdown(st: Stepper, iters: int = 5) -> dict[str, float]:
-    """Seconds per phase of a step (median-free: mean of iters after a warm-up)."""
+    """Seconds per phase of a step (mean of iters after a warm-up). 'forward' includes the instantiation, which
+    is also timed alone (without autograd) as 'instantiate'."""
     st.step()
-    t = {"router+instantiate": 0.0, "forward": 0.0, "backward": 0.0, "clip": 0.0, "optimizer": 0.0, "zero_grad": 0.0}
+    t = {"instantiate": 0.0, "forward": 0.0, "backward": 0.0, "clip": 0.0, "optimizer": 0.0, "zero_grad": 0.0}
     for _ in range(iters):
         t0 = time.perf_counter()
-        alpha = st.soup.coefficients(st.h)
-        params = st.soup.instantiate(st.h, alpha)
+        with torch.no_grad():
+            st.soup.flat(st.h)
         t1 = time.perf_counter()
-        _, loss = st.soup(st.tokens[:, :-1], targets=st.tokens[:, 1:], params=params)
+        loss = st.loss()
         t2 = time.perf_counter()
         loss.backward()
         t3 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(st.params, st.clip, foreach=True)
+        if isinstance(st.opt, BankAdamW):
+            st.opt.clip_grad_norm_(st.clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(st.params, st.clip, foreach=True)
         t4 = time.perf_counter()
         st.opt.step()
         t5 = time.perf_counter()
@@ -95,8 +99,15 @@ def breakdown(st: Stepper, iters: int = 5) -> dict[str, float]:
     return t
 
 
-def compare(name: str, n: int, iters: int, fused: bool = True, rank: int = 0, show_breakdown: bool = False,
-            repeats: int = 5) -> dict:
+def print_breakdown(steppers: dict[str, Stepper]) -> dict[str, dict[str, float]]:
+    b = {k: breakdown(st) for k, st in steppers.items()}
+    print("        phase (ms)     " + "".join(f"{k:>14s}" for k in b))
+    for ph in next(iter(b.values())):
+        print(f"        {ph:14s} " + "".join(f"{b[k][ph] * 1e3:14.1f}" for k in b))
+    return b
+
+
+def compare(name: str, n: int, iters: int, fused: bool = True, rank: int = 0, repeats: int = 5) -> dict:
     c = CONFIGS[name]
     dense = Stepper(c["net"], 0, c["seq"], c["batch"], fused=fused)
     soe = Stepper(c["net"], n, c["seq"], c["batch"], fused=fused, rank=rank)
@@ -113,16 +124,10 @@ def compare(name: str, n: int, iters: int, fused: bool = True, rank: int = 0, sh
     print(f"[step] {name:5s} n={n:3d}{rk} P={P / 1e6:.2f}M bank={bank / 1e6:.1f}M  dense {t['dense'] * 1e3:8.1f} ms  "
           f"soe {t['soe'] * 1e3:8.1f} ms  SoE÷dense = {row['ratio']:.3f}   overhead {over * 1e3:7.1f} ms vs floor "
           f"{floor * 1e3:6.1f} ms (7·n·P·4 B at {bw / 1e9:.1f} GB/s) → {row['overhead_vs_floor']:.2f}", flush=True)
-    if show_breakdown:
-        bd, bs = breakdown(dense), breakdown(soe)
-        print("        phase               dense ms    soe ms   extra ms")
-        for k in bd:
-            print(f"        {k:18s} {bd[k] * 1e3:9.1f} {bs[k] * 1e3:9.1f} {(bs[k] - bd[k]) * 1e3:9.1f}")
-        row["breakdown"] = {"dense": bd, "soe": bs}
     return row
 
 
-def bank_updates(n: int, M: int, tokens: int, iters: int, repeats: int) -> dict:
+def bank_updates(n: int, M: int, tokens: int, iters: int, repeats: int, show_breakdown: bool = False) -> dict:
     """Dense model vs the soup with each bank update (model.optim.bank_update), side by side, on the demo model
     at ``tokens`` per step (sequences of 128, as the demo trains) with M = h_per_step domain weights per step."""
     c = CONFIGS["demo"]
@@ -144,6 +149,8 @@ def bank_updates(n: int, M: int, tokens: int, iters: int, repeats: int) -> dict:
           f"{row['ratio_factored']:.3f} ({verdict(row['ratio_factored'], 1.10)}), overhead÷floor "
           f"{row['overhead_vs_floor_factored']:.2f} ({verdict(row['overhead_vs_floor_factored'], 1.3)}) "
           f"[floor {floor * 1e3:.1f} ms]", flush=True)
+    if show_breakdown:
+        row["breakdown"] = print_breakdown(steppers)
     return row
 
 
@@ -171,11 +178,12 @@ def main(argv=None) -> list[dict]:
     it, rep = (2, 3) if args.quick else (3, 5)
     fused = not args.foreach
     rows = [compare("tiny", 8, 10 * it, fused, repeats=rep),
-            compare("demo", 8, it, fused, show_breakdown=True, repeats=rep)]
+            compare("demo", 8, it, fused, repeats=rep)]
     print(f"  demo n=8: SoE÷dense {rows[-1]['ratio']:.3f} → {verdict(rows[-1]['ratio'], 1.10)} (docs/soup.md targets; issue: ≤ 1.25); "
           f"overhead÷floor {rows[-1]['overhead_vs_floor']:.2f} → {verdict(rows[-1]['overhead_vs_floor'], 1.3)}")
-    for tokens in (2048, 4096):  # the demo's step, and twice it: both bank updates side by side
-        rows.append(bank_updates(8, 4, tokens, it, rep))
+    for M, tokens in ((4, 2048), (4, 4096), (1, 2048), (1, 4096)):  # the demo's step (M = 4 h per step, 2,048
+        # tokens), twice it, and one h per step (where the 7·n·P floor is the whole of the bank's traffic)
+        rows.append(bank_updates(8, M, tokens, it, rep, show_breakdown=tokens == 2048))
     for n in (4, 16, 64):
         rows.append(compare("demo", n, it, fused, repeats=rep))
     for M in (4, 8):  # several h per step (the recipe of experiments/RECIPE.md)
