@@ -95,7 +95,7 @@ class BankAdamW(torch.optim.AdamW):
         """torch.nn.utils.clip_grad_norm_ over all of this optimizer's parameters, the factored bank included
         (its scale is applied to G's chunks in `step`). Returns the total norm before clipping."""
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        norms = [torch.linalg.vector_norm(gr) for gr in grads]
+        norms = list(torch._foreach_norm(grads)) if grads else []  # one kernel for all, as clip_grad_norm_(foreach)
         if norms and hasattr(norms[0], "full_tensor"):  # FSDP2: DTensor norms of shards → one plain global norm
             norms = [torch.linalg.vector_norm(torch.stack(norms)).full_tensor()]
         norms += self.bank_norms()
