@@ -166,3 +166,10 @@ def test_factored_refuses_compile():
         OptimConfig(bank_update="factored", compile=True)
     with pytest.raises(ValueError, match="bank_update='sparse'"):
         OptimConfig(bank_update="sparse")
+
+
+def test_blocked_gram_equals_one_product():
+    from soe.train.bank_update import gram
+    G = torch.randn(4, 1003, generator=torch.Generator().manual_seed(0))
+    for block in (7, 100, 501, 2000):  # ragged last block, several blocks, one call (P ≤ 2·block)
+        torch.testing.assert_close(gram(G, block), G @ G.t(), rtol=1e-5, atol=1e-4)

@@ -26,6 +26,20 @@ import torch
 from torch import Tensor
 
 CHUNK_NUMEL = 1 << 20  # workspace per buffer (n × c numbers): 4 MB in fp32, cache-sized, never bank-sized
+GRAM_BLOCK = 1 << 17  # columns per block of the Gram matrix
+
+
+def gram(G: Tensor, block: int = GRAM_BLOCK) -> Tensor:
+    """G Gᵀ for a short, very wide G: (K, P) → (K, K). On CPU one GEMM reducing over millions of columns runs at
+    half of memory bandwidth (the library splits the work by output, and the output is K × K); accumulated over
+    column blocks that stay in cache it reads G once at close to bandwidth (demo, K = 4: 16 → 8 ms, 2 threads)."""
+    P = G.shape[-1]
+    if G.device.type != "cpu" or P <= 2 * block:
+        return G @ G.t()
+    out = G.new_zeros(G.shape[0], G.shape[0])
+    for c0 in range(0, P, block):
+        out.addmm_(G[:, c0:c0 + block], G[:, c0:c0 + block].t())
+    return out
 
 
 class BankAdamW(torch.optim.AdamW):
@@ -86,7 +100,7 @@ class BankAdamW(torch.optim.AdamW):
             f = self._factors(g)
             if f is not None:
                 a, G = f
-                sq = ((a @ a.t()) * (G @ G.t()).to(a.dtype)).sum()
+                sq = ((a @ a.t()) * gram(G).to(a.dtype)).sum()
                 out.append(sq.clamp_min(0).sqrt())
         return out
 
