@@ -72,7 +72,8 @@ def gen(w, *extra):
 ROWS = {  # id -> (argv of the `soe` entry point, fragment the error line must contain)
     "refine_steps_negative": (lambda w: est(w, "--refine", "--refine-steps", "-3"), "--refine-steps"),
     "refine_windows_zero": (lambda w: est(w, "--refine", "--refine-windows", "0"), "--refine-windows"),
-    "refine_lr_removed": (lambda w: est(w, "--refine", "--refine-lr", "0.05"), "--refine-lr"),
+    "refine_lr_zero": (lambda w: est(w, "--refine", "--refine-lr", "0"), "--refine-lr"),
+    "refine_method_unknown": (lambda w: est(w, "--refine", "--refine-method", "sgd"), "--refine-method"),
     "holdout_above_one": (lambda w: est(w, "--refine", "--holdout", "1.5"), "--holdout"),
     "estimate_max_docs_zero": (lambda w: est(w, "--max-docs", "0"), "--max-docs"),
     "top_zero": (lambda w: est(w, "--top", "0"), "--top"),
