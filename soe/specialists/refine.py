@@ -70,14 +70,8 @@ def refine(soup: SoupOfExperts, h0: torch.Tensor, stream: np.ndarray, domains: l
     if method == "bfgs":  # ~5x fewer model passes, the sample's optimum (refine_bfgs)
         return refine_bfgs(soup, h0, stream, domains, holdout=holdout, steps=steps, fit_windows=fit_windows,
                            seq_len=seq_len, tol=tol, bf16=bf16, progress=progress)
-    if not 0 < holdout < 1:
-        raise ValueError(f"holdout={holdout} must be in (0, 1)")
     dev = next(soup.parameters()).device
-    cut = int(len(stream) * (1 - holdout))
-    T = min(seq_len or soup.net_cfg.max_seq_len, soup.net_cfg.max_seq_len, cut - 1, len(stream) - cut - 1)
-    if T < 8:
-        raise ValueError(f"in-house data too small to refine: {len(stream)} tokens (need ≥ 8 tokens per window "
-                         f"in both the fit and the {holdout:.0%} held-out part)")
+    cut, T = split(soup, stream, holdout, seq_len)
     fit, held = eval_windows(stream[:cut], T).to(dev), eval_windows(stream[cut:], T, max_windows=256).to(dev)
     # The in-sample check evaluates at most 256 evenly spaced fit windows: evaluating all of them every
     # eval_every steps made refinement on a 300k-token sample take minutes on CPU.
@@ -159,19 +153,13 @@ def refine_bfgs(soup: SoupOfExperts, h0: torch.Tensor, stream: np.ndarray, domai
     stop ``patience`` evaluations without an improvement larger than ``tol`` (0: any decrease). ``bf16``: the
     gradient passes run under bfloat16 autocast (None: on a CPU with bf16 support; the in-sample losses are then
     bf16 too, held-out losses stay float32). ``progress`` gets one line per iteration."""
-    if not 0 < holdout < 1:
-        raise ValueError(f"holdout={holdout} must be in (0, 1)")
     for name, v in (("steps", steps), ("fit_windows", fit_windows), ("patience", patience)):
         if not (isinstance(v, int) and v >= 1):
             raise ValueError(f"{name}={v!r} must be an integer ≥ 1")
     if not tol >= 0:
         raise ValueError(f"tol={tol} must be ≥ 0")
     dev = next(soup.parameters()).device
-    cut = int(len(stream) * (1 - holdout))
-    T = min(seq_len or soup.net_cfg.max_seq_len, soup.net_cfg.max_seq_len, cut - 1, len(stream) - cut - 1)
-    if T < 8:
-        raise ValueError(f"in-house data too small to refine: {len(stream)} tokens (need ≥ 8 tokens per window "
-                         f"in both the fit and the {holdout:.0%} held-out part)")
+    cut, T = split(soup, stream, holdout, seq_len)
     # a fixed sample makes the objective deterministic, which is what lets a line search work at all
     fit = eval_windows(stream[:cut], T, max_windows=fit_windows).to(dev)
     held = eval_windows(stream[cut:], T, max_windows=256).to(dev)
@@ -245,6 +233,19 @@ def refine_bfgs(soup: SoupOfExperts, h0: torch.Tensor, stream: np.ndarray, domai
             p.requires_grad_(f)
     return Refinement(weights_dict(best["h"].cpu(), domains), weights_dict(h0.cpu(), domains), start[0], best["fit"],
                       start[1], best["held"], len(hist) - 1, len(fit), len(held), hist, calls["n"], "bfgs")
+
+
+
+def split(soup: SoupOfExperts, stream: np.ndarray, holdout: float, seq_len: int | None) -> tuple[int, int]:
+    """(cut, T): the fit part is stream[:cut], the held-out part the rest, both cut into windows of T tokens."""
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout={holdout} must be in (0, 1)")
+    cut = int(len(stream) * (1 - holdout))
+    T = min(seq_len or soup.net_cfg.max_seq_len, soup.net_cfg.max_seq_len, cut - 1, len(stream) - cut - 1)
+    if T < 8:
+        raise ValueError(f"in-house data too small to refine: {len(stream)} tokens (need ≥ 8 tokens per window "
+                         f"in both the fit and the {holdout:.0%} held-out part)")
+    return cut, T
 
 
 def cpu_bf16(dev: torch.device) -> bool:
