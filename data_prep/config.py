@@ -113,6 +113,23 @@ class SpecialistsSpec:
 
 
 @dataclass
+class TargetsSpec:
+    """Validation targets: per pretraining source, whole documents (chunks) held out of the training shards,
+    so that recipe choices are made on targets apart from the evaluation sets. Each target is a small in-house
+    part (h is estimated from it) and a validation part (the loss is measured on it); its h is a mixture of
+    domains, like a user's. Written to <out>/targets/ in the specialist-set format."""
+
+    inhouse_docs: int = 60
+    """Chunks of each source's in-house part (targets/<source>/train.bin + inhouse.jsonl)."""
+    val_docs: int = 40
+    """Chunks of each source's validation part (targets/<source>/val.bin)."""
+    max_share: float = 0.1
+    """At most this share of a source's chunks becomes target documents (small sources give fewer)."""
+    min_docs: int = 8
+    """A source whose in-house or validation part would have fewer chunks than this gets no target."""
+
+
+@dataclass
 class OfflineCorpusSpec:
     out: str = "data/offline_corpus"
     """Where `build_offline_corpus` writes <source>.jsonl (run first when ``offline_corpus`` is set)."""
@@ -143,6 +160,8 @@ class PrepareConfig:
     domains: DomainsSpec = field(default_factory=DomainsSpec)
     shards: ShardsSpec = field(default_factory=ShardsSpec)
     specialists: SpecialistsSpec = field(default_factory=SpecialistsSpec)
+    targets: TargetsSpec | None = None
+    """Validation targets held out of every pretraining source (None: none; see TargetsSpec)."""
     offline_corpus: OfflineCorpusSpec | None = None
     """If set, first assemble the Debian/PyPI corpus of docs/corpus.md (skipped when already built)."""
 
@@ -157,7 +176,7 @@ def _build(cls, raw: Any, where: str):
     kw = {}
     for k, v in raw.items():
         sub = {"chunking": ChunkingSpec, "tokenizer": TokenizerSpec, "domains": DomainsSpec, "shards": ShardsSpec,
-               "specialists": SpecialistsSpec, "offline_corpus": OfflineCorpusSpec}.get(k) if cls is PrepareConfig else None
+               "specialists": SpecialistsSpec, "offline_corpus": OfflineCorpusSpec, "targets": TargetsSpec}.get(k) if cls is PrepareConfig else None
         kw[k] = _build(sub, v or {}, f"{where}.{k}") if sub else v
     for k, v in kw.items():
         _check_type(v, fields[k].type, where, k)
@@ -237,6 +256,13 @@ def validate(cfg: PrepareConfig) -> PrepareConfig:
     _positive(cfg.shards.batch_docs, "shards.batch_docs")
     _positive(cfg.specialists.inhouse_docs, "specialists.inhouse_docs")
     _positive(cfg.specialists.eval_docs, "specialists.eval_docs")
+    t = cfg.targets
+    if t is not None:
+        _positive(t.inhouse_docs, "targets.inhouse_docs")
+        _positive(t.val_docs, "targets.val_docs")
+        _positive(t.min_docs, "targets.min_docs")
+        if not isinstance(t.max_share, (int, float)) or isinstance(t.max_share, bool) or not 0 < t.max_share <= 0.5:
+            raise ConfigError(f"targets.max_share={t.max_share!r}: expected a number in (0, 0.5]")
     oc = cfg.offline_corpus
     if oc is not None:
         _positive(oc.chunk_chars, "offline_corpus.chunk_chars")

@@ -23,6 +23,7 @@ import hashlib
 import json
 import sys
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -69,23 +70,64 @@ def _mark(out: Path, stage: str, fp: str, **data) -> dict:
 def _invalidate(out: Path, *stages: str) -> None:
     for s in stages:
         (out / "work" / f"{s}.json").unlink(missing_ok=True)
-    for m in (out / "meta.json", out / "specialists" / "meta.json"):
+    for m in (out / "meta.json", out / "specialists" / "meta.json", out / "targets" / "meta.json"):
         m.unlink(missing_ok=True)
 
 
+def target_roles(cfg: C.PrepareConfig, stats: dict) -> dict[str, np.ndarray]:
+    """{source: role per chunk} for the validation targets (0 pretraining, 1 in-house, 2 validation).
+
+    Per pretraining source, whole chunks drawn at random (seeded by the config's seed and the source's name,
+    so adding a source moves no other source's targets); a source too small for ``targets.min_docs`` chunks
+    in each part gets none."""
+    t = cfg.targets
+    if t is None:
+        return {}
+    roles = {}
+    for src in cfg.sources:
+        n = stats[src.name]["chunks"]
+        cap = int(n * t.max_share)
+        n_in = min(t.inhouse_docs, cap * t.inhouse_docs // (t.inhouse_docs + t.val_docs))
+        n_val = min(t.val_docs, cap - n_in)
+        if src.holdout or min(n_in, n_val) < t.min_docs:
+            continue
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(src.name.encode())])
+        role = np.zeros(n, np.int8)
+        perm = rng.permutation(n)
+        role[perm[:n_in]], role[perm[n_in:n_in + n_val]] = 1, 2
+        roles[src.name] = role
+    return roles
+
+
 def _routes(cfg: C.PrepareConfig, out: Path, stats: dict, dom: dict, writer: ShardWriter):
-    """(key, text) for every chunk in corpus order: pretraining domains, then specialist sets."""
+    """(key, text) for every chunk in corpus order: pretraining domains (and the validation targets drawn from
+    their sources, which never enter a training shard), then specialist sets."""
     labels = dom["domain_source"]["method"] == "labels"
     seen: Counter = Counter()
     every = cfg.shards.val_every
+    roles = target_roles(cfg, stats)
     for src in cfg.sources:
         if src.holdout:
             continue
         assign = None if labels else np.load(assign_path(out, src.name))
+        role = roles.get(src.name)
+        inhouse = None
+        if role is not None:
+            inhouse_path = out / "targets" / src.name / "inhouse.jsonl.tmp"
+            inhouse_path.parent.mkdir(parents=True, exist_ok=True)
+            writer.extra_tmp.append(inhouse_path)
+            inhouse = open(inhouse_path, "w", encoding="utf-8")
         for i, (text, label) in enumerate(read_chunks(out, src.name)):
+            if role is not None and role[i]:
+                if role[i] == 1:
+                    inhouse.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+                yield (f"targets/{src.name}", "train" if role[i] == 1 else "val"), text
+                continue
             d = label if labels else dom["domains"][assign[i]]
             seen[d] += 1
             yield (d, "val" if seen[d] % every == 2 % every else "train"), text  # 2nd, (2+every)th, ... -> val
+        if inhouse is not None:
+            inhouse.close()
     for d in dom["domains"]:
         if seen[d] < 2:
             raise DomainError(f"domain {d!r} has {seen[d]} document(s); expected at least 2 (train and val)")
@@ -147,6 +189,13 @@ def make_shards(cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=prin
 
     common = dict(vocab_size=tok_info["vocab_size"], tokenizer_sha256=tok_info["sha256"], eos_id=tok_info["eos_id"],
                   dtype=dtype)
+    targets = sorted(target_roles(cfg, stats), key=[s.name for s in cfg.sources].index)
+    if targets:
+        t, d, b = table(targets, "targets/")
+        Meta(domains=targets, tokenizer_file="../tokenizer.json", tokens=t, documents=d, bytes=b,
+             domain_source={"method": "validation_targets", "sources": {n: [n] for n in targets},
+                            "labels": {s.name: s.domain for s in cfg.sources if s.name in targets}},
+             **common).save(out / "targets")
     sets = _sets(cfg)
     if sets:
         t, d, b = table(sets, "specialists/")
@@ -159,7 +208,7 @@ def make_shards(cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=prin
     meta = Meta(domains=dom["domains"], tokens=t, documents=d, bytes=b,
                 domain_source={**dom["domain_source"], "chunk_chars": cfg.chunking.max_chars},
                 specialists={n: "specialists" for n in sets},
-                extra={"fingerprint": tok_info["shards_fp"], "seed": cfg.seed, "tokenize_seconds": round(secs, 2),
+                extra={"fingerprint": tok_info["shards_fp"], "targets": "targets" if targets else None, "seed": cfg.seed, "tokenize_seconds": round(secs, 2),
                        "sources": {s.name: {"domain": s.domain, "domain_field": s.domain_field, "holdout": s.holdout,
                                             "path": s.path, "hub": s.hub, **{k: v for k, v in stats[s.name].items()
                                                                             if k != "labels"}} for s in cfg.sources},
@@ -175,6 +224,8 @@ def print_table(out: Path, log=print) -> None:
     rows = [("", meta)]
     if meta.specialists:
         rows.append(("specialist ", load_meta(out / "specialists")))
+    if meta.extra.get("targets"):
+        rows.append(("target ", load_meta(out / meta.extra["targets"])))
     log(f"{'domain':28s} {'documents':>10s} {'tokens':>13s} {'bytes/token':>11s}")
     for prefix, m in rows:
         for d in m.domains:
@@ -251,7 +302,9 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print) -> Meta:
         dom = _mark(out, "domains", fp_dom, **fn(cfg, out, stats, log))
     else:
         log("[3/4] domains: complete, skipped")
-    fp_shards = fingerprint(fp_tok, tok["sha256"], fp_dom, cfg.shards, cfg.specialists)
+    # targets join the fingerprint only when set, so configs without them keep their prepared shards
+    fp_shards = fingerprint(fp_tok, tok["sha256"], fp_dom, cfg.shards, cfg.specialists,
+                            *([cfg.targets] if cfg.targets is not None else []))
     meta_ok = False
     if not force and (out / "meta.json").is_file():
         meta = load_meta(out)

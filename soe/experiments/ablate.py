@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 VARIANT_KEYS = ("name", "change", "overrides")
 
 
-def load_ablation(path: str) -> tuple[ExperimentConfig, Path, list[dict]]:
-    """The experiment, output directory and variants of an ablation YAML, every field checked."""
+def load_ablation(path: str, extra_keys: tuple[str, ...] = ()) -> tuple[ExperimentConfig, Path, list[dict]]:
+    """The experiment, output directory and variants of an ablation YAML, every field checked. ``extra_keys``:
+    further override lists a variant may carry (soe/experiments/search.py: generic_overrides, shared_overrides)."""
+    keys = (*VARIANT_KEYS, *extra_keys)
     raw = read_yaml(path, "ablation config")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping with keys experiment, out, variants")
@@ -72,14 +74,15 @@ def load_ablation(path: str) -> tuple[ExperimentConfig, Path, list[dict]]:
         raise ValueError(f"{path}: variants: expected a non-empty list of {{name, change, overrides}}")
     for i, v in enumerate(variants):
         where = f"{path}: variants[{i}]"
-        if not isinstance(v, dict) or set(map(str, v)) - set(VARIANT_KEYS):
-            raise ValueError(f"{where}: expected a mapping with keys among {list(VARIANT_KEYS)}, got {v!r}")
+        if not isinstance(v, dict) or set(map(str, v)) - set(keys):
+            raise ValueError(f"{where}: expected a mapping with keys among {list(keys)}, got {v!r}")
         name = v.get("name")
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
             raise ValueError(f"{where}: name: expected a non-empty directory name, got {name!r}")
-        over = v.get("overrides", [])
-        if not isinstance(over, list) or not all(isinstance(o, str) and o.startswith("--") for o in over):
-            raise ValueError(f"{where}: overrides: expected a list of train.py arguments starting with '--', got {over!r}")
+        for key in ("overrides", *extra_keys):
+            over = v.get(key, [])
+            if not isinstance(over, list) or not all(isinstance(o, str) and o.startswith("--") for o in over):
+                raise ValueError(f"{where}: {key}: expected a list of train.py arguments starting with '--', got {over!r}")
     names = [v["name"] for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: variants: names must be unique, got {names}")

@@ -55,8 +55,11 @@ class ExperimentConfig:
     """Extra train.py arguments applied to every run, e.g. ['--trainer.val_check_interval=100']."""
     soe_overrides: list[str] = field(default_factory=list)
     """Extra train.py arguments for the soup only (ablations), e.g. ['--model.soup.router_output=softmax']."""
+    generic_overrides: list[str] = field(default_factory=list)
+    """Extra train.py arguments for the dense baselines only (generic and dedicated), e.g. a tuned learning rate."""
     seed: int = 0
-    """seed_everything of every run."""
+    """The seed of every run: seed_everything, the data stream (data.seed: which h and which windows) and the
+    initialisation (model.soup.init_seed), so that runs with different seeds are different runs."""
 
 
 def _positive(v) -> bool:
@@ -76,6 +79,7 @@ RULES = {
                 "a list of positive, strictly increasing step counts"),
     "overrides": (lambda v: all(a.startswith("--") for a in v), "a list of train.py arguments starting with '--'"),
     "soe_overrides": (lambda v: all(a.startswith("--") for a in v), "a list of train.py arguments starting with '--'"),
+    "generic_overrides": (lambda v: all(a.startswith("--") for a in v), "a list of train.py arguments starting with '--'"),
     "seed": (lambda v: v >= 0, "a non-negative integer"),
 }
 

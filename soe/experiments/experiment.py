@@ -50,9 +50,11 @@ def plan(cfg: ExperimentConfig, runs_dir: Path, soe_name: str, dedicated: dict[s
     before anything trains. Refuses runs that would see different numbers of tokens. ``max_steps``/``suffix``:
     a budget of the curve (runs named ``generic<suffix>``, ``<soe_name><suffix>``)."""
     steps = cfg.max_steps if max_steps is None else max_steps
-    common = [f"--data.data_dir={cfg.data_dir}", f"--seed_everything={cfg.seed}"]
+    # seed means what it says: the data stream and the initialisation change with it, not only seed_everything
+    common = [f"--data.data_dir={cfg.data_dir}", f"--seed_everything={cfg.seed}", f"--data.seed={cfg.seed}",
+              f"--model.soup.init_seed={cfg.seed}"]
     common += [f"--trainer.max_steps={steps}"] if steps is not None else []
-    dense = ["--model.soup.n_experts=0"]  # baselines are the same code with no experts
+    dense = ["--model.soup.n_experts=0", *cfg.generic_overrides]  # baselines: the same code with no experts
     own = {"generic" + suffix: (cfg.generic_config, dense + ["--data.mixture.fixed_h=prior"]),
            soe_name + suffix: (cfg.soe_config, list(cfg.soe_overrides))}
     for s, h in dedicated.items():

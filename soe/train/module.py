@@ -81,9 +81,10 @@ class SoupModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         h, tokens = batch["h"], batch["tokens"]  # h: (k,) or (M, k) with data.h_per_step = M; tokens: (B, T+1)
         # Instantiate inside the soup's forward so sharding wrappers (FSDP2) gather parameters first.
-        _, loss = self._forward(tokens[:, :-1], h, tokens[:, 1:])
+        experts = self.global_step >= self.soup_cfg.experts_from_step  # seed phase: S alone before that step
+        _, loss = self._forward(tokens[:, :-1], h, tokens[:, 1:], experts)
         self.log("loss/train", loss, prog_bar=True)
-        if self.soup.n and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        if self.soup.n and experts and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             a = self.soup.last_alpha.reshape(-1, self.soup.n)  # α = φ(h) of this step's M h's: (M, n)
             self.log_dict({"alpha/mean": a.mean(), "alpha/std": a.std() if a.numel() > 1 else a.new_zeros(()),
                            "alpha/abs_max": a.abs().max(), "alpha/norm": a.norm(dim=-1).mean()})
@@ -97,13 +98,14 @@ class SoupModule(L.LightningModule):
         self._t_last = now
         self.log("lr/shared", self.lr_schedulers().get_last_lr()[0])
 
-    def _forward(self, x, h, y):
-        """(logits, loss) of Θ(h) on x: (B, T); compiled (instantiate + dense model) when optim.compile."""
+    def _forward(self, x, h, y, experts: bool = True):
+        """(logits, loss) of Θ(h) on x: (B, T); compiled (instantiate + dense model) when optim.compile.
+        experts=False: S alone (the seed phase)."""
         if self.optim_cfg.compile:
             if self._compiled is None:
                 object.__setattr__(self, "_compiled", torch.compile(self.soup))
-            return self._compiled(x, h=h, targets=y)
-        return self.soup(x, h=h, targets=y)
+            return self._compiled(x, h=h, targets=y, experts=experts)
+        return self.soup(x, h=h, targets=y, experts=experts)
 
     def on_fit_start(self):
         if "bf16" in str(self.trainer.precision) and self.device.type == "cpu":

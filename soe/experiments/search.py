@@ -1,0 +1,224 @@
+"""A recipe comparison that costs minutes, scored on validation targets, never on the evaluation sets.
+
+    python -m soe.experiments.search --config experiments/search.yaml [--only a,b] [--seed N]
+                                     [--table experiments/RECIPE.md]
+
+The config is an ablation YAML (soe/experiments/ablate.py): one experiment and its variants. A variant may
+change the soup (``overrides``), the generic baseline (``generic_overrides``) or both (``shared_overrides``,
+e.g. the token budget); the generic model of each budget is trained once and reused by every variant that
+shares it. Each variant's soup is scored on the prepared data's **validation targets** (``targets:`` in the
+data_prep config: per pretraining source, whole documents that never entered a training shard, split into a
+small in-house part and a validation part): h is estimated from each target's in-house part (the embedder's
+nearest-centroid histogram, as ``soe estimate-weights``), Θ(h) and the generic model are evaluated on the same
+windows of its validation part, and one row is appended to the table:
+
+- targets won / lost outside noise (95 % paired bootstrap interval of SoE − generic excludes 0) of N;
+- mean SoE − generic over targets, with a 95 % interval (windows resampled within every target);
+- the soup at the prior h − generic on the pretraining mixture (its use as a generalist);
+- pretraining domains won by their one-hot specialist;
+- φ's nonlinearity: ‖Θ(h) − Σ_i h_i Θ(e_i)‖ / ‖Θ(h) − S‖ averaged over the targets' h (0: φ is affine in h,
+  so a mixture's specialist is the average of the one-hot ones);
+- the variant's wall time (training + scoring).
+The specialist sets (data_dir/specialists) are not read: they are for confirming a choice, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soe.core.weights import parse_weights
+from soe.data.shards import load_meta, open_shard
+from soe.data.windows import eval_windows
+from soe.errors import pop_debug, run_entry
+from soe.experiments.ablate import load_ablation
+from soe.experiments.config import ExperimentConfig, check_files, validate
+from soe.experiments.experiment import plan
+from soe.experiments.runs import train
+from soe.fileio import atomic_write_json, atomic_write_text
+from soe.specialists.estimate import estimate_weights
+from soe.specialists.evaluate import paired_interval, window_losses
+from soe.train.checkpoint import load_checkpoint
+
+HEADER = ("| variant | change | seed | steps | tokens/param | targets won (lost) outside noise | mean Δ targets [95 %] | "
+          "Δ prior mixture | one-hot domains won | φ nonlinearity | wall | command |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def targets_of(data_dir: Path) -> tuple[Path, object]:
+    """The validation targets' directory and meta.json of a prepared directory (refused when it has none)."""
+    tdir = data_dir / "targets"
+    if not (tdir / "meta.json").is_file():
+        raise FileNotFoundError(f"{data_dir} has no validation targets ({tdir}/meta.json); prepare the data with a "
+                                "`targets:` section (e.g. data_prep/configs/demo-small.yaml)")
+    return tdir, load_meta(tdir)
+
+
+def target_weights(data_dir: Path) -> dict[str, dict[str, float]]:
+    """h of every validation target, estimated from its in-house part (the data alone decides it)."""
+    tdir, tmeta = targets_of(data_dir)
+    return {t: estimate_weights(data_dir, str(tdir / t / "inhouse.jsonl")).weights for t in tmeta.domains}
+
+
+def mean_interval(deltas: list[np.ndarray], n_boot: int, seed: int) -> tuple[float, float]:
+    """95 % interval of the mean over targets of each target's mean window Δ, resampling windows within
+    every target (the targets themselves are the fixed population we choose on)."""
+    rng = np.random.default_rng(seed)
+    boots = np.zeros(n_boot)
+    for d in deltas:
+        boots += d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    boots /= len(deltas)
+    return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+@torch.no_grad()
+def nonlinearity(soup, hs: list[torch.Tensor]) -> float:
+    """Mean over h of ‖Θ(h) − Σ_i h_i Θ(e_i)‖ / ‖Θ(h) − S‖ (0 when φ is affine in h)."""
+    if not soup.n:
+        return 0.0
+    cat = (lambda flat: torch.cat([flat[g] for g in sorted(flat)], dim=-1))
+    S = cat(dict(soup.shared.items()))
+    onehot = cat(soup.flat(torch.eye(soup.k)))  # (k, P): Θ(e_i)
+    out = []
+    for h in hs:
+        theta = cat(soup.flat(h))
+        out.append(float((theta - h @ onehot).norm() / (theta - S).norm().clamp_min(1e-12)))
+    return float(np.mean(out))
+
+
+def score(cfg: ExperimentConfig, soe_ckpt: str, generic_ckpt: str, weights: dict[str, dict[str, float]]) -> dict:
+    """The row's numbers for one trained soup against its generic model (see the module docstring)."""
+    data_dir = Path(cfg.data_dir)
+    meta = load_meta(data_dir)
+    domains = list(meta.domains)
+    tdir, tmeta = targets_of(data_dir)
+    soup = load_checkpoint(soe_ckpt)[0]
+    generic = load_checkpoint(generic_ckpt)[0].specialist(None)
+    T = soup.net_cfg.max_seq_len
+    targets, deltas, hs = {}, [], []
+    for t in tmeta.domains:
+        h = parse_weights(weights[t], domains)
+        wins = eval_windows(open_shard(tdir, tmeta, t, "val"), T, cfg.eval_windows)
+        g, e = window_losses(generic, wins), window_losses(soup.specialist(h), wins)
+        lo, hi = paired_interval(e, g, cfg.bootstrap, seed=cfg.seed)
+        targets[t] = {"generic": float(g.mean()), "soe": float(e.mean()), "delta": float((e - g).mean()),
+                      "ci": [lo, hi], "windows": len(g)}
+        deltas.append(e - g)
+        hs.append(h)
+    prior = parse_weights("prior", domains, meta.prior("train"))
+    at_prior = soup.specialist(prior)
+    dom = {}
+    for i, d in enumerate(domains):
+        wins = eval_windows(open_shard(data_dir, meta, d, "val"), T, cfg.eval_windows)
+        g = float(window_losses(generic, wins).mean())
+        dom[d] = {"generic": g, "onehot": float(window_losses(soup.specialist(parse_weights(d, domains)), wins).mean()),
+                  "prior": float(window_losses(at_prior, wins).mean())}
+    mix = sum(float(prior[i]) * (dom[d]["prior"] - dom[d]["generic"]) for i, d in enumerate(domains))
+    return {"targets": targets, "domains": dom,
+            "won": sum(v["ci"][1] < 0 for v in targets.values()), "lost": sum(v["ci"][0] > 0 for v in targets.values()),
+            "mean_delta": float(np.mean([v["delta"] for v in targets.values()])),
+            "mean_ci": mean_interval(deltas, cfg.bootstrap, cfg.seed), "prior_mixture_delta": mix,
+            "onehot_won": sum(v["onehot"] < v["generic"] for v in dom.values()), "n_domains": len(dom),
+            "nonlinearity": nonlinearity(soup, hs)}
+
+
+def row(name: str, change: str, cfg: ExperimentConfig, run: dict, s: dict, wall: float, command: str) -> str:
+    n = len(s["targets"])
+    lo, hi = s["mean_ci"]
+    return (f"| {name} | {change} | {cfg.seed} | {run['steps']} | {run['tokens'] / run['params_instantiated']:.0f} | "
+            f"{s['won']}/{n} ({s['lost']}) | {s['mean_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+            f"{s['prior_mixture_delta']:+.3f} | {s['onehot_won']}/{s['n_domains']} | {s['nonlinearity']:.2f} | "
+            f"{wall / 60:.1f} min | `{command}` |\n")
+
+
+def variant_config(base: ExperimentConfig, v: dict, seed: int | None) -> tuple[ExperimentConfig, str]:
+    """The experiment of one variant and the suffix of its generic run (shared by variants with the same
+    baseline settings, so that a generic model is trained once per budget and seed)."""
+    shared, gen = list(v.get("shared_overrides", [])), list(v.get("generic_overrides", []))
+    cfg = dataclasses.replace(base, overrides=[*base.overrides, *shared], soe_overrides=list(v.get("overrides", [])),
+                              generic_overrides=[*base.generic_overrides, *gen],
+                              seed=base.seed if seed is None else seed)
+    key = shared + ["|"] + gen
+    suffix = ("-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]) if shared or gen else ""
+    return validate(cfg), suffix + (f"-seed{cfg.seed}" if cfg.seed else "")
+
+
+def append_row(text: str, line: str) -> str:
+    """``text`` with ``line`` added as the last row of its search table (the table is started at the end of
+    the file when it has none); other tables and prose are left as they are."""
+    head = HEADER.splitlines()[0]
+    if head not in text:
+        return text + ("\n" if text and not text.endswith("\n\n") else "") + HEADER + line
+    lines = text.splitlines(keepends=True)
+    i = next(j for j, x in enumerate(lines) if x.startswith(head)) + 1
+    while i < len(lines) and lines[i].startswith("|"):
+        i += 1
+    if lines[i - 1] and not lines[i - 1].endswith("\n"):
+        lines[i - 1] += "\n"
+    return "".join(lines[:i] + [line] + lines[i:])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m soe.experiments.search", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="search YAML: {experiment: {...}, out: DIR, variants: [...]}")
+    ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
+    ap.add_argument("--seed", type=int, default=None, help="seed of every run (data stream, init; default: the config's)")
+    ap.add_argument("--table", default="experiments/RECIPE.md", help="markdown file the rows are appended to")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(argv)
+    return run_entry("soe.experiments.search", lambda: _main(args), debug)
+
+
+def _main(args: argparse.Namespace) -> int:
+    base, out, variants = load_ablation(args.config, extra_keys=("generic_overrides", "shared_overrides"))
+    check_files(base, f"{args.config}: experiment")
+    names = [v["name"] for v in variants]
+    only = [x for x in args.only.split(",") if x] if args.only else names
+    missing = sorted(set(only) - set(names))
+    if missing or not only:
+        raise ValueError(f"--only {args.only!r}: expected comma-separated variant names of {args.config}: {names}")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: expected a non-negative integer")
+    table = Path(args.table)
+    if table.exists() and not table.is_file():
+        raise IsADirectoryError(f"--table {table} is not a file")
+    data_dir = Path(base.data_dir)
+    targets_of(data_dir)  # refused before anything trains
+    planned = {}
+    for v in variants:  # every variant resolved (and its budget checked) before anything trains
+        if v["name"] in only:
+            cfg, suffix = variant_config(base, v, args.seed)
+            planned[v["name"]] = (v, cfg, suffix, plan(cfg, out / "runs", f"soe-{v['name']}", {}, suffix=suffix))
+    weights = target_weights(data_dir)
+    for name, (v, cfg, suffix, runs) in planned.items():
+        t0 = time.perf_counter()
+        trained = {n: train(n, out / "runs", *p) for n, p in runs.items()}
+        soe_run, gen_run = trained[f"soe-{name}{suffix}"], trained[f"generic{suffix}"]
+        s = score(cfg, soe_run["checkpoint"], gen_run["checkpoint"], weights)
+        wall = time.perf_counter() - t0
+        seed = f" --seed {args.seed}" if args.seed is not None else ""
+        command = f"python -m soe.experiments.search --config {args.config} --only {name}{seed}"
+        line = row(name, v.get("change", " ".join(cfg.soe_overrides) or "—"), cfg, soe_run, s, wall, command)
+        vdir = out / f"{name}{'-seed' + str(cfg.seed) if cfg.seed else ''}"
+        vdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(vdir / "score.json", {**s, "weights": weights, "wall_s": wall, "runs": trained,
+                                                "config": dataclasses.asdict(cfg)})
+        atomic_write_text(table, append_row(table.read_text() if table.exists() else "", line))  # never rewritten
+        print(f"[search] {line}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
