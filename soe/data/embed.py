@@ -230,6 +230,27 @@ def build_embedder(spec: dict[str, Any], root: str | os.PathLike | None = None) 
     raise ValueError(f"embedder kind {kind!r} unknown; expected one of {EMBEDDER_KINDS}")
 
 
+def soft_assignment(emb: np.ndarray, centroids: np.ndarray, temperature: float, block: int = 8192) -> np.ndarray:
+    """Soft domain memberships softmax(−‖e − c‖² / T) of each row, (N, d), (k, d) -> (N, k) (c-BTM's soft
+    histograms use T = 0.1 on normalised embeddings). As T → 0 each row becomes the one-hot of its nearest
+    centroid (`nearest_centroid`)."""
+    if not temperature > 0 or not np.isfinite(temperature):
+        raise ValueError(f"temperature={temperature!r}: expected a positive finite number")
+    emb, centroids = np.asarray(emb, np.float64), np.asarray(centroids, np.float64)
+    if emb.ndim != 2 or centroids.ndim != 2 or emb.shape[1] != centroids.shape[1]:
+        raise ValueError(f"soft_assignment: embeddings {emb.shape} and centroids {centroids.shape} "
+                         "must be (N, d) and (k, d) with the same d")
+    out = np.empty((len(emb), len(centroids)))
+    for i in range(0, len(emb), block):
+        e = emb[i:i + block]
+        d2 = (e ** 2).sum(1, keepdims=True) - 2 * e @ centroids.T + (centroids ** 2).sum(1)  # (b, k)
+        z = -d2 / temperature
+        z -= z.max(1, keepdims=True)  # stable softmax; the nearest centroid gets exp(0) = 1
+        p = np.exp(z)
+        out[i:i + block] = p / p.sum(1, keepdims=True)
+    return out
+
+
 def nearest_centroid(emb: np.ndarray, centroids: np.ndarray, block: int = 8192) -> np.ndarray:
     """Index of the nearest centroid (Euclidean, as k-means assigns) for each row: (N, d), (k, d) -> (N,)."""
     emb, centroids = np.asarray(emb, np.float32), np.asarray(centroids, np.float32)

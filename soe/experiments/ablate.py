@@ -56,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 VARIANT_KEYS = ("name", "change", "overrides")
 
 
-def load_ablation(path: str, extra_keys: tuple[str, ...] = ()) -> tuple[ExperimentConfig, Path, list[dict]]:
+def load_ablation(path: str, extra_keys: tuple[str, ...] = (), other_keys: tuple[str, ...] = ()
+                  ) -> tuple[ExperimentConfig, Path, list[dict]]:
     """The experiment, output directory and variants of an ablation YAML, every field checked. ``extra_keys``:
-    further override lists a variant may carry (soe/experiments/search.py: generic_overrides, shared_overrides)."""
-    keys = (*VARIANT_KEYS, *extra_keys)
+    further override lists a variant may carry (soe/experiments/search.py: generic_overrides, shared_overrides);
+    ``other_keys``: further keys the caller checks itself."""
+    keys = (*VARIANT_KEYS, *extra_keys, *other_keys)
     raw = read_yaml(path, "ablation config")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping with keys experiment, out, variants")

@@ -92,6 +92,17 @@ def domain_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def domain_summary(results: dict) -> str:
+    """The pretraining domains in three lines when there are many (clustered domains): how many one-hot
+    specialists beat the generic model, the spread of their margins, and the natural mixture's row."""
+    delta = sorted(r["soe_onehot"] - r["generic"] for r in results["domains"].values())
+    m = results["mixture"]
+    return (f"{sum(d < 0 for d in delta)}/{len(delta)} domains won by their one-hot SoE specialist "
+            f"(SoE − generic: min {delta[0]:+.3f} / median {delta[len(delta) // 2]:+.3f} / max {delta[-1]:+.3f}).\n"
+            f"Natural mixture: generic {m['generic']:.3f}, SoE at the prior h {m['soe_prior']:.3f} "
+            f"({m['soe_prior'] - m['generic']:+.3f}: the soup used as a generalist).")
+
+
 def cost_table(results: dict) -> str:
     lines = ["| run | steps | tokens | params (instantiated / stored) | train FLOPs | wall time |", "|---|---|---|---|---|---|"]
     for name, r in results["runs"].items():

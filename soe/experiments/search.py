@@ -62,10 +62,25 @@ def targets_of(data_dir: Path) -> tuple[Path, object]:
     return tdir, load_meta(tdir)
 
 
-def target_weights(data_dir: Path) -> dict[str, dict[str, float]]:
-    """h of every validation target, estimated from its in-house part (the data alone decides it)."""
+def target_weights(data_dir: Path, temperature: float | None = None) -> dict[str, dict[str, float]]:
+    """h of every validation target, estimated from its in-house part (the data alone decides it): the
+    nearest-centroid histogram, or the soft one at ``temperature``."""
     tdir, tmeta = targets_of(data_dir)
-    return {t: estimate_weights(data_dir, str(tdir / t / "inhouse.jsonl")).weights for t in tmeta.domains}
+    return {t: estimate_weights(data_dir, str(tdir / t / "inhouse.jsonl"), temperature=temperature).weights
+            for t in tmeta.domains}
+
+
+def check_scoring_keys(v: dict, names: list[str], where: str) -> None:
+    """A variant's `soup: <variant>` (score that variant's trained runs instead of training: estimation-only
+    levers) and `temperature: T` (soft histograms)."""
+    if "soup" in v:
+        if v["soup"] not in names or v["soup"] == v["name"]:
+            raise ValueError(f"{where}: soup: {v['soup']!r}: expected the name of another variant of {names}")
+        if any(v.get(k) for k in ("overrides", "generic_overrides", "shared_overrides")):
+            raise ValueError(f"{where}: a variant with soup: {v['soup']!r} reuses its runs, so it takes no overrides")
+    t = v.get("temperature")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")):
+        raise ValueError(f"{where}: temperature: {t!r}: expected a positive number (soft histogram) or none")
 
 
 def mean_interval(deltas: list[np.ndarray], n_boot: int, seed: int) -> tuple[float, float]:
@@ -182,9 +197,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    base, out, variants = load_ablation(args.config, extra_keys=("generic_overrides", "shared_overrides"))
+    base, out, variants = load_ablation(args.config, extra_keys=("generic_overrides", "shared_overrides"),
+                                        other_keys=("soup", "temperature"))
     check_files(base, f"{args.config}: experiment")
     names = [v["name"] for v in variants]
+    by_name = {v["name"]: v for v in variants}
+    for i, v in enumerate(variants):
+        check_scoring_keys(v, names, f"{args.config}: variants[{i}]")
     only = [x for x in args.only.split(",") if x] if args.only else names
     missing = sorted(set(only) - set(names))
     if missing or not only:
@@ -199,21 +218,26 @@ def _main(args: argparse.Namespace) -> int:
     planned = {}
     for v in variants:  # every variant resolved (and its budget checked) before anything trains
         if v["name"] in only:
-            cfg, suffix = variant_config(base, v, args.seed)
-            planned[v["name"]] = (v, cfg, suffix, plan(cfg, out / "runs", f"soe-{v['name']}", {}, suffix=suffix))
-    weights = target_weights(data_dir)
-    for name, (v, cfg, suffix, runs) in planned.items():
+            trained_by = by_name[v.get("soup", v["name"])]  # estimation-only levers score another variant's runs
+            cfg, suffix = variant_config(base, trained_by, args.seed)
+            planned[v["name"]] = (v, cfg, suffix, trained_by["name"],
+                                  plan(cfg, out / "runs", f"soe-{trained_by['name']}", {}, suffix=suffix))
+    weights = {}
+    for name, (v, cfg, suffix, soup_name, runs) in planned.items():
         t0 = time.perf_counter()
         trained = {n: train(n, out / "runs", *p) for n, p in runs.items()}
-        soe_run, gen_run = trained[f"soe-{name}{suffix}"], trained[f"generic{suffix}"]
-        s = score(cfg, soe_run["checkpoint"], gen_run["checkpoint"], weights)
+        soe_run, gen_run = trained[f"soe-{soup_name}{suffix}"], trained[f"generic{suffix}"]
+        T = v.get("temperature")
+        if T not in weights:
+            weights[T] = target_weights(data_dir, T)
+        s = score(cfg, soe_run["checkpoint"], gen_run["checkpoint"], weights[T])
         wall = time.perf_counter() - t0
         seed = f" --seed {args.seed}" if args.seed is not None else ""
         command = f"python -m soe.experiments.search --config {args.config} --only {name}{seed}"
         line = row(name, v.get("change", " ".join(cfg.soe_overrides) or "—"), cfg, soe_run, s, wall, command)
         vdir = out / f"{name}{'-seed' + str(cfg.seed) if cfg.seed else ''}"
         vdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(vdir / "score.json", {**s, "weights": weights, "wall_s": wall, "runs": trained,
+        atomic_write_json(vdir / "score.json", {**s, "weights": weights[T], "temperature": T, "wall_s": wall, "runs": trained,
                                                 "config": dataclasses.asdict(cfg)})
         atomic_write_text(table, append_row(table.read_text() if table.exists() else "", line))  # never rewritten
         print(f"[search] {line}", flush=True)

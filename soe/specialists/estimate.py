@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from soe.core.weights import weights_dict
-from soe.data.embed import build_embedder, nearest_centroid
+from soe.data.embed import build_embedder, nearest_centroid, soft_assignment
 from soe.data.shards import check_tokenizer, load_meta
 from soe.data.text import chunk_text, read_texts
 
@@ -36,14 +36,18 @@ class Estimate:
 
 def estimate_weights(data_dir: str | os.PathLike, texts, *, max_docs: int | None = None, min_weight: float = 0.0,
                      text_field: str = "text", chunk_chars: int | None = None,
-                     progress: Callable[[str], None] | None = None) -> Estimate:
+                     progress: Callable[[str], None] | None = None, temperature: float | None = None) -> Estimate:
     """Embed in-house documents with the data's embedder, assign each chunk to its nearest domain
     centroid and return the token-weighted histogram (weights below ``min_weight`` dropped).
+    ``temperature`` T: a soft histogram instead, each chunk's tokens spread as softmax(−‖e − c‖² / T) over the
+    centroids (c-BTM); T → 0 gives the nearest-centroid histogram.
     ``progress`` gets a line per block of embedded chunks (chunks/s, ETA)."""
     from tokenizers import Tokenizer
 
     if not 0.0 <= min_weight < 1.0:
         raise ValueError(f"min_weight={min_weight} must be in [0, 1)")
+    if temperature is not None and not (temperature > 0 and np.isfinite(temperature)):
+        raise ValueError(f"temperature={temperature!r}: expected a positive finite number (or none: hard histogram)")
     data_dir = Path(data_dir)
     meta = load_meta(data_dir)
     check_tokenizer(meta, data_dir)
@@ -63,8 +67,11 @@ def estimate_weights(data_dir: str | os.PathLike, texts, *, max_docs: int | None
     tok = Tokenizer.from_file(str(data_dir / meta.tokenizer_file))
     n_tok = np.array([len(e.ids) for e in tok.encode_batch(chunks)], dtype=np.float64)  # (N,)
     emb = embed_blocks(build_embedder(src["embedder"], root=data_dir), chunks, progress)
-    assign = nearest_centroid(emb, centroids)  # (N,)
-    counts = np.bincount(assign, weights=n_tok, minlength=len(meta.domains))  # (k,)
+    if temperature is None:
+        assign = nearest_centroid(emb, centroids)  # (N,)
+        counts = np.bincount(assign, weights=n_tok, minlength=len(meta.domains))  # (k,)
+    else:
+        counts = n_tok @ soft_assignment(emb, centroids, temperature)  # (N,) @ (N, k) -> (k,)
     if counts.sum() <= 0:
         raise ValueError(f"{texts}: the in-house documents contain no tokens")
     h = counts / counts.sum()
