@@ -8,6 +8,12 @@ so a specialist's state dict exports without renaming.
 The model holds no buffers: rotary tables are recomputed per call (T·d/2 numbers, negligible),
 so ``torch.func.functional_call(model, params, (idx,))`` with a dict from the soup is all it takes
 to run an instantiated Θ(h). ``soe.core.model`` knows nothing about soups.
+
+Stacked models: every parameter may carry a leading model dimension M (a (M, out, in) matrix, a (M, d)
+gain): then the batch (B, T) is M equal groups of B/M sequences, group m run by the parameters [m], in
+one computation (batched matmuls; attention and everything else run on the whole batch as they are).
+Logits stay (B, T, V) in batch order, the loss the mean over all tokens. Ordinary 2-D weights run the
+plain dense model, exactly as before.
 """
 
 from __future__ import annotations
@@ -90,6 +96,68 @@ class ModelConfig:
         return asdict(self)
 
 
+def group_size(B: int, M: int) -> int:
+    """B/M sequences per stacked model; B must split into M equal groups."""
+    if B % M:
+        raise ValueError(f"batch of {B} sequences cannot be split into {M} equal groups (one per model)")
+    return B // M
+
+
+def groups(x: torch.Tensor, M: int) -> torch.Tensor:
+    """(B, ..., d) → (M, B/M·..., d): the batch as M equal groups of sequences, one per stacked model."""
+    group_size(x.shape[0], M)
+    return x.reshape(M, -1, x.shape[-1])
+
+
+class _StackedLinear(torch.autograd.Function):
+    """x: (M, N, in) → x wᵀ: (M, N, out) for w: (M, out, in), one batched matmul, with ∂w written in w's own
+    (M, out, in) layout: autograd's bmm backward gives it transposed, (M, in, out), which every consumer
+    (the tied embedding's sum, the flat parameter vector it lands in) would then copy. F.linear's backward
+    does this for 2-D weights by itself."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return torch.bmm(x, w.mT)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gx = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(g.mT, x) if ctx.needs_input_grad[1] else None
+        return gx, gw
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x wᵀ for x: (B, ..., in) and w: (out, in), or M stacked models w: (M, out, in), one per group of B/M
+    sequences: one batched matmul."""
+    if w.ndim == 2:
+        return F.linear(x, w)
+    return _StackedLinear.apply(groups(x, w.shape[0]), w).view(*x.shape[:-1], w.shape[1])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` without bias whose weight may be M stacked matrices (see `linear`)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight)
+
+
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` whose weight may be M stacked tables (M, V, d), one per group of B/M sequences."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if w.ndim == 2:
+            return F.embedding(idx, w)
+        M, B = w.shape[0], idx.shape[0]
+        model = torch.arange(M, device=idx.device).repeat_interleave(group_size(B, M)).view(B, *[1] * (idx.ndim - 1))
+        return w[model, idx]  # (B, ..., d): row idx of table m for the sequences of group m
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -99,8 +167,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in (at least) float32 as Hugging Face does, then scale in the input dtype.
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        xf = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        w = self.weight
+        if w.ndim == 2:  # M stacked gains (M, d), one per group of sequences
+            return (w.unsqueeze(1) * groups(xf, w.shape[0])).view(x.shape)
+        return w * xf
 
 
 def rotary_tables(T: int, head_dim: int, theta: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,10 +192,10 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, hd = cfg.d_model, cfg.head_dim
-        self.q_proj = nn.Linear(d, cfg.n_head * hd, bias=False)
-        self.k_proj = nn.Linear(d, cfg.kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, cfg.kv_heads * hd, bias=False)
-        self.o_proj = nn.Linear(cfg.n_head * hd, d, bias=False)
+        self.q_proj = Linear(d, cfg.n_head * hd)
+        self.k_proj = Linear(d, cfg.kv_heads * hd)
+        self.v_proj = Linear(d, cfg.kv_heads * hd)
+        self.o_proj = Linear(cfg.n_head * hd, d)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -141,9 +212,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.ff_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.ff_dim, bias=False)
-        self.down_proj = nn.Linear(cfg.ff_dim, cfg.d_model, bias=False)
+        self.gate_proj = Linear(cfg.d_model, cfg.ff_dim)
+        self.up_proj = Linear(cfg.d_model, cfg.ff_dim)
+        self.down_proj = Linear(cfg.ff_dim, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -167,7 +238,7 @@ class Backbone(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
@@ -178,7 +249,7 @@ class LlamaLM(nn.Module):
         self.cfg = cfg
         self.model = Backbone(cfg)
         # With tied embeddings there is no lm_head parameter at all (HF omits it from the state dict).
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -192,7 +263,8 @@ class LlamaLM(nn.Module):
                 p.normal_(0.0, s, generator=generator)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx: (B, T) token ids → logits (B, T, V); with targets (B, T), also the mean next-token loss."""
+        """idx: (B, T) token ids → logits (B, T, V); with targets (B, T), also the mean next-token loss.
+        With M stacked models (parameters with a leading M), group m of B/M sequences runs model m (module docstring)."""
         B, T = idx.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds ModelConfig.max_seq_len={self.cfg.max_seq_len}")
@@ -202,7 +274,7 @@ class LlamaLM(nn.Module):
             x = block(x, cos, sin)
         x = self.model.norm(x)
         w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, w)  # (B, T, V)
+        logits = linear(x, w)  # (B, T, V)
         if targets is None:
             return logits
         lf = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
