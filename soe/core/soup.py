@@ -56,6 +56,10 @@ class SoupConfig:
     """Seed of the parameter initialisation (S, E, φ), independent of the data seed."""
     expert_rank: int = 0
     """Low-rank experts: each souped matrix's E_j = A_j B_jᵀ with this rank (0: full-rank experts)."""
+    experts_from_step: int = 0
+    """Seed phase: for training steps < this, Θ(h) = S for every h (α is not computed), so S trains alone
+    on π's batches and E and φ get no gradient (the optimizer leaves them untouched); 0: no seed phase.
+    Branch-Train-Merge's lesson: experts combine well when they grow from one shared seed."""
 
     def __post_init__(self) -> None:
         if self.n_experts < 0:
@@ -64,6 +68,8 @@ class SoupConfig:
             raise ValueError(f"SoupConfig.router_output={self.router_output!r}; expected one of {ROUTER_OUTPUTS}")
         if self.expert_init not in EXPERT_INITS:
             raise ValueError(f"SoupConfig.expert_init={self.expert_init!r}; expected one of {EXPERT_INITS}")
+        if self.experts_from_step < 0:
+            raise ValueError(f"SoupConfig.experts_from_step={self.experts_from_step} must be >= 0 (0: no seed phase)")
         if self.expert_rank < 0:
             raise ValueError(f"SoupConfig.expert_rank={self.expert_rank} must be >= 0 (0: full-rank experts)")
         if self.router_depth < 0 or self.router_hidden <= 0:
@@ -250,24 +256,27 @@ class SoupOfExperts(nn.Module):
                 params[nm] = piece.view(*theta.shape[:-1], *shape)
         return params
 
+    def shared_params(self) -> dict[str, torch.Tensor]:
+        """S alone as HF-named views (Θ with every α_j = 0, without computing α: the seed phase)."""
+        return self._named(dict(self.shared.items()))
+
     def forward(self, idx: torch.Tensor, h: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                params: dict[str, torch.Tensor] | None = None):
+                params: dict[str, torch.Tensor] | None = None, experts: bool = True):
         """Run Θ(h) (or pre-instantiated ``params``) on idx: (B, T). Returns logits, or (logits, loss).
 
         With M domain weights, h: (M, k), the batch is M equal groups of B/M sequences, group m run by
-        Θ(h_m); the loss is the mean over groups (= over tokens), logits (B, T, V) in batch order."""
+        Θ(h_m); the loss is the mean over groups (= over tokens), logits (B, T, V) in batch order.
+        ``experts=False`` runs S for every h (the seed phase, SoupConfig.experts_from_step): E and φ stay out
+        of the graph. Equal groups make the mean over the whole batch the mean over groups."""
+        if not experts and params is None:
+            params = self.shared_params()
         if params is None and h is not None and h.ndim == 2 and self.n:  # (n = 0: Θ does not depend on h)
             M, B = h.shape[0], idx.shape[0]
             if B % M:
                 raise ValueError(f"batch of {B} sequences cannot be split into {M} equal groups (one per h)")
-            # unbind, not indexing: its backward stacks the M row gradients in one op, where M
-            # selects would each scatter into a zero (M, P) buffer (M² traffic)
-            rows = {g: theta.unbind(0) for g, theta in self.flat(h).items()}
-            outs = [self.forward(x, targets=None if targets is None else y, params=self._named({g: r[m] for g, r in rows.items()}))
-                    for m, (x, y) in enumerate(zip(idx.chunk(M), (targets if targets is not None else idx).chunk(M)))]
-            if targets is None:
-                return torch.cat(outs)
-            return torch.cat([o[0] for o in outs]), torch.stack([o[1] for o in outs]).mean()
+        # With h: (M, k), one computation for the M models: every tensor of Θ gets a leading M (views of the
+        # (M, P) rows of one GEMM) and the dense model runs group m by row m through batched matmuls
+        # (soe/core/model.py, stacked models); its loss, the mean over all tokens, is the mean over the groups.
         params = params if params is not None else self.instantiate(h)
         args = (idx,) if targets is None else (idx, targets)
         return functional_call(self._template, params, args, strict=True)
