@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: venv test test-all demo merging bench clean
+.PHONY: venv test test-all demo merging bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ merging: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all
+
+# The prepared check for the first GPU (bench/gpu_check.py, issue 26): ≤ 8 min on one H100/H200, every part in its own
+# process; writes gpu_check.json and gpu_check.md into GPU_CHECK_OUT. No $(STAMP): a GPU machine that cannot reach a
+# package registry runs it with its own python3 (torch, lightning, pyyaml, tokenizers) when there is no .venv.
+# Smoke on CPU (tiny sizes, every part and branch): make gpu-check ARGS="--smoke --device cpu"
+GPU_CHECK_OUT ?= bench/out/gpu_check
+GPU_CHECK_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_CHECK_PY) -m bench.gpu_check --device cuda --out $(GPU_CHECK_OUT) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs $(DEMO_OUT) merging_out .pytest_cache
