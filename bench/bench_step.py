@@ -7,8 +7,12 @@ what ``SoupModule.training_step`` and Lightning's automatic optimization do, wit
 Also prints where the soup's extra time goes (instantiate, backward into the bank, optimizer on
 the bank) and the overhead against its memory-traffic floor (≈ 7·n·P fp32 numbers ÷ copy bandwidth).
 
-    python -m bench.bench_step                 # tiny + demo at n = 8, demo at n ∈ {4, 16, 64}
+Stacked models (data.h_per_step = M): SoE ÷ dense at M = 1, 4, 16 for the demo model and the small regime
+model, both bank updates, the M models as one stacked computation next to the M-forward loop it replaced.
+
+    python -m bench.bench_step                 # tiny + demo at n = 8, demo at n ∈ {4, 16, 64}, stacked models
     python -m bench.bench_step --quick
+    python -m bench.bench_step --stacked       # only the stacked-models table (≈ 2 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -17,13 +21,20 @@ import argparse
 import time
 
 import torch
+from torch.func import functional_call
 
 from bench.common import CONFIGS, copy_bandwidth, interleaved, machine, verdict
 from soe.train.bank_update import BankAdamW
 from soe.train.module import OptimConfig, make_optimizer
+from soe.core.model import ModelConfig
 from soe.core.soup import SoupConfig, SoupOfExperts
 
 K = 9  # domains (the demo corpus)
+# The stacked-models table's sizes, both at seq 128, batch 16, n = 8 (configs/demo-cpu.yaml; the small regime).
+STACKED_SIZES = {
+    "demo": ModelConfig(vocab_size=8192, n_layer=4, n_head=4, d_model=256, max_seq_len=128),
+    "small": ModelConfig(vocab_size=2048, n_layer=2, n_head=2, d_model=64, max_seq_len=128),
+}
 
 
 class Stepper:
@@ -69,6 +80,55 @@ class Stepper:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return loss
+
+
+class LoopStepper(Stepper):
+    """The M models of a step as they ran before stacked models: one GEMM for the (M, P) rows, then M
+    functional_call forwards, group m of the batch by row m (tests/test_batched_forward.py's reference)."""
+
+    def loss(self):
+        soup, M = self.soup, self.h.shape[0]
+        rows = {g: theta.unbind(0) for g, theta in soup.flat(self.h).items()}
+        x, y = self.tokens[:, :-1].chunk(M), self.tokens[:, 1:].chunk(M)
+        losses = [functional_call(soup._template, soup._named({g: r[m] for g, r in rows.items()}), (x[m], y[m]))[1]
+                  for m in range(M)]
+        return torch.stack(losses).mean()
+
+
+def stacked_models(iters: int = 2, repeats: int = 3, Ms=(1, 4, 16), sizes=("small", "demo"), n: int = 8,
+                   seq: int = 128, batch: int = 16) -> list[dict]:
+    """SoE ÷ dense step with M domain weights per step, the M models stacked (one computation) and, for M > 1,
+    as the loop of M forwards they replaced; both bank updates. M = 1 is the one-h path (h: (k,))."""
+    rows = []
+    for size in sizes:
+        net = STACKED_SIZES[size]
+        dense = Stepper(net, 0, seq, batch)
+        for M in Ms:
+            hp = M if M > 1 else 1
+            steppers = {"dense": dense}
+            for u in ("dense", "factored"):
+                steppers[f"stacked-{u}"] = Stepper(net, n, seq, batch, h_per_step=hp, bank_update=u)
+                if M > 1:
+                    steppers[f"loop-{u}"] = LoopStepper(net, n, seq, batch, h_per_step=hp, bank_update=u)
+            t = interleaved({k: s.step for k, s in steppers.items()}, iters=iters, repeats=repeats)
+            row = {"size": size, "M": M, "n": n, **{f"{k}_s": v for k, v in t.items()}}
+            cells = []
+            for u in ("dense", "factored"):
+                row[f"ratio_stacked_{u}"] = t[f"stacked-{u}"] / t["dense"]
+                loop = f"{t[f'loop-{u}'] / t['dense']:.2f}" if M > 1 else "  — "
+                if M > 1:
+                    row[f"ratio_loop_{u}"] = t[f"loop-{u}"] / t["dense"]
+                cells.append(f"bank_update={u}: stacked {t[f'stacked-{u}'] * 1e3:7.1f} ms ({row[f'ratio_stacked_{u}']:.2f}×)"
+                             f" loop {loop}×")
+            print(f"[stacked] {size:5s} n={n} M={M:2d} seq {seq} batch {batch}: dense {t['dense'] * 1e3:7.1f} ms | "
+                  + " | ".join(cells), flush=True)
+            rows.append(row)
+            del steppers
+    small16 = [r for r in rows if r["size"] == "small" and r["M"] == 16]
+    for r in small16:
+        print(f"  small M=16 SoE÷dense (stacked, dense bank update) {r['ratio_stacked_dense']:.2f} → "
+              f"{verdict(r['ratio_stacked_dense'], 1.3)}")
+    return rows
 
 
 def breakdown(st: Stepper, iters: int = 5) -> dict[str, float]:
@@ -172,9 +232,12 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     ap.add_argument("--foreach", action="store_true", help="foreach AdamW instead of fused")
+    ap.add_argument("--stacked", action="store_true", help="only the stacked-models table (M = 1, 4, 16)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     print(f"# bench_step on {machine()}; AdamW {'foreach' if args.foreach else 'fused'}")
+    if args.stacked:
+        return stacked_models()
     it, rep = (2, 3) if args.quick else (3, 5)
     fused = not args.foreach
     rows = [compare("tiny", 8, 10 * it, fused, repeats=rep),
@@ -192,6 +255,7 @@ def main(argv=None) -> list[dict]:
         rows.append(compare("demo", 8, it, fused, rank=r, repeats=rep))
         print(f"        low-rank r={r}: bank {rows[-1]['bank'] / 1e6:.2f}M vs full-rank {rows[1]['bank'] / 1e6:.2f}M "
               f"({rows[-1]['bank'] / rows[1]['bank']:.3f}×); SoE÷dense {rows[-1]['ratio']:.3f} vs {rows[1]['ratio']:.3f}")
+    rows += stacked_models(*((1, 3) if args.quick else (2, 3)))
     return rows
 
 

@@ -121,10 +121,10 @@ class _StackedLinear(torch.autograd.Function):
         return torch.bmm(x, w.mT)
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, g):  # in g's dtype (autocast may have run the forward's bmm in bf16), ∂ in the inputs'
         x, w = ctx.saved_tensors
-        gx = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
-        gw = torch.bmm(g.mT, x) if ctx.needs_input_grad[1] else None
+        gx = torch.bmm(g, w.to(g.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(g.mT, x.to(g.dtype)).to(w.dtype) if ctx.needs_input_grad[1] else None
         return gx, gw
 
 
