@@ -539,7 +539,7 @@ def part_soe_ratio(c: Ctx) -> dict:
     return {"n": s.n, "bank_bytes": bank_bytes, "copy_bw_Bps": bw, "floor_s": floor, "dense_step_ms": td * 1e3,
             "dense_step_ms_before_after": [t * 1e3 for t in t_dense], "rows": rows,
             "library_path": "ok" if not lib_errors else "failed under bf16 autocast: " + "; ".join(lib_errors),
-            "table": {"header": ["bank update", "M", "step (ms)", "SoE ÷ dense", "overhead ÷ floor", "peak (GiB)",
+            "table": {"header": ["bank update", "M", "step (ms)", "SoE ÷ dense", "overhead ÷ floor", "process peak (GiB)",
                                  "status"], "rows": table},
             "summary": f"n={s.n}, dense {td * 1e3:.2f} ms/step; SoE÷dense (d=dense, f=factored update): {summ}"
                        + (f"; {len(rows) - len(ok)} configuration(s) failed" if len(ok) < len(rows) else "")
@@ -802,13 +802,13 @@ def render(report: dict) -> str:
         res = rec.get("result", {})
         what = res.get("summary", "") if rec["status"] == "ok" else rec.get("error", "")
         lines.append(f"| {name} | {rec['status']} | {rec.get('seconds', 0):.1f} / {rec.get('box_s', 0):.0f} | "
-                     f"{what.replace('|', '/')} |")
+                     f"{what.replace('|', chr(92) + '|')} |")
     for name, rec in env["parts"].items():
         tab = rec.get("result", {}).get("table")
         if tab:
-            lines += ["", f"### {name}", "", "| " + " | ".join(tab["header"]) + " |",
+            lines += ["", f"### {name}", "", "| " + " | ".join(h.replace("|", chr(92) + "|") for h in tab["header"]) + " |",
                       "|" + "---|" * len(tab["header"])]
-            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in tab["rows"]]
+            lines += ["| " + " | ".join(c.replace("|", chr(92) + "|") for c in row) + " |" for row in tab["rows"]]
     lines += ["", "Branches taken: " + "; ".join(f"{k}: {v}" for k, v in sorted(env["branches"].items())), ""]
     return "\n".join(lines)
 
