@@ -261,6 +261,9 @@ def validate(cfg: PrepareConfig) -> PrepareConfig:
         _positive(t.inhouse_docs, "targets.inhouse_docs")
         _positive(t.val_docs, "targets.val_docs")
         _positive(t.min_docs, "targets.min_docs")
+        if t.min_docs > min(t.inhouse_docs, t.val_docs):  # no source could ever get a target
+            raise ConfigError(f"targets.min_docs={t.min_docs}: expected at most inhouse_docs={t.inhouse_docs} and "
+                              f"val_docs={t.val_docs} (with more, no source gets a validation target)")
         if not isinstance(t.max_share, (int, float)) or isinstance(t.max_share, bool) or not 0 < t.max_share <= 0.5:
             raise ConfigError(f"targets.max_share={t.max_share!r}: expected a number in (0, 0.5]")
     oc = cfg.offline_corpus
