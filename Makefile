@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -c constraints.txt -e ".[embed,hf,plot,merge,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[embed,hf,plot,merge,serve,dev]"
 	touch $@
 
 venv: $(STAMP)

@@ -7,6 +7,7 @@
     soe generate my-specialist --prompt "Once upon a time" --max-tokens 80
     soe finetune my-specialist --texts team.jsonl --out ft/team [--lora-rank 8]   (geometric checkpoints)
     soe merge --config merge.yaml --out merged/          (docs/merging.md)
+    soe serve CKPT --port 8000 [--specialist name=weights.json]   (docs/serving.md)
 
 CKPT is a Lightning checkpoint, a directory holding last.ckpt, or an http(s):// URL of one (downloaded
 once into torch.hub's cache, loaded with weights_only=True); --data names its prepared-data directory
@@ -25,6 +26,7 @@ from pathlib import Path
 from soe.errors import run_entry
 from soe.merging import cli as merge_cli
 from soe import finetune_cli
+from soe.serve import cli as serve_cli
 from soe.fileio import atomic_write_text
 
 
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
     p.add_argument("--max-docs", type=positive_int, help="use at most this many documents")
     p.add_argument("--min-weight", type=weight_floor, default=0.0, help="drop domains below this weight, renormalise (in [0, 1))")
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help="soft histogram: spread each chunk over the domains as softmax(-distance²/T) (c-BTM: 0.1); "
+                        "default: nearest centroid")
     p.add_argument("--out", default="weights.json", help="where to write {domain: weight} (default: weights.json)")
     p.add_argument("--top", type=positive_int, default=5, help="print this many top domains")
     p.add_argument("--refine", action="store_true", help="then optimise h on the soup's loss (needs a checkpoint)")
@@ -142,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     finetune_cli.add_parser(sub, _common, positive_int, positive_float, open_fraction)
     merge_cli.add_parser(sub, _common)
+    serve_cli.add_parser(sub, _common, positive_int)
     return ap
 
 
@@ -162,14 +168,14 @@ def cmd_estimate(a) -> None:
             raise ValueError(f"--refine needs a checkpoint, but {a.source} is a prepared-data directory")
         domains, data_dir, soup = load_meta(a.source).domains, a.source, None
         est = estimate_weights(data_dir, a.texts, max_docs=a.max_docs, min_weight=a.min_weight, text_field=a.text_field,
-                               progress=say)
+                               progress=say, temperature=a.temperature)
     else:
         soup = api.load(a.source, data=a.data, device=a.device)
         if not isinstance(soup, api.Soup):
             raise ValueError(f"{a.source} is an exported specialist; estimate-weights needs a checkpoint or prepared dir")
         domains = soup.domains
         est = estimate_weights(soup.data_dir, a.texts, max_docs=a.max_docs, min_weight=a.min_weight,
-                               text_field=a.text_field, progress=say)
+                               text_field=a.text_field, progress=say, temperature=a.temperature)
     total = sum(est.tokens.values())
     print(f"estimated domain weights from {est.n_docs} documents ({est.n_chunks} chunks, {total} tokens); top domains:")
     for d, w in top_domains(est.weights, a.top):
@@ -275,7 +281,7 @@ def cmd_generate(a) -> None:
 
 COMMANDS = {"estimate-weights": cmd_estimate, "instantiate": cmd_instantiate, "evaluate": cmd_evaluate,
             "generate": cmd_generate, "merge": merge_cli.cmd_merge,
-            "finetune": finetune_cli.cmd_finetune}
+            "finetune": finetune_cli.cmd_finetune, "serve": serve_cli.cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,8 +194,12 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
 def test_every_shipped_experiment_config_parses(path):
     import yaml
 
+    from soe.experiments.search import SEARCH_KEYS, load_search
+
     raw = yaml.safe_load((ROOT / "experiments" / path).read_text())
-    if "variants" in raw:  # an ablation (soe.experiments.ablate): one experiment and named variants of it
+    if "variants" in raw and any(k in v for v in raw["variants"] for k in SEARCH_KEYS):  # soe.experiments.search
+        cfg = load_search(str(ROOT / "experiments" / path))[0]
+    elif "variants" in raw:  # an ablation (soe.experiments.ablate): one experiment and named variants of it
         from soe.experiments.ablate import load_ablation
 
         cfg = load_ablation(str(ROOT / "experiments" / path))[0]

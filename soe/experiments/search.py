@@ -170,10 +170,11 @@ def append_row(text: str, line: str) -> str:
     """``text`` with ``line`` added as the last row of its search table (the table is started at the end of
     the file when it has none); other tables and prose are left as they are."""
     head = HEADER.splitlines()[0]
-    if head not in text:
-        return text + ("\n" if text and not text.endswith("\n\n") else "") + HEADER + line
     lines = text.splitlines(keepends=True)
-    i = next(j for j, x in enumerate(lines) if x.startswith(head)) + 1
+    at = [j for j, x in enumerate(lines) if x.startswith(head)]  # a table's header line, not a quote of it
+    if not at:
+        return text + ("\n" if text and not text.endswith("\n\n") else "") + HEADER + line
+    i = at[0] + 1
     while i < len(lines) and lines[i].startswith("|"):
         i += 1
     if lines[i - 1] and not lines[i - 1].endswith("\n"):
@@ -196,14 +197,24 @@ def main(argv: list[str] | None = None) -> int:
     return run_entry("soe.experiments.search", lambda: _main(args), debug)
 
 
+SEARCH_KEYS = ("generic_overrides", "shared_overrides", "soup", "temperature")  # beyond an ablation's
+
+
+def load_search(path: str) -> tuple[ExperimentConfig, Path, list[dict]]:
+    """An ablation YAML whose variants may also carry ``generic_overrides``, ``shared_overrides``, ``soup`` and
+    ``temperature``; every field checked."""
+    base, out, variants = load_ablation(path, extra_keys=SEARCH_KEYS[:2], other_keys=SEARCH_KEYS[2:])
+    names = [v["name"] for v in variants]
+    for i, v in enumerate(variants):
+        check_scoring_keys(v, names, f"{path}: variants[{i}]")
+    return base, out, variants
+
+
 def _main(args: argparse.Namespace) -> int:
-    base, out, variants = load_ablation(args.config, extra_keys=("generic_overrides", "shared_overrides"),
-                                        other_keys=("soup", "temperature"))
+    base, out, variants = load_search(args.config)
     check_files(base, f"{args.config}: experiment")
     names = [v["name"] for v in variants]
     by_name = {v["name"]: v for v in variants}
-    for i, v in enumerate(variants):
-        check_scoring_keys(v, names, f"{args.config}: variants[{i}]")
     only = [x for x in args.only.split(",") if x] if args.only else names
     missing = sorted(set(only) - set(names))
     if missing or not only:
