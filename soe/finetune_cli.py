@@ -70,7 +70,10 @@ def check_run_dir(out: Path, overwrite: bool) -> None:
 def _start(source: str, weights, data, device):
     from soe import api
 
-    if "@" in str(source) and not Path(source).exists() and weights is None:
+    if "@" in str(source) and not Path(source).exists():
+        if weights is not None:
+            raise ValueError(f"source {source} gives its weights after '@' and --weights {weights} gives them again; "
+                             "expected one of CKPT@WEIGHTS or CKPT --weights WEIGHTS")
         source, weights = str(source).rsplit("@", 1)
     obj = api.load(source, data=data, device=device)
     if isinstance(obj, api.Soup):
@@ -89,33 +92,49 @@ def run_finetune(source, texts, out, *, weights=None, text_field: str = "text", 
     ``lora``: a `soe.specialists.lora.LoRA` for LoRA, None for full fine-tuning."""
     import torch
 
+    from soe.checks import check_seed
     from soe.data.text import read_texts, token_stream
-    from soe.fileio import atomic_write_json
     from soe.specialists import lora as L
-    from soe.specialists.export import save_specialist
-    from soe.specialists.finetune import finetune, geometric_steps
+    from soe.specialists.export import atomic_dir
+    from soe.specialists.finetune import check_stream_size
 
+    # every input is checked before --out is touched: a refusal leaves the file system as it was
     out = Path(out)
     check_run_dir(out, overwrite)
+    check_seed(seed, "--seed")
     if keep_adapter and lora is None:
         raise ValueError("--keep-adapter needs --lora-rank (keep_adapter needs lora)")
     start = _start(source, weights, data, device)
     net = start.model
     stream = token_stream(read_texts(texts, text_field, max_docs), start.tokenizer_file, start.eos_id)
+    check_stream_size(len(stream), holdout, net.cfg.max_seq_len)
     start_params = {k: v.detach().clone() for k, v in net.named_parameters()}
     if lora is not None:
         torch.manual_seed(seed)  # peft draws lora_A's init from the global generator
         L.add_lora(net, lora)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    with atomic_dir(out, overwrite, MARKER) as tmp:  # written beside --out, renamed into place when complete
+        return _run(source, texts, out, tmp, start, net, stream, start_params, text_field=text_field,
+                    max_docs=max_docs, steps=steps, lr=lr, batch_size=batch_size, warmup=warmup, holdout=holdout,
+                    eval_every=eval_every, patience=patience, first_checkpoint=first_checkpoint, seed=seed, lora=lora,
+                    keep_adapter=keep_adapter, fmt=fmt, log=log)
+
+
+def _run(source, texts, out: Path, tmp: Path, start, net, stream, start_params, *, text_field, max_docs, steps, lr,
+         batch_size, warmup, holdout, eval_every, patience, first_checkpoint, seed, lora, keep_adapter, fmt,
+         log) -> dict:
+    """Fine-tune and write the run into ``tmp`` (renamed to ``out`` by the caller)."""
+    from soe.fileio import atomic_write_json
+    from soe.specialists import lora as L
+    from soe.specialists.export import save_specialist
+    from soe.specialists.finetune import finetune, geometric_steps
+
     saved: list[dict] = []
 
     def save(name: str, step: int, loss: float) -> None:
         info = {**start.info, "finetune": {"source": str(source), "step": step, "holdout_loss": loss,
                                            "lora": None if lora is None else {"rank": lora.rank, "alpha": lora.alpha}}}
         params = start_params if keep_adapter else L.merged_params(net)
-        d = save_specialist(out / name, params, net.cfg, tokenizer_file=start.tokenizer_file, eos_id=start.eos_id,
+        d = save_specialist(tmp / name, params, net.cfg, tokenizer_file=start.tokenizer_file, eos_id=start.eos_id,
                             info=info, fmt=fmt)
         if keep_adapter:
             from safetensors.torch import save_file
@@ -124,7 +143,7 @@ def run_finetune(source, texts, out, *, weights=None, text_field: str = "text", 
             atomic_write_json(d / "adapter_config.json", L.adapter_config(lora, str(source)))
         saved.append({"dir": name, "step": step, "holdout_loss": loss})
         if log:
-            log(f"  saved {d}")
+            log(f"  saved {out / d.name}")
 
     schedule = geometric_steps(steps, first_checkpoint)
     mode = f"LoRA r={lora.rank}" if lora is not None else "full"
@@ -134,13 +153,13 @@ def run_finetune(source, texts, out, *, weights=None, text_field: str = "text", 
     ft = finetune(net, stream, steps=steps, lr=lr, batch_size=batch_size, warmup=warmup, holdout=holdout,
                   eval_every=eval_every, seed=seed, save_at=schedule, patience=patience, log=log,
                   on_save=lambda step, loss: save(f"step-{step:06d}", step, loss))
-    shutil.copytree(out / saved[-1]["dir"], out / "last")
+    shutil.copytree(tmp / saved[-1]["dir"], tmp / "last")
     save("best", ft.best_step, ft.holdout_loss)  # finetune() left the model in its best state
     record = {"source": str(source), "texts": str(texts), "text_field": text_field, "max_docs": max_docs,
               "holdout": holdout, "mode": mode, "lr": lr, "steps": ft.steps,
               "best_step": ft.best_step, "holdout_loss_start": ft.holdout_loss_start, "holdout_loss": ft.holdout_loss,
               "tokens": ft.tokens, "wall_s": round(ft.wall_s, 2), "checkpoints": saved, "history": ft.history}
-    atomic_write_json(out / MARKER, record)
+    atomic_write_json(tmp / MARKER, record)
     if log:
         log(f"held-out loss {ft.holdout_loss_start:.4f} -> {ft.holdout_loss:.4f} (best at step {ft.best_step}); "
             f"wrote {out}/ ({len(saved) - 1} checkpoints, best/, last/, {MARKER})")

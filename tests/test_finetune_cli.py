@@ -131,3 +131,57 @@ def test_python_api_finetune_then_merge(env, tmp_path):
     res = soe.merge({"merge_method": "linear", "models": [str(tmp_path / "ft" / "step-000004"),
                                                           str(tmp_path / "ft" / "step-000008")]}, tmp_path / "m")
     assert res.tensors > 0 and soe.load(tmp_path / "m").info["merge"]["method"] == "linear"
+
+
+# ---------------------------------------------------------------- issue 25: a refusal leaves --out as it was
+
+FAST = ["--steps", "4", "--eval-every", "4", "--batch-size", "2", "--warmup", "1", "--format", "soe"]
+
+
+@pytest.fixture(scope="module")
+def finished(env, tmp_path_factory):
+    """A finished run directory, and a text too short to fine-tune on."""
+    ckpt, root = env
+    d = tmp_path_factory.mktemp("finished")
+    (d / "short.txt").write_text("cooking pan")
+    assert main(["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out", str(d / "run"),
+                 *FAST]) == 0
+    return d
+
+
+@pytest.mark.parametrize("extra,expect", [
+    (["--texts", "{d}/short.txt"], "too small to fine-tune"),
+    (["--seed", str(2**64)], "--seed"),
+    (["--seed", "-1"], "--seed"),
+])
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_refused_input_leaves_out_as_it_was(env, finished, capsys, extra, expect, overwrite):
+    """Old code: --overwrite deleted the finished run before the inputs were checked; without it, an empty
+    --out was left behind."""
+    ckpt, root = env
+    out = finished / "run" if overwrite else finished / "new"
+    argv = ["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out", str(out), *FAST,
+            *(["--overwrite"] if overwrite else [])]
+    argv += [a.format(d=finished) for a in extra]
+    assert_refused(capsys, "soe", argv, expect, watch=(finished,))
+    assert not (finished / "new").exists()
+    assert sorted(p.name for p in finished.iterdir()) == ["run", "short.txt"]  # no temporary directory left
+
+
+def test_overwrite_replaces_a_finished_run_whole(env, finished, tmp_path):
+    ckpt, root = env
+    out = tmp_path / "run"
+    import shutil
+    shutil.copytree(finished / "run", out)
+    assert main(["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out", str(out), *FAST,
+                 "--steps", "8", "--overwrite"]) == 0
+    rec = json.loads((out / "finetune.json").read_text())
+    assert rec["steps"] == 8 and (out / "step-000008").is_dir() and (out / "last").is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_weights_given_twice_is_named(env, capsys, tmp_path):
+    ckpt, root = env
+    assert_refused(capsys, "soe", ["finetune", f"{ckpt}@cooking", "--weights", "law", "--texts",
+                                   str(root / "cooking.txt"), "--out", str(tmp_path / "o")],
+                   "gives them again", watch=(tmp_path,))

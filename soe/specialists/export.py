@@ -91,11 +91,12 @@ def recover(out: str | os.PathLike) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def check_out(out: str | os.PathLike, overwrite: bool = False) -> None:
+def check_out(out: str | os.PathLike, overwrite: bool = False, marker: str = SOE_FILE) -> None:
     """Refuse an output path that an export must not replace (called before any work is done).
 
     An existing ``out`` is replaced only with ``overwrite`` and only if this project wrote it (it holds
-    soe_specialist.json) or it is an empty directory: --overwrite never deletes anything else."""
+    ``marker`` (soe_specialist.json; a finetune run: finetune.json) or it is an empty directory: --overwrite
+    never deletes anything else."""
     out = Path(out)
     if not os.path.lexists(out):
         return
@@ -103,16 +104,16 @@ def check_out(out: str | os.PathLike, overwrite: bool = False) -> None:
         raise FileExistsError(f"output directory {out} already exists; pass --overwrite (overwrite=True) to replace it")
     if out.is_symlink() or not out.is_dir():
         raise FileExistsError(f"output path {out} exists and is not a directory; refusing to replace it")
-    if (out / SOE_FILE).is_file() or not any(out.iterdir()):
+    if (out / marker).is_file() or not any(out.iterdir()):
         return
     names = sorted(q.name for q in out.iterdir())
-    raise FileExistsError(f"output directory {out} was not written by soe (no {SOE_FILE}; it holds "
+    raise FileExistsError(f"output directory {out} was not written by soe (no {marker}; it holds "
                           f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); --overwrite replaces only "
                           "soe specialist directories: remove it yourself or choose another --out")
 
 
 @contextmanager
-def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False, marker: str = SOE_FILE):
     """Yield a fresh temporary directory beside ``out``; on success rename it to ``out``.
 
     Refuses ``out`` as `check_out` does. On any error the temporary directory is removed and ``out`` is
@@ -120,7 +121,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
     of an overwrite) the old one in .out.old-*, which `recover` puts back."""
     out = Path(out)
     recover(out)
-    check_out(out, overwrite)
+    check_out(out, overwrite, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -130,7 +131,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
         umask = os.umask(0)
         os.umask(umask)
         for f in tmp.iterdir():  # some writers (safetensors) create 0600 files; exports are meant to be shared
-            os.chmod(f, 0o666 & ~umask)
+            if f.is_file():
+                os.chmod(f, 0o666 & ~umask)
         if os.path.lexists(out):  # overwrite: move the old one aside first so the swap is two renames
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)

@@ -55,6 +55,16 @@ def geometric_steps(total: int, first: int = 4) -> list[int]:
     return out + [total] if total > 0 else []
 
 
+def check_stream_size(n_tokens: int, holdout: float, T: int) -> int:
+    """Where the held-out part of ``n_tokens`` starts; refuses a stream without one window of T + 1 tokens in
+    both parts (called before anything is written)."""
+    cut = int(n_tokens * (1 - holdout))
+    if cut - 1 < T or n_tokens - cut - 1 < T:
+        raise ValueError(f"in-house data too small to fine-tune: {n_tokens} tokens cannot hold one window of "
+                         f"{T + 1} tokens in both the training part and the {holdout:.0%} held-out part")
+    return cut
+
+
 def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float = 3e-4, weight_decay: float = 0.0,
              batch_size: int = 16, warmup: int = 10, holdout: float = 0.1, eval_every: int = 20,
              seq_len: int | None = None, seed: int = 0, save_at: Iterable[int] = (),
@@ -67,11 +77,8 @@ def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float 
     if not 0 < holdout < 1:
         raise ValueError(f"holdout={holdout} must be in (0, 1)")
     dev = next(model.parameters()).device
-    cut = int(len(stream) * (1 - holdout))
     T = min(seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
-    if cut - 1 < T or len(stream) - cut - 1 < T:
-        raise ValueError(f"in-house data too small to fine-tune: {len(stream)} tokens cannot hold one window of "
-                         f"{T + 1} tokens in both the training part and the {holdout:.0%} held-out part")
+    cut = check_stream_size(len(stream), holdout, T)
     train, held = eval_windows(stream[:cut], T).to(dev), eval_windows(stream[cut:], T, max_windows=holdout_windows).to(dev)
 
     def held_loss() -> float:
