@@ -34,7 +34,8 @@ from soe.experiments.report import domain_summary, domain_table, set_table
 
 def _prepare(config: str, out: str) -> bool:
     try:
-        return prepare.main(["--config", config, "--out", out]) == 0
+        # --overwrite: these directories are the demo's own; a changed config replaces them
+        return prepare.main(["--config", config, "--out", out, "--overwrite"]) == 0
     except Exception as e:  # tooling or network missing: the fixture keeps the demo runnable
         print(f"[demo] {config} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return False

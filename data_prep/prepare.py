@@ -1,6 +1,6 @@
 """One command: raw sources -> tokenizer -> domains -> token shards (+ specialist sets).
 
-    python -m data_prep.prepare --config data_prep/configs/demo.yaml [--out DIR] [--force]
+    python -m data_prep.prepare --config data_prep/configs/demo.yaml [--out DIR] [--force] [--overwrite]
                                 [--lock FILE [--allow-changed]] [--debug]
 
 Stages (each skipped when its outputs are complete and were made from the same config, recorded
@@ -11,9 +11,10 @@ as a fingerprint in ``<out>/work/<stage>.json``; re-running a stage invalidates 
   2. tokenizer       byte-level BPE on a balanced sample -> tokenizer.json (data_prep.tokenizer)
   3. domains         labels or k-means -> centroids.npy (+ assignments)    (data_prep.domains)
   4. shards          <domain>/{train,val}.bin, specialists/, meta.json     (data_prep.tokenize_shards)
-meta.json is written last, so its presence means the whole run completed. A bad input (config, source
-file, lock, --out) is refused with one line naming it, before anything is written where it can be checked
-up front; ``--debug`` shows the traceback instead.
+meta.json is written last, so its presence means the whole run completed. prepare writes only into a new
+or empty directory or one it prepared (marker prepare.json; from another config only with --overwrite:
+data_prep/outdir.py). A bad input (config, source file, lock, --out) is refused with one line naming it,
+before anything is written where it can be checked up front; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from soe.data.shards import Meta, dtype_for_vocab, load_meta, sha256_file
 from soe.errors import run_entry
 from soe.fileio import atomic_write_json, read_json
 
-from . import build_offline_corpus, config as C
+from . import build_offline_corpus, config as C, outdir
 from .corpus_lock import LOCK_FILE, read_lock
 from .domains import DomainError, assign_path, kmeans_domains, label_domains
 from .ingest import ingest, local_files, read_chunks
@@ -236,12 +237,6 @@ def print_table(out: Path, log=print) -> None:
     log(f"{'total (pretraining)':28s} {sum(sum(v.values()) for v in meta.documents.values()):10,d} {tot:13,d}")
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"output directory {out} (out / --out) exists and is not a directory; "
-                                 "expected a directory or a new path")
-
-
 def offline_corpus(cfg: C.PrepareConfig, log=print) -> dict | None:
     """Stage 0: build (or check) the package corpus; returns its lock for meta.json (None without the stage)."""
     oc = cfg.offline_corpus
@@ -253,9 +248,18 @@ def offline_corpus(cfg: C.PrepareConfig, log=print) -> dict | None:
     return {**lock, "lock_file": str(Path(oc.out) / LOCK_FILE)}
 
 
-def run(cfg: C.PrepareConfig, force: bool = False, log=print) -> Meta:
+def config_fingerprint(cfg: C.PrepareConfig) -> str:
+    """What a prepared directory was made from (its marker, data_prep/outdir.py): every section but ``out``."""
+    return fingerprint(cfg.sources, cfg.chunking, cfg.tokenizer, cfg.domains, cfg.seed, cfg.shards, cfg.specialists,
+                       cfg.targets, cfg.offline_corpus)
+
+
+def run(cfg: C.PrepareConfig, force: bool = False, log=print, overwrite: bool = False) -> Meta:
+    """Prepare ``cfg.out``; a directory prepare did not write is refused, one it prepared from another config
+    is replaced only with ``overwrite`` (or ``force``), before anything is written (data_prep/outdir.py)."""
     out = Path(cfg.out)
-    _check_out(out)
+    config_fp = config_fingerprint(cfg)
+    outdir.check_out(out, config_fp, overwrite, force)
     if cfg.offline_corpus is not None and cfg.offline_corpus.lock:
         read_lock(cfg.offline_corpus.lock)  # a bad lock fails before any package is fetched
     t0 = time.time()
@@ -263,7 +267,7 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print) -> Meta:
     for src in cfg.sources:  # missing local files fail before the output directory is made
         if src.path is not None:
             local_files(src)
-    out.mkdir(parents=True, exist_ok=True)
+    outdir.claim(out, config_fp)
     # the corpus's package versions are part of its identity: another lock re-runs every stage
     fp_ingest = fingerprint(cfg.sources, cfg.chunking, *([corpus_lock["id"]] if corpus_lock else []))
     rec = None if force else _done(out, "ingest", fp_ingest, log)
@@ -327,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", required=True, help="YAML spec, e.g. data_prep/configs/demo.yaml")
     ap.add_argument("--out", default=None, help="prepared directory (overrides the config's 'out')")
     ap.add_argument("--force", action="store_true", help="re-run every stage")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace a directory prepare wrote from another config (one it did not write is always "
+                         "refused)")
     ap.add_argument("--lock", default=None,
                     help="corpus lock for the offline_corpus stage (overrides offline_corpus.lock)")
     ap.add_argument("--allow-changed", action="store_true",
@@ -348,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             if a.lock is not None:
                 cfg.offline_corpus.lock = a.lock
             cfg.offline_corpus.allow_changed |= a.allow_changed
-        run(cfg, force=a.force)
+        run(cfg, force=a.force, overwrite=a.overwrite)
         return 0
     return run_entry("data_prep.prepare", go, a.debug)
 

@@ -68,6 +68,18 @@ def sets(path: str, value):
     return edit
 
 
+def tree(rel: str, files: dict):
+    """An edit that writes a directory ``in/<rel>`` holding ``files`` (name -> text or JSON-able)."""
+    def edit(cfg, d):
+        root = d / "in" / rel
+        for name, content in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    return edit
+
+
+FOREIGN = {"meta.json": {"mine": 1}, "tokenizer.json": "{}", "work/notes.txt": "x", "alpha/keep.txt": "y"}
+OTHER_CFG = {"prepare.json": {"tool": "data_prep.prepare", "config": "0123456789abcdef"}, "meta.json": "{}"}
 LOCK = "--lock={d}/in/l.json"
 # (id, setup, expected fragment of the error line, early: nothing under out/ or corpus/ may appear)
 ROWS = [
@@ -89,6 +101,15 @@ ROWS = [
     ("duplicate-source-name", with_cfg(sets("sources.1.name", "a")), "name must be unique", True),
     ("out-is-a-file", with_cfg(write("taken", "x"), extra=["--out={d}/in/taken"]), "exists and is not a directory",
      True),
+    ("out-not-written-by-prepare", with_cfg(tree("mine", FOREIGN), extra=["--out={d}/in/mine"]),
+     "was not written by data_prep.prepare", True),
+    ("out-not-ours-even-with-overwrite", with_cfg(tree("mine", FOREIGN), extra=["--out={d}/in/mine", "--overwrite",
+                                                                             "--force"]), "(no prepare.json", True),
+    ("out-parent-is-a-file", with_cfg(write("taken", "x"), extra=["--out={d}/in/taken/sub"]), "its parent", True),
+    ("out-other-config", with_cfg(tree("prep", OTHER_CFG), extra=["--out={d}/in/prep"]),
+     "prepared from another config", True),
+    ("out-marker-not-ours", with_cfg(tree("prep", {"prepare.json": {"tool": "x"}, "a": "b"}),
+                                     extra=["--out={d}/in/prep"]), "is not a data_prep.prepare marker", True),
     ("lock-without-offline-stage", with_cfg(write("l.json", GOOD_LOCK), extra=[LOCK]), "offline_corpus stage", True),
     ("lock-missing", with_cfg(offline=True, extra=[LOCK]), "l.json not found", True),
     ("lock-corrupt-json", with_cfg(write("l.json", "{\"packages\": [}"), offline=True, extra=[LOCK]),
@@ -126,3 +147,22 @@ def test_debug_shows_the_traceback(tmp_path):
     from data_prep.prepare import main
     with pytest.raises(ConfigError):
         main(["--config", str(tmp_path / "nope.yaml"), "--debug"])
+
+
+def test_own_directory_is_continued_and_replaced_only_with_overwrite(tmp_path, capsys):
+    """Same config: every stage skipped (demo.py re-runs prepare); another config: refused without --overwrite
+    (nothing changes), replaced with it; an older prepare's directory (no marker) is adopted."""
+    from data_prep.prepare import main
+    (tmp_path / "in").mkdir()
+    argv = with_cfg()(tmp_path)
+    assert main(argv) == 0
+    out = tmp_path / "out"
+    assert json.loads((out / "prepare.json").read_text())["tool"] == "data_prep.prepare"
+    capsys.readouterr()
+    assert main(argv) == 0 and capsys.readouterr().out.count("complete, skipped") == 4
+    other = with_cfg(sets("shards.val_every", 4))(tmp_path)
+    assert_refused(capsys, "prepare", other, "prepared from another config", watch=(out,))
+    assert main(other + ["--overwrite"]) == 0
+    assert "[4/4] shards\n" in capsys.readouterr().out
+    (out / "prepare.json").unlink()  # as an older prepare left it
+    assert main(other) == 0 and (out / "prepare.json").is_file()

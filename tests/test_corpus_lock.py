@@ -203,7 +203,7 @@ def test_prepare_records_the_lock_in_meta_and_a_new_lock_reruns_ingest(tmp_path,
     shutil.rmtree(tmp_path / "cache/_debs")
     capsys.readouterr()
     assert prepare_main(["--config", str(tmp_path / "c.yaml"), "--lock", str(tmp_path / "l.json"),
-                         "--allow-changed"]) == 0
+                         "--allow-changed", "--overwrite"]) == 0  # another lock: another config, replaced
     out, err = capsys.readouterr()
     assert "CHANGED toy-doc: locked 1.0-1 -> available 1.0-2" in err
     assert "[1/4] ingest\n" in out and "ingest: complete, skipped" not in out

@@ -38,13 +38,13 @@ def fixture_raw(**extra) -> dict:
     return raw
 
 
-def prepare(raw: dict, out: Path, runner=run, log=None):
+def prepare(raw: dict, out: Path, runner=run, log=None, **kw):
     """Run prepare from the repository root (the fixture config names its sources relative to it)."""
     logs: list[str] = []
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        meta = runner(C.from_dict({**raw, "out": str(out)}), log=(log or logs.append))
+        meta = runner(C.from_dict({**raw, "out": str(out)}), log=(log or logs.append), **kw)
     finally:
         os.chdir(cwd)
     return meta, logs
@@ -182,12 +182,12 @@ def test_without_targets_the_old_shards_are_kept(tmp_path, with_targets):
     assert meta.extra["fingerprint"] == fingerprint(work["tokenizer"]["fingerprint"], work["tokenizer"]["sha256"],
                                                     work["domains"]["fingerprint"], cfg.shards, cfg.specialists)
     # with targets: the shards stage runs again (ingest, tokenizer, domains are kept) and the shards change
-    meta2, logs2 = prepare(fixture_raw(targets=TARGETS), out)
+    meta2, logs2 = prepare(fixture_raw(targets=TARGETS), out, overwrite=True)  # another config: replaced
     assert "[4/4] shards" in logs2 and sum("complete, skipped" in line for line in logs2) == 3, logs2
     assert meta2.extra["fingerprint"] != meta.extra["fingerprint"] and meta2.extra["targets"] == "targets"
     assert shard_bytes(out, meta2) == shard_bytes(with_targets[0], with_targets[1])  # as a fresh run with targets
     # and back without targets: the old shards again, no target set left to be read
-    meta3, logs3 = prepare(fixture_raw(), out)
+    meta3, logs3 = prepare(fixture_raw(), out, overwrite=True)
     assert meta3.extra["fingerprint"] == old_meta.extra["fingerprint"] and meta3.extra.get("targets") is None
     assert shard_bytes(out, meta3) == before
     assert not (out / "targets" / "meta.json").exists() and not list((out / "targets").rglob("*.bin"))
