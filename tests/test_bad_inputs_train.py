@@ -180,3 +180,46 @@ def test_checkpoint_finds_its_data_from_elsewhere(env, tmp_path, monkeypatch):
 def test_debug_shows_the_traceback(env, tmp_path):
     with pytest.raises(ValueError, match="model.net.d_model=-4"):
         cli_main(base(env.prepared, env.ckpt_dir, tmp_path / "runs") + ["--model.net.d_model=-4", "--debug"])
+
+
+# ---------------------------------------------------------------- issue 25: one training per checkpoint directory
+
+HOLD = """
+import sys, time
+from soe.train.runlock import RunLock
+RunLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_fit_on_one_checkpoint_directory_is_refused_until_the_first_ends(env, tmp_path, capsys):
+    """Old code: two fits wrote the same checkpoints at once. Now the second names the first's pid; a lock
+    left by a killed training (pid dead) is ignored; a fit releases its lock on exit."""
+    import signal
+    import subprocess
+    import sys
+    ck = tmp_path / "ck"
+    first = subprocess.Popen([sys.executable, "-c", HOLD, str(ck)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        argv = base(env.prepared, ck, tmp_path / "runs")
+        assert_refused(capsys, "train", argv, f"in use by another training (pid {first.pid}", watch=(ck, env.prepared))
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert (ck / "train.lock").is_file()  # the killed holder's lock file: stale
+    assert cli_main(argv) == 0
+    assert (ck / "last.ckpt").is_file() and not (ck / "train.lock").exists()
+    assert not [p.name for p in ck.iterdir() if p.suffix != ".ckpt"]
+
+
+def test_the_lock_is_released_when_fit_fails_and_leaves_no_directory(env, tmp_path, capsys):
+    from soe.train.runlock import RunLock
+    ck = tmp_path / "new_ck"
+    argv = base(env.prepared, ck, tmp_path / "runs") + ["--model.net.vocab_size=100"]  # refused in setup
+    assert_refused(capsys, "train", argv, "vocab_size=64 in meta.json")
+    assert not ck.exists()
+    with RunLock(ck):  # nothing left held
+        assert (ck / "train.lock").is_file()
+    assert not ck.exists()

@@ -25,11 +25,18 @@ from soe.errors import pop_debug, run_entry
 from soe.train import resume
 from soe.train.module import SoupModule
 from soe.train.optim import OptimConfig
+from soe.train.runlock import RunLock
 
 PROG = "train.py"
 # Config groups built from dataclasses: validated before anything is instantiated, errors named by key.
 GROUPS = {"model.net": ModelConfig, "model.soup": SoupConfig, "model.optim": OptimConfig,
           "data.mixture": MixtureConfig}
+_HELD: list[RunLock] = []  # run-directory locks of the fit in progress (soe/train/runlock.py)
+
+
+def _release() -> None:
+    while _HELD:
+        _HELD.pop().release()
 
 
 def _named(key: str, cls: type, e: Exception) -> str:
@@ -120,6 +127,13 @@ class SoupCLI(LightningCLI):
         if steps is None or steps <= 0:  # refused before any log or checkpoint directory is written
             raise ValueError(f"trainer.max_steps={steps}: the cosine schedule needs a positive number of steps")
         self._check_resume(TrainerFn.FITTING)
+        if self.trainer.global_rank == 0:  # one training per checkpoint directory (the other ranks are its own)
+            dirs = {str(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+            for d in sorted(dirs):
+                _HELD.append(RunLock(d).acquire())
+
+    def after_fit(self) -> None:
+        _release()
 
     def before_validate(self) -> None:
         self._check_resume(TrainerFn.VALIDATING)
@@ -150,4 +164,6 @@ def _run(argv: list[str]) -> int:
         main(argv)
     except MisconfigurationException as e:  # Lightning's word for a bad trainer setting
         raise ValueError(str(e)) from e
+    finally:
+        _release()
     return 0
