@@ -22,7 +22,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 __all__ = ["load", "Soup", "Specialist", "read_texts", "parse_weights", "finetune", "merge"]
 
-_LAZY = {"Soup": "soe.api", "Specialist": "soe.api", "read_texts": "soe.data.text", "parse_weights": "soe.core.weights"}
+_LAZY = {"Soup": "soe.api", "Specialist": "soe.api", "read_texts": "soe.data.text", "parse_weights": "soe.weightspec"}
 
 
 def finetune(source, texts, out, **kw) -> dict:

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import torch
 
+from soe.checks import check_device
 from soe.core.model import LlamaLM
-from soe.core.weights import parse_weights, weights_dict
+from soe.core.weights import weights_dict
+from soe.weightspec import parse_weights
 from soe.fileio import read_json
 from soe.data.text import read_texts, token_stream
 from soe.specialists import evaluate as ev
@@ -40,7 +42,7 @@ from soe.train.checkpoint import load_checkpoint, prepared_data
 
 
 def _device(device) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return check_device(device, "device")
 
 
 class Specialist:
@@ -214,14 +216,18 @@ def load(path: str | os.PathLike, data: str | os.PathLike | None = None, device=
         try:
             from tokenizers import Tokenizer
 
-            Tokenizer.from_file(str(tok))
+            n_tok = Tokenizer.from_file(str(tok)).get_vocab_size()
         except Exception as e:  # the tokenizers library raises its own error type on a corrupt file
             raise ValueError(f"{tok}: not a readable tokenizer ({type(e).__name__}: {str(e)[:200]})") from None
+        if n_tok > net.cfg.vocab_size:  # its ids would index past the embedding
+            raise ValueError(f"{tok}: the tokenizer has {n_tok} tokens, more tokens than the model's vocabulary "
+                             f"({net.cfg.vocab_size}); expected the tokenizer the model was trained with")
         eos = info.get("eos_id")
         if eos is None:
             eos = read_json(p / "config.json", "model config").get("eos_token_id")
-        if not isinstance(eos, int) or isinstance(eos, bool):
-            raise ValueError(f"{p}: no integer eos_id in {export.SOE_FILE} or eos_token_id in config.json")
+        if not isinstance(eos, int) or isinstance(eos, bool) or not 0 <= eos < net.cfg.vocab_size:
+            raise ValueError(f"{p}: no eos_id in {export.SOE_FILE} or eos_token_id in config.json that is an "
+                             f"integer in [0, {net.cfg.vocab_size})")
         return Specialist(net, tok, eos, info)
     model, hp, ckpt = load_checkpoint(p, dev)
     return Soup(model, hp, ckpt, data)

@@ -140,3 +140,84 @@ def safe_load_yaml(text: str, where: str):
     import yaml
 
     return yaml.load(text, Loader=yaml_loader(where))  # noqa: S506 (a SafeLoader subclass)
+
+
+def arg_type(kind, ok, expected: str):
+    """An argparse ``type=`` parsing strictly (`strict_number`) and refusing values outside a range, naming it
+    (argparse names the flag)."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            v = strict_number(text, kind)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}; "
+                                             f"expected {expected}") from None
+        if not (math.isfinite(v) and ok(v)):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; expected {expected}")
+        return v
+    parse.__name__ = expected  # argparse shows it in "invalid <name> value" messages
+    return parse
+
+
+def device_arg(text: str) -> str:
+    """An argparse ``type=`` for --device (`check_device`)."""
+    import argparse
+
+    try:
+        check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+positive_int = arg_type(int, lambda v: v > 0, "an integer ≥ 1")
+nonneg_int = arg_type(int, lambda v: v >= 0, "an integer ≥ 0")
+positive_float = arg_type(float, lambda v: v > 0, "a number > 0")
+nonneg_float = arg_type(float, lambda v: v >= 0, "a number ≥ 0")
+open_fraction = arg_type(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
+weight_floor = arg_type(float, lambda v: 0 <= v < 1, "a weight in [0, 1)")
+seed_arg = arg_type(int, lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**63 - 1]")
+token_count_arg = arg_type(int, lambda v: 1 <= v <= MAX_NEW_TOKENS, f"an integer in [1, {MAX_NEW_TOKENS:,}]")
+temperature_arg = arg_type(float, lambda v: v == 0 or v >= MIN_TEMPERATURE,
+                           f"0 (greedy) or a number ≥ {MIN_TEMPERATURE:g}")
+
+
+def check_fields(values: dict, cls, where: str) -> dict:
+    """The entries of ``values`` that are fields of dataclass ``cls``, each checked against its annotation
+    (int, float, bool, str, optionally '| None'): a string '1e-5' for a float, 2.5 or True for an int are refused
+    naming ``where`` and the key. Returns them, ints widened to float where a float is expected."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        v, ann = values[f.name], str(f.type)
+        if v is None and "None" in ann:
+            out[f.name] = v
+            continue
+        base = ann.split("|")[0].strip()
+        ok = {"bool": lambda x: isinstance(x, bool),
+              "int": lambda x: isinstance(x, int) and not isinstance(x, bool),
+              "float": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x),
+              "str": lambda x: isinstance(x, str)}.get(base)
+        if ok is not None and not ok(v):
+            raise ValueError(f"{where}: {f.name}={v!r} ({type(v).__name__}); expected {base}")
+        out[f.name] = float(v) if base == "float" else v
+    return out
+
+
+def check_out_parent(out) -> None:
+    """The nearest existing ancestor of a new output path ``out`` is a writable directory (else the error would
+    name a hidden temporary path, and come after all the work)."""
+    import os
+    from pathlib import Path
+
+    p = Path(out).absolute().parent
+    while not os.path.lexists(p):
+        p = p.parent
+    if not p.is_dir():
+        raise NotADirectoryError(f"output {out}: {p} is a file, not a directory; expected a path in a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PermissionError(f"output {out}: directory {p} is not writable; expected a writable location")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -30,32 +29,14 @@ from soe.serve import cli as serve_cli
 from soe.fileio import atomic_write_text
 
 
-def _number(kind, ok, expected: str):
-    """An argparse ``type=`` that refuses values outside a range, naming the range (argparse names the flag)."""
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}; "
-                                             f"expected {expected}") from None
-        if not (math.isfinite(v) and ok(v)):
-            raise argparse.ArgumentTypeError(f"{text} is out of range; expected {expected}")
-        return v
-    parse.__name__ = expected  # argparse shows it in "invalid <name> value" messages
-    return parse
-
-
-positive_int = _number(int, lambda v: v > 0, "an integer ≥ 1")
-nonneg_int = _number(int, lambda v: v >= 0, "an integer ≥ 0")
-positive_float = _number(float, lambda v: v > 0, "a number > 0")
-nonneg_float = _number(float, lambda v: v >= 0, "a number ≥ 0")
-open_fraction = _number(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
-weight_floor = _number(float, lambda v: 0 <= v < 1, "a weight in [0, 1)")
+from soe.checks import (device_arg, nonneg_float, nonneg_int, open_fraction, positive_float,  # noqa: F401
+                        positive_int, seed_arg, temperature_arg, token_count_arg, weight_floor)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="prepared-data directory of the checkpoint (meta.json, tokenizer, centroids)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", type=device_arg, help="torch device: cpu, cuda, cuda:N, mps (default: cuda if "
+                                                     "available, else cpu)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
 
@@ -136,12 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="sample text from a specialist")
     p.add_argument("model", help="exported specialist directory, or a checkpoint (with --weights)")
-    p.add_argument("--weights", default="prior", help="with a checkpoint: domain weights (default: prior)")
+    p.add_argument("--weights", default=None, help="with a checkpoint: domain weights (default: prior)")
     p.add_argument("--prompt", default="")
-    p.add_argument("--max-tokens", type=positive_int, default=100, help="tokens to generate at most (≥ 1)")
-    p.add_argument("--temperature", type=nonneg_float, default=0.8, help="≥ 0; 0: greedy")
+    p.add_argument("--max-tokens", type=token_count_arg, default=100, help="tokens to generate at most (≥ 1)")
+    p.add_argument("--temperature", type=temperature_arg, default=0.8, help="0: greedy, else ≥ 1e-4")
     p.add_argument("--top-k", type=nonneg_int, default=50, help="sample among the k most likely tokens; 0: all")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--num-samples", type=positive_int, default=1)
     _common(p)
 
@@ -253,6 +234,9 @@ def cmd_evaluate(a) -> None:
             raise ValueError(f"--specialist {d} is not an exported specialist directory")
         names = [Path(x).name for x in a.specialist]
         models[Path(d).name if names.count(Path(d).name) == 1 else str(d).rstrip("/")] = spec  # ft/a/best, ft/b/best
+    if a.sets is not None and not [s for s in a.sets.split(",") if s.strip()]:
+        raise ValueError(f"--sets {a.sets!r} names no set; expected a comma list of val, specialists, set names or "
+                         "prepared directories")
     sets = [] if a.sets is None and a.texts else (a.sets or "val,specialists").split(",")
     if sets and data is None:
         raise ValueError("pass --data DIR (the prepared-data directory holding the evaluation sets) or --texts FILE")
@@ -272,7 +256,10 @@ def cmd_generate(a) -> None:
     from soe import api
 
     obj = api.load(a.model, data=a.data, device=a.device)
-    spec = obj.specialist(a.weights) if isinstance(obj, api.Soup) else obj
+    if not isinstance(obj, api.Soup) and a.weights is not None:
+        raise ValueError(f"--weights {a.weights} applies to a checkpoint, but {a.model} is an exported specialist "
+                         "(its weights are fixed); drop --weights or give a checkpoint")
+    spec = obj.specialist(a.weights or "prior") if isinstance(obj, api.Soup) else obj
     for i in range(a.num_samples):
         if a.num_samples > 1:
             print(f"--- sample {i + 1}")

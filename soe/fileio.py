@@ -2,7 +2,8 @@
 
 A JSON/YAML state file (run.json, launch.json, weights.json, results.json, meta.json, ...) is written to a
 unique temporary name in the same directory and renamed over the target: a crash leaves the old file or the
-new one, never a truncated one. Reading a corrupt file raises a ValueError naming the file and what to do.
+new one, never a truncated one. Reading a corrupt file (or one giving a key twice) raises a ValueError naming
+the file and what to do.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import uuid
 from pathlib import Path
 from typing import Any
+
+from soe.checks import no_duplicate_keys
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -43,6 +46,6 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: corrupt {what} (not UTF-8 text: {e.reason})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=no_duplicate_keys(f"{path}: {what}"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: corrupt {what}, not valid JSON ({e})") from None

@@ -23,6 +23,8 @@ import os
 import shutil
 from pathlib import Path
 
+from soe.checks import seed_arg
+
 FINETUNE = __doc__.split("\n\n")[0]
 MARKER = "finetune.json"
 
@@ -46,7 +48,7 @@ def add_parser(sub, common, positive_int, positive_float, open_fraction) -> None
     p.add_argument("--eval-every", type=positive_int, default=32, help="held-out evaluation every N steps")
     p.add_argument("--patience", type=positive_int, default=None, help="stop after N evaluations without a new best")
     p.add_argument("--first-checkpoint", type=positive_int, default=4, help="first step of the geometric schedule")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--lora-rank", type=positive_int, default=None, help="LoRA (peft) of this rank instead of full fine-tuning")
     p.add_argument("--lora-alpha", type=positive_float, default=16.0)
     p.add_argument("--lora-targets", default=None, help="comma list of projections (default: all seven)")

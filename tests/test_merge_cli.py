@@ -56,7 +56,8 @@ ROWS = [
     (["--config", "{root}/missing.yaml", "--out", "{root}/o"], "merge config"),
     (["--config", "{root}/bad.yaml", "--out", "{root}/o"], "needs base_model"),
     (["--config", "{root}/merge.yaml"], "--out DIR is required"),
-    (["--config", "{root}/merge.yaml", "--out", "{root}/cooking"], "already exists"),
+    (["--config", "{root}/merge.yaml", "--out", "{root}/cooking"], "is (or contains, or is inside) models[0]"),
+    (["--config", "{root}/merge.yaml", "--out", "{root}/law", "--overwrite"], "models[1]"),
     (["--config", "{root}/merge.yaml", "--out", "{prepared}", "--overwrite"], "was not written by soe"),
     (["--config", "{root}/texts.txt", "--out", "{root}/o"], "expected a mapping"),
 ]

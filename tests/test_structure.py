@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("soe", "data_prep")
-LAYERS = {"errors": 0, "fileio": 0, "malloc": 0, "checks": 0, "core": 0, "data": 1, "train": 2, "specialists": 3, "experiments": 4}  # the rest of soe: 5
+LAYERS = {"errors": 0, "fileio": 0, "malloc": 0, "checks": 0, "weightspec": 0, "core": 0, "data": 1, "train": 2, "specialists": 3, "experiments": 4}  # the rest of soe: 5
 MAX_LINES = 300
 
 

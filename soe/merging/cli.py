@@ -26,7 +26,7 @@ def add_parser(sub, common) -> None:
 
 
 def cmd_merge(a) -> None:
-    from soe.merging.config import load_config
+    from soe.merging.config import check_paths, load_config
     from soe.merging.merge import in_span_report, merge
     from soe.specialists.export import check_out
 
@@ -39,6 +39,7 @@ def cmd_merge(a) -> None:
         return
     if not a.out:
         raise ValueError("--out DIR is required (or --report to only print the in-span shares)")
+    check_paths(cfg, a.out)  # --out apart from every input, each model once
     check_out(a.out, a.overwrite)  # refuse before reading anything
     print(f"merging {len(cfg.models)} models with {cfg.merge_method} ({cfg.source})")
     r = merge(cfg, a.out, a.overwrite)

@@ -27,12 +27,12 @@ span of the expert bank in α-space and only their residuals by the method.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from soe.checks import safe_load_yaml
 from soe.merging.methods import RESCALES
 
 # method -> (needs a base model, default of ``normalize``); mergekit's defaults
@@ -95,7 +95,9 @@ def _number(v, where: str, lo: float | None = None, hi: float | None = None, lo_
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"{where}: {v!r} is not a number")
     v = float(v)
-    if v != v or (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
+    if not math.isfinite(v):
+        raise ValueError(f"{where}: {v} is not finite; expected a finite number")
+    if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
         rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else '∞'}]"
         raise ValueError(f"{where}: {v} is outside {rng}")
     return v
@@ -133,6 +135,15 @@ def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
                                _number(p.get("density", 1.0), f"{where}.parameters.density", 0, 1, lo_open=True), ex))
     if sum(m.weight for m in specs) <= 0:
         raise ValueError(f"{source}: the models' weights sum to 0; expected a positive total")
+    if not math.isfinite(sum(m.weight for m in specs)):
+        raise ValueError(f"{source}: the models' weights sum to inf; expected weights whose sum is finite")
+    seen: dict[str, int] = {}
+    for i, m in enumerate(specs):
+        key = os.path.normpath(m.model)
+        if key in seen:
+            raise ValueError(f"{source}: models[{i}] {m.model!r} is models[{seen[key]}] again; expected each model "
+                             "once (give it a larger weight instead)")
+        seen[key] = i
     params = raw.get("parameters") or {}
     if not isinstance(params, dict) or set(params) - GLOBAL_KEYS:
         raise ValueError(f"{source}: parameters: expected keys among {sorted(GLOBAL_KEYS)}, got {params!r}")
@@ -178,8 +189,10 @@ def load_config(path: str | os.PathLike) -> MergeConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"merge config {path} not found")
+    import yaml
+
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load_yaml(path.read_text(), str(path))
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     cfg = parse_config(raw, str(path))
@@ -195,3 +208,23 @@ def load_config(path: str | os.PathLike) -> MergeConfig:
     elif cfg.base_model is not None:
         cfg.base_model = resolve(cfg.base_model)
     return cfg
+
+
+def check_paths(cfg: MergeConfig, out: str | os.PathLike) -> None:
+    """Refuse the same model listed twice (after resolving links) and an ``out`` that is one of the inputs (its
+    replacement would destroy an input). Called before anything is read or written."""
+    real = os.path.realpath(out)
+    inputs = [(f"models[{i}]", m.model) for i, m in enumerate(cfg.models)]
+    inputs += [(f"models[{i}].exemplars", m.exemplars) for i, m in enumerate(cfg.models) if m.exemplars]
+    base = cfg.base_model["soup"] if isinstance(cfg.base_model, dict) else cfg.base_model
+    if base:
+        inputs.append(("base_model", base))
+    seen: dict[str, str] = {}
+    for what, p in inputs:
+        rp = os.path.realpath(p)
+        if rp == real or real.startswith(rp.rstrip(os.sep) + os.sep) or rp.startswith(real.rstrip(os.sep) + os.sep):
+            raise ValueError(f"--out {out} is (or contains, or is inside) {what} {p} of the merge; expected an output "
+                             "apart from every input")
+        if what.startswith("models[") and "exemplars" not in what and rp in seen:
+            raise ValueError(f"{cfg.source}: {what} {p} is {seen[rp]} again; expected each model once")
+        seen.setdefault(rp, what)

@@ -190,6 +190,13 @@ def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log
     """Merge ``cfg.models`` into a specialist directory ``out`` (atomic; see module docstring)."""
     from safetensors.torch import save_file
 
+    from soe.checks import check_finite
+    from soe.merging.config import check_paths
+    from soe.specialists.export import check_out, recover
+
+    check_paths(cfg, out)
+    recover(out)
+    check_out(out, overwrite)  # refused before any model is read
     t0 = time.perf_counter()
     inp = open_inputs(cfg)
     models, base, names, sb = inp.models, inp.base, inp.names, inp.soup
@@ -217,6 +224,7 @@ def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log
         n_params += merged[name].numel()
         if log and (i + 1) % max(len(names) // 4, 1) == 0:
             log(f"  merged {i + 1}/{len(names)} tensors")
+    check_finite(merged, f"merge {cfg.source} ({cfg.merge_method})")  # e.g. weights or lambda large enough to overflow
     template = ref.dir or models[0].dir
     with atomic_dir(out, overwrite) as tmp:
         for f in template.iterdir():

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from soe.core.weights import parse_weights, weights_dict
+from soe.core.weights import weights_dict
+from soe.weightspec import parse_weights
 from soe.train.checkpoint import load_checkpoint
 
 H_MODES = ("mean", "alpha-mean")

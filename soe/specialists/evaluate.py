@@ -16,6 +16,7 @@ are the UTF-8 bytes of the text); perplexity = e^loss per token; byte perplexity
 from __future__ import annotations
 
 import math
+import sys
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,9 @@ def text_set(source, text_field: str = "text", max_docs: int | None = None, name
     return EvalSet(name or (Path(str(source)).stem if not isinstance(source, (list, tuple)) else "texts"), docs=docs)
 
 
+MIN_TOKENS = 8  # fewer predicted tokens than this: no loss is reported
+
+
 def evaluate(models: dict[str, DenseModel], sets: list[EvalSet], max_windows: int | None = DEFAULT_WINDOWS,
              batch_size: int = 16) -> list[dict]:
     """One row per (model, set): loss over at most ``max_windows`` windows of the model's max_seq_len."""
@@ -165,9 +169,19 @@ def evaluate(models: dict[str, DenseModel], sets: list[EvalSet], max_windows: in
     for es in sets:
         for label, m in models.items():
             stream, tok_per_byte = es.tokens(m)
+            if len(stream) - 1 < MIN_TOKENS:
+                raise ValueError(f"evaluation set {es.name}: {len(stream)} tokens, fewer than {MIN_TOKENS + 1}; a loss "
+                                 f"over so few tokens means nothing: expected at least one window of "
+                                 f"{m.model.cfg.max_seq_len + 1} tokens")
+            if len(stream) - 1 < m.model.cfg.max_seq_len:
+                print(f"warning: evaluation set {es.name} holds {len(stream)} tokens, less than one window of "
+                      f"{m.model.cfg.max_seq_len + 1}: its loss is over {len(stream) - 1} tokens", file=sys.stderr)
             T = min(m.model.cfg.max_seq_len, len(stream) - 1)
             wins = eval_windows(stream, T, max_windows)
             loss = model_loss(m.model, wins, batch_size)
+            if not math.isfinite(loss):
+                raise ValueError(f"model {label} on set {es.name}: the loss is {loss} (its outputs are non-finite: "
+                                 "NaN or inf weights?); expected a finite loss")
             bpb = loss * tok_per_byte / math.log(2) if tok_per_byte else None
             rows.append({"model": label, "set": es.name, "split": es.split if es.docs is None else "texts",
                          "tokens": int(wins[:, 1:].numel()), "loss": loss, "perplexity": math.exp(min(loss, 700.0)),

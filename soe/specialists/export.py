@@ -22,11 +22,12 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from soe.checks import check_fields, check_finite, check_out_parent
 from soe.core.model import LlamaLM, ModelConfig
 from soe.fileio import read_json
 
@@ -54,11 +55,24 @@ def hf_config(cfg: ModelConfig, eos_id: int, bos_id: int | None = None, dtype: s
     }
 
 
+HF_TYPES = {"vocab_size": int, "num_hidden_layers": int, "num_attention_heads": int, "num_key_value_heads": int,
+            "hidden_size": int, "intermediate_size": int, "max_position_embeddings": int, "rms_norm_eps": (int, float),
+            "rope_theta": (int, float), "tie_word_embeddings": bool}
+HF_REQUIRED = ("vocab_size", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size",
+               "max_position_embeddings", "rms_norm_eps")
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
     """Inverse of `hf_config` (for HF directories that lack soe_specialist.json)."""
     rope = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
     if hf.get("model_type") != "llama":
         raise ValueError(f"config.json has model_type={hf.get('model_type')!r}; expected 'llama'")
+    for key, kind in HF_TYPES.items():  # ModelConfig would accept them and fail inside the first forward
+        v = hf.get(key)
+        if (key in hf or key in HF_REQUIRED) and not (v is None and key not in HF_REQUIRED) and (
+                isinstance(v, bool) != (kind is bool) or not isinstance(v, kind)):
+            raise ValueError(f"config.json: {key}={v!r} ({type(v).__name__}); expected "
+                             f"{'a number' if kind == (int, float) else kind.__name__}")
     return ModelConfig(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
                        n_kv_head=hf.get("num_key_value_heads"), d_model=hf["hidden_size"], d_ff=hf["intermediate_size"],
                        max_seq_len=hf["max_position_embeddings"], rope_theta=rope, norm_eps=hf["rms_norm_eps"],
@@ -99,6 +113,7 @@ def check_out(out: str | os.PathLike, overwrite: bool = False, marker: str = SOE
     never deletes anything else."""
     out = Path(out)
     if not os.path.lexists(out):
+        check_out_parent(out)
         return
     if not overwrite:
         raise FileExistsError(f"output directory {out} already exists; pass --overwrite (overwrite=True) to replace it")
@@ -251,8 +266,7 @@ def load_specialist(directory: str | os.PathLike, device: str | torch.device = "
         raise FileNotFoundError(f"{d} holds neither {SOE_FILE} nor config.json: not a specialist directory")
     try:  # valid JSON of the wrong shape, or values ModelConfig refuses
         if where.name == SOE_FILE:
-            known = {f.name for f in fields(ModelConfig)}
-            cfg = ModelConfig(**{k: v for k, v in info["model"].items() if k in known})
+            cfg = ModelConfig(**check_fields(info["model"], ModelConfig, str(where) + ": model"))
         else:
             cfg = config_from_hf(hf)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
@@ -264,6 +278,7 @@ def load_specialist(directory: str | os.PathLike, device: str | torch.device = "
         state = load_file(str(wpath), device="cpu")
     except Exception as e:  # safetensors raises its own error type on a truncated or garbage file
         raise ValueError(f"{wpath}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    check_finite(state, str(wpath))
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)  # some HF writers store the tied copy too
     if (d / ADAPTER_FILE).is_file():

@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from soe.checks import check_seed, check_temperature, check_token_count
 from soe.core.model import LlamaLM
 
 
@@ -15,9 +16,16 @@ def generate(net: LlamaLM, tokenizer_file: str | os.PathLike, eos_id: int, promp
     """Sample a continuation of ``prompt`` (temperature 0: greedy); stops at EOS. Returns prompt + text."""
     from tokenizers import Tokenizer
 
-    if temperature < 0 or max_new_tokens < 0 or (top_k is not None and top_k <= 0):
-        raise ValueError(f"temperature={temperature}, max_new_tokens={max_new_tokens}, top_k={top_k}: expected "
-                         "temperature ≥ 0, max_new_tokens ≥ 0, top_k > 0")
+    check_temperature(temperature, "temperature (--temperature)")
+    check_token_count(max_new_tokens, "max_new_tokens (--max-tokens)", allow_zero=True)
+    check_seed(seed, "seed (--seed)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+        raise ValueError(f"top_k={top_k!r} (--top-k): expected an integer > 0, or None for all tokens")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # e.g. bytes of another encoding on the command line (surrogate escapes)
+        raise ValueError(f"prompt (--prompt) is not valid UTF-8 text: {prompt[e.start:e.end]!r} at character "
+                         f"{e.start}; expected UTF-8") from None
     tok = Tokenizer.from_file(str(tokenizer_file))
     dev = next(net.parameters()).device
     ids = tok.encode(prompt).ids if prompt else []

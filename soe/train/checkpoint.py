@@ -8,12 +8,14 @@ with ``torch.load(weights_only=True)``: no pickled code runs and no Lightning ob
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
 
 import torch
 
+from soe.checks import check_fields
 from soe.core.model import ModelConfig
 from soe.core.soup import SoupConfig, SoupOfExperts
 from soe.data.shards import Meta, check_tokenizer, load_meta
@@ -59,12 +61,38 @@ def _unreadable(path: Path, e: Exception) -> str:
     return f"{path}: not a readable checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
 
 
+def check_hparams(hp: dict, path) -> dict:
+    """A checkpoint's hyper-parameters, complete and typed: net and soup (the fields of ModelConfig and
+    SoupConfig), n_domains ≥ 1, domain_names (n_domains distinct strings), prior (n_domains finite weights ≥ 0)."""
+    where = f"{path}: hyper-parameters"
+    for key in ("net", "soup", "n_domains", "domain_names", "prior"):
+        if key not in hp:
+            raise ValueError(f"{where} lack {key!r}; expected a checkpoint written by train.py (net, soup, n_domains, "
+                             "domain_names, prior)")
+    for key, cls in (("net", ModelConfig), ("soup", SoupConfig)):
+        if not isinstance(hp[key], dict):
+            raise ValueError(f"{where}: {key}={hp[key]!r}; expected a mapping of {cls.__name__} fields")
+        check_fields(hp[key], cls, f"{where} {key}")
+    k = hp["n_domains"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{where}: n_domains={k!r}; expected an integer ≥ 1")
+    names = hp["domain_names"]
+    if not isinstance(names, (list, tuple)) or len(names) != k or not all(isinstance(n, str) for n in names) \
+            or len(set(names)) != k:
+        raise ValueError(f"{where}: domain_names={names!r}; expected {k} distinct domain names (n_domains={k})")
+    prior = hp["prior"].tolist() if torch.is_tensor(hp["prior"]) else hp["prior"]
+    if not isinstance(prior, (list, tuple)) or len(prior) != k or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in prior):
+        raise ValueError(f"{where}: prior={prior!r}; expected {k} finite non-negative weights (one per domain)")
+    return hp
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SoupOfExperts, dict, Path]:
     """A trained SoupOfExperts (eval mode) from a training checkpoint, loaded with weights_only=True.
     Returns (soup, hyper-parameters plus the recorded ``data_dir``, checkpoint path)."""
     path = find_checkpoint(path)
     state = read_state(path)
-    hp = dict(state["hyper_parameters"])
+    hp = check_hparams(dict(state["hyper_parameters"]), path)
     try:
         soup = SoupOfExperts(ModelConfig(**hp["net"]), int(hp["n_domains"]), SoupConfig(**hp["soup"]))
     except (KeyError, TypeError) as e:
