@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from soe.checks import MAX_SEED, safe_load_yaml
 from soe.data.embed import EMBEDDER_KINDS
 from soe.data.shards import dtype_for_vocab
 
@@ -203,9 +204,13 @@ def _check_type(value: Any, annotation: str, where: str, key: str) -> None:
         raise ConfigError(f"{where}: {key}={value!r}: expected {' or '.join(options)}, got {type(value).__name__}")
 
 
-def _positive(value: Any, where: str, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{where}={value!r}: expected an integer >= {minimum}")
+MAX_VOCAB = 1 << 20  # 1,048,576 tokens: the BPE trainer's memory grows with it (1e9 tried to allocate ~70 GB)
+
+
+def _positive(value: Any, where: str, minimum: int = 1, maximum: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (maximum and value > maximum):
+        rng = f"in [{minimum}, {maximum:,}]" if maximum else f">= {minimum}"
+        raise ConfigError(f"{where}={value!r}: expected an integer {rng}")
 
 
 def validate(cfg: PrepareConfig) -> PrepareConfig:
@@ -229,9 +234,9 @@ def validate(cfg: PrepareConfig) -> PrepareConfig:
             _positive(s.max_chunks, f"{w}.max_chunks")
     if all(s.holdout for s in cfg.sources):
         raise ConfigError("sources: every source is held out; expected at least one pretraining source")
-    _positive(cfg.seed, "seed", 0)
+    _positive(cfg.seed, "seed", 0, MAX_SEED)
     _positive(cfg.chunking.max_chars, "chunking.max_chars")
-    _positive(cfg.tokenizer.vocab_size, "tokenizer.vocab_size", 258)  # 256 bytes + <|endoftext|> + 1 merge
+    _positive(cfg.tokenizer.vocab_size, "tokenizer.vocab_size", 258, MAX_VOCAB)  # 256 bytes + <|endoftext|> + 1 merge
     _positive(cfg.tokenizer.sample_chunks_per_group, "tokenizer.sample_chunks_per_group")
     try:
         dtype_for_vocab(cfg.tokenizer.vocab_size, cfg.shards.dtype)
@@ -284,11 +289,13 @@ def load_config(path: str | Path, out: str | None = None) -> PrepareConfig:
     if not path.is_file():
         raise ConfigError(f"config {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load_yaml(path.read_text(), f"config {path}")
     except UnicodeDecodeError as e:
         raise ConfigError(f"config {path} is not UTF-8 text ({e.reason}); expected a YAML file") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+    except ValueError as e:  # a key given twice
+        raise ConfigError(str(e)) from None
     return from_dict(raw, str(path), out)
 
 
