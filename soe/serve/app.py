@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import secrets
+import signal
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -141,28 +142,36 @@ def create_app(srv: Server) -> FastAPI:
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         new, info = [], {}
+        watch = asyncio.ensure_future(_on_disconnect(request, job, events))
         try:
             while True:
-                try:
-                    kind, value = await asyncio.wait_for(events.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return JSONResponse({}, status_code=499)  # nobody reads it; the slot is freed below
-                    continue
+                kind, value = await events.get()
                 if kind == "start":
                     info = value
                 elif kind == "token":
                     new.append(value)
                 elif kind == "done":
                     break
+                elif kind == "gone":
+                    return JSONResponse({}, status_code=499)  # nobody reads it; the slot is freed already
                 else:
                     raise ApiError(500, value, None, "engine_error", "server_error")
         finally:
+            watch.cancel()
             job.cancel()  # no-op once done; frees the slot when the handler is cancelled or fails
         text = (req.prompt if req.echo else "") + srv.decode(new)
         return {**head, "choices": [choice(text, value)], "usage": usage(len(new)), **extra, **info}
 
     return app
+
+
+async def _on_disconnect(request: Request, job: Job, events: asyncio.Queue) -> None:
+    """Cancel ``job`` as soon as the client of a non-streaming request goes away (the body is read already, so
+    the next ASGI message is the disconnect), and wake its handler."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancel()
+    events.put_nowait(("gone", None))
 
 
 async def _stream(job, events, srv, req, head, extra, usage, choice):
@@ -201,9 +210,17 @@ async def _stream(job, events, srv, req, head, extra, usage, choice):
         job.cancel()  # the client went away (the response task is cancelled) or the stream ended
 
 
-def serve(srv: Server, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def make_server(srv: Server, log_level: str = "info"):
+    """The uvicorn server of ``srv``'s app (run it with ``.run(sockets=[bind(host, port)])``; tests and
+    bench/bench_serve.py run it in a thread and stop it with ``should_exit = True``)."""
     import uvicorn
 
+    config = uvicorn.Config(create_app(srv), log_level=log_level, access_log=log_level == "debug",
+                            timeout_graceful_shutdown=5)
+    return uvicorn.Server(config)
+
+
+def serve(srv: Server, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     sock = bind(host, port)
     url_host = f"[{host}]" if ":" in host else host
     names = srv.catalog.names()
@@ -212,6 +229,14 @@ def serve(srv: Server, host: str = "127.0.0.1", port: int = 8000, log_level: str
           f"{srv.cfg.max_seq_len}); models: {shown}", flush=True)
     print(f"soe serve: listening on http://{url_host}:{sock.getsockname()[1]} (max batch {srv.engine.max_batch}, "
           f"cache {srv.engine.cache.capacity / 2**20:g} MB)", flush=True)
-    config = uvicorn.Config(create_app(srv), log_level=log_level, access_log=log_level == "debug",
-                            timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    # SIGINT / SIGTERM: uvicorn stops accepting, lets in-flight requests finish (≤ 5 s) and stops the engine, then
+    # re-raises the signal to the handler it found; ours takes it, so a stop on a signal is a clean exit (status 0).
+    stopped: list[int] = []
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda sig, frame: stopped.append(sig)) for s in handled}
+    try:
+        make_server(srv, log_level).run(sockets=[sock])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print(f"soe serve: stopped{f' ({signal.Signals(stopped[0]).name})' if stopped else ''}", flush=True)

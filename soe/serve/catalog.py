@@ -60,8 +60,9 @@ class Catalog:
                 raise bad("weights", "empty: expected {domain: weight} with a positive total")
             try:
                 h = parse_weights(weights, self.domains)
-            except ValueError as e:
-                raise bad("weights", str(e).removeprefix("weights: ")) from None
+            except (ValueError, TypeError, OverflowError) as e:  # OverflowError: an integer beyond float's range
+                msg = str(e).removeprefix("weights: ") if isinstance(e, ValueError) else f"{e} (expected finite numbers)"
+                raise bad("weights", msg) from None
             return h, h_key(h)
         if model == SOUP and not self.dense:
             raise bad("weights", f"model {SOUP!r} needs the 'weights' field ({{domain: weight}}; with the openai "

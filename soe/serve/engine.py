@@ -78,7 +78,7 @@ class Engine:
             self._template = LlamaLM(cfg)
         self._stacks: dict[tuple[bytes, ...], dict[str, torch.Tensor]] = {}
         self.stacked: bool | None = None  # None: not probed yet
-        self.steps = self.forwards = self.rows = self.served = self.failed = 0
+        self.steps = self.forwards = self.rows = self.served = self.failed = self.cancelled = 0
 
     # ------------------------------------------------------------ outside the engine thread
     def start(self) -> None:
@@ -99,14 +99,17 @@ class Engine:
         return {"active": len(self._active), "queued": self._queue.qsize(), "max_batch": self.max_batch,
                 "batching": {None: "not probed yet", True: "stacked", False: "per-model"}[self.stacked],
                 "steps": self.steps, "forwards": self.forwards, "rows": self.rows, "served": self.served,
-                "failed": self.failed, "cache": self.cache.stats()}
+                "failed": self.failed, "cancelled": self.cancelled, "cache": self.cache.stats()}
 
     # ------------------------------------------------------------ the engine thread
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self._admit()
-                self._active = [j for j in self._active if not j.cancelled]
+                gone = [j for j in self._active if j.cancelled]
+                if gone:  # their clients went away: free the slots
+                    self.cancelled += len(gone)
+                    self._active = [j for j in self._active if not j.cancelled]
                 if self._active:
                     with torch.inference_mode():
                         self._step()
@@ -129,7 +132,8 @@ class Engine:
                 job = self._queue.get(timeout=0.05) if not self._active else self._queue.get_nowait()
             except queue.Empty:
                 return
-            if job.cancelled:
+            if job.cancelled:  # its client went away while it waited
+                self.cancelled += 1
                 continue
             t_admit = time.perf_counter()
             try:

@@ -66,18 +66,31 @@ def _float(body: dict, name: str, default: float, lo: float, hi: float, lo_open:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise bad(name, f"{v!r} is not a number", "invalid_type")
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # an integer beyond float's range
+        v = math.inf
     if not math.isfinite(v) or v > hi or (v <= lo if lo_open else v < lo):
         raise bad(name, f"{v} is out of range; expected a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]")
     return v
 
 
-def _bool(body: dict, name: str, default: bool) -> bool:
+def _bool(body: dict, name: str, default: bool, param: str | None = None) -> bool:
     v = body.get(name, default)
     if v is None:
         return default
     if not isinstance(v, bool):
-        raise bad(name, f"{v!r} is not a boolean", "invalid_type")
+        raise bad(param or name, f"{v!r} is not a boolean", "invalid_type")
+    return v
+
+
+def _text(v, name: str) -> str:
+    """A string the tokenizer and the JSON answer can take: valid Unicode (JSON's \\ud800 escapes allow a lone
+    surrogate, which has no UTF-8 form)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad(name, f"not valid Unicode ({e.reason} at character {e.start})", "invalid_value") from None
     return v
 
 
@@ -97,6 +110,8 @@ def parse_json(raw: bytes):
         raise ApiError(400, f"body: malformed JSON ({e})", "body", "invalid_json") from None
     except RecursionError:
         raise ApiError(400, "body: JSON nested too deeply", "body", "invalid_json") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits (sys.int_info.str_digits_check_threshold)
+        raise ApiError(400, f"body: malformed JSON ({e})", "body", "invalid_json") from None
 
 
 def parse_completion(raw: bytes, max_seq_len: int) -> CompletionRequest:
@@ -111,18 +126,21 @@ def parse_completion(raw: bytes, max_seq_len: int) -> CompletionRequest:
                       "unknown_parameter")
     for name, ok in NEUTRAL.items():
         if not _neutral(body.get(name), ok):
-            raise bad(name, f"{body[name]!r} is not supported by this server (only {ok[-1]!r} or null)",
-                      "unsupported_value")
+            neutral = " or ".join(json.dumps(a) for a in ok if a is not None)
+            raise bad(name, f"{json.dumps(body[name])} is not supported by this server (only "
+                            f"{neutral + ' or ' if neutral else ''}null)", "unsupported_value")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model", "required: the name of a specialist (GET /v1/models lists them)",
                   "missing" if model is None else "invalid_type")
+    _text(model, "model")
     prompt = body.get("prompt", "")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]  # the client's list form of one prompt
     if not isinstance(prompt, str):
         raise bad("prompt", "expected a string (one prompt per request; token-id prompts are not supported)",
                   "invalid_type")
+    _text(prompt, "prompt")
     max_tokens = _int(body, "max_tokens", 16)
     if max_tokens <= 0 or max_tokens > max_seq_len:
         raise bad("max_tokens", f"{max_tokens} is out of range; expected 1 ≤ max_tokens ≤ {max_seq_len} "
@@ -138,13 +156,15 @@ def parse_completion(raw: bytes, max_seq_len: int) -> CompletionRequest:
     opts = body.get("stream_options")
     if opts is not None and (not isinstance(opts, dict) or set(opts) - {"include_usage"}):
         raise bad("stream_options", f"{opts!r}: expected {{\"include_usage\": true|false}}")
-    include_usage = _bool(opts or {}, "include_usage", False)
+    include_usage = _bool(opts or {}, "include_usage", False, "stream_options.include_usage")
     weights = body.get("weights")
     if weights is not None and not isinstance(weights, dict):
         raise bad("weights", f"expected an object {{domain: weight}}, got {type(weights).__name__}", "invalid_type")
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise bad("user", "expected a string", "invalid_type")
+    if user is not None:
+        _text(user, "user")
     return CompletionRequest(model=model, prompt=prompt, max_tokens=max_tokens,
                              temperature=_float(body, "temperature", 1.0, 0.0, 2.0),
                              top_p=_float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), top_k=top_k or None,
