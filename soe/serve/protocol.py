@@ -11,6 +11,8 @@ import json
 import math
 from dataclasses import dataclass
 
+from soe.checks import MIN_TEMPERATURE, no_duplicate_keys
+
 # Fields of OpenAI's completions API this server accepts; unknown fields are refused (as OpenAI does), so a
 # misspelt option is an error, not silently ignored.
 FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stream", "stream_options", "n",
@@ -105,13 +107,15 @@ def _neutral(v, allowed) -> bool:
 
 def parse_json(raw: bytes):
     try:
-        return json.loads(raw)
+        return json.loads(raw, object_pairs_hook=no_duplicate_keys("body"))  # {"law": 1, "law": 0}: refused
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"body: malformed JSON ({e})", "body", "invalid_json") from None
     except RecursionError:
         raise ApiError(400, "body: JSON nested too deeply", "body", "invalid_json") from None
-    except ValueError as e:  # e.g. an integer of more than 4300 digits (sys.int_info.str_digits_check_threshold)
-        raise ApiError(400, f"body: malformed JSON ({e})", "body", "invalid_json") from None
+    except ValueError as e:  # a key twice; an integer of more than 4300 digits (sys.int_info.str_digits_check_threshold)
+        msg = str(e).removeprefix("body: ")
+        raise ApiError(400, f"body: {msg}" if "appears twice" in msg else f"body: malformed JSON ({msg})", "body",
+                       "invalid_json") from None
 
 
 def parse_completion(raw: bytes, max_seq_len: int) -> CompletionRequest:
@@ -165,8 +169,11 @@ def parse_completion(raw: bytes, max_seq_len: int) -> CompletionRequest:
         raise bad("user", "expected a string", "invalid_type")
     if user is not None:
         _text(user, "user")
-    return CompletionRequest(model=model, prompt=prompt, max_tokens=max_tokens,
-                             temperature=_float(body, "temperature", 1.0, 0.0, 2.0),
+    temperature = _float(body, "temperature", 1.0, 0.0, 2.0)
+    if 0 < temperature < MIN_TEMPERATURE:  # logits / temperature would overflow (soe generate's floor too)
+        raise bad("temperature", f"{temperature:g} is too small; expected 0 (greedy) or a number in "
+                                 f"[{MIN_TEMPERATURE:g}, 2]")
+    return CompletionRequest(model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
                              top_p=_float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), top_k=top_k or None,
                              seed=seed, stream=_bool(body, "stream", False), include_usage=include_usage,
                              echo=_bool(body, "echo", False), weights=weights)
