@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ FORMATS = ("hf", "soe")
 SOE_FILE = "soe_specialist.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
+LEFTOVER = re.compile(r"\..+\.(tmp|old)-[0-9a-f]{8}")  # .OUT.tmp-*: being written; .OUT.old-*: swapped out
 
 
 def hf_config(cfg: ModelConfig, eos_id: int, bos_id: int | None = None, dtype: str = "float32") -> dict:
@@ -255,6 +257,10 @@ def load_specialist(directory: str | os.PathLike, device: str | torch.device = "
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"specialist directory {d} not found")
+    for p in (d.absolute(), *d.absolute().parents):  # complete or not, never a finished model: refused
+        if LEFTOVER.fullmatch(p.name):
+            raise ValueError(f"{d}: left by an interrupted export or fine-tuning ({p.name}), not a finished model; "
+                             f"expected the directory it was writing ({p.parent / p.name[1:].rsplit('.', 1)[0]})")
     info: dict = {}
     if (d / SOE_FILE).is_file():
         where = d / SOE_FILE
