@@ -28,6 +28,7 @@ BENCHES = [
     ("tokenize", "bench.bench_tokenize", [], []),
     ("embed", "bench.bench_embed", [], ["--n", "500", "--k", "16"]),
     ("merge", "bench.bench_merge", [], ["--repeats", "1", "--models", "2"]),
+    ("serve", "bench.bench_serve", [], ["--size", "tiny", "--requests", "64"]),
 ]
 
 

@@ -1,11 +1,14 @@
 """The decode engine: one background thread that owns the models and decodes up to ``max_batch`` requests.
 
 Each loop it admits queued requests into free slots (instantiating Θ(h) through the cache, in this thread),
-then runs one *step*: every active request gets one token. The active requests are grouped by their current
-window length (there is no padding or KV cache: each token recomputes the whole window, as ``soe generate``
-does, and sequences of one length need no attention mask); one group is one forward:
+then runs one *step*: every active request gets one token. There is no KV cache: each token recomputes its whole
+window, as ``soe generate`` does. Windows of different lengths share a forward *right-padded* to the longest:
+attention is causal, so a position never sees the padding after it and each row's logits at its own last
+position are those of its unpadded window. The active requests are packed from the longest window down into
+groups whose padded tokens stay within ``PAD_SLACK`` × their real tokens (a short window is not padded to 8×
+its length); one group is one forward:
 
-- one request: its dense model alone, the very computation of ``soe generate``;
+- one request: its dense model alone, unpadded, the very computation of ``soe generate``;
 - several requests of one h: that model on the batch;
 - requests of different h: one forward of the *stacked* models (every weight with a leading M, group m of the
   batch run by model m through batched matmuls: `soe.core.model`'s stacked models, the path the soup's training
@@ -13,8 +16,7 @@ does, and sequences of one length need no attention mask); one group is one forw
   model does not accept stacked weights (probed once, compared with the plain forward), each h's sub-batch runs
   its own forward in the same step instead.
 
-Requests that share a length are batched; others take their own forward in the same step (FIFO admission, no
-request waits for another to finish once admitted). A cancelled request (the client went away) leaves its slot
+Admission is FIFO; no request waits for another to finish once admitted. A cancelled request (the client went away) leaves its slot
 at the next step. Events go to each request's ``sink`` (called from this thread): ("start", info),
 ("token", id), ("done", "stop" | "length"), ("error", message). An exception in a step fails the requests of
 that step, is logged with its traceback on the server, and the engine goes on.
@@ -37,6 +39,7 @@ from soe.serve.cache import SpecialistCache
 from soe.serve.sampling import next_token
 
 log = logging.getLogger("soe.serve")
+PAD_SLACK = 2.0  # a group's padded tokens (rows × its longest window) ≤ PAD_SLACK × its real tokens
 
 
 @dataclass(eq=False)
@@ -152,11 +155,8 @@ class Engine:
 
     def _step(self) -> None:
         self.steps += 1
-        by_len: dict[int, list[Job]] = {}
-        for j in self._active:
-            by_len.setdefault(min(len(j.tokens), self.cfg.max_seq_len), []).append(j)
         stacks, finished = {}, set()
-        for group in by_len.values():
+        for group in self._pack(self._active):
             try:
                 rows = self._forward(group, stacks)
             except Exception:
@@ -167,9 +167,17 @@ class Engine:
                 finished.update(group)
                 continue
             for j, logits in zip(group, rows):
-                nxt = next_token(logits, j.temperature, j.top_k, j.top_p, j.gen)
+                try:
+                    nxt = next_token(logits, j.temperature, j.top_k, j.top_p, j.gen)
+                except Exception:  # this request's sampling alone (e.g. non-finite probabilities): fail it only
+                    log.exception("sampling failed")
+                    self._emit(j, ("error", "internal error while sampling"))
+                    self.failed += 1
+                    finished.add(j)
+                    continue
                 if nxt == j.eos_id:
                     self._emit(j, ("done", "stop"))
+                    self.served += 1
                     finished.add(j)
                     continue
                 j.tokens.append(nxt)
@@ -177,22 +185,46 @@ class Engine:
                 self._emit(j, ("token", nxt))
                 if j.n_new >= j.max_new:
                     self._emit(j, ("done", "length"))
+                    self.served += 1
                     finished.add(j)
         self._stacks = stacks  # keep the stacked weights of this step's groups only
-        self.served += sum(1 for j in finished)
         self._active = [j for j in self._active if j not in finished]
 
+    def _pack(self, jobs: list[Job]) -> list[list[Job]]:
+        """The groups of one step, one forward each: from the longest window down, a group grows while its padded
+        tokens stay ≤ PAD_SLACK × its real ones."""
+        T = self.cfg.max_seq_len
+        groups: list[list[Job]] = []
+        real = 0
+        for j in sorted(jobs, key=lambda j: -min(len(j.tokens), T)):
+            n = min(len(j.tokens), T)
+            if groups and (len(groups[-1]) + 1) * min(len(groups[-1][0].tokens), T) <= PAD_SLACK * (real + n):
+                groups[-1].append(j)
+                real += n
+            else:
+                groups.append([j])
+                real = n
+        return groups
+
     def _forward(self, group: list[Job], stacks: dict) -> list[torch.Tensor]:
-        """Last-position logits (V,) float32 of each request of one window length, in group order."""
+        """Logits (V,) float32 at the last position of each request's window, in group order."""
         T = self.cfg.max_seq_len
         dev = next(group[0].model.parameters()).device
         keys = list(dict.fromkeys(j.key for j in group))  # distinct h, in order of appearance
         order = sorted(range(len(group)), key=lambda i: keys.index(group[i].key))  # rows grouped by h
-        idx = torch.tensor([group[i].tokens[-T:] for i in order], dtype=torch.long, device=dev)
+        lens = [min(len(group[i].tokens), T) for i in order]
+        L = max(lens)
+        idx = torch.tensor([group[i].tokens[-T:] + [0] * (L - n) for i, n in zip(order, lens)], dtype=torch.long,
+                           device=dev)  # (B, L), right-padded
+        last = torch.tensor(lens, device=dev) - 1  # (B,)
+
+        def pick(logits: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:  # (b, L, V) → (b, V)
+            return logits[torch.arange(logits.shape[0], device=dev), last[rows]].float()
+
         self.forwards += 1
         self.rows += len(group)
         if len(keys) == 1:
-            out = group[0].model(idx)[:, -1].float()  # one request: exactly soe generate's forward
+            out = pick(group[0].model(idx))  # one request: exactly soe generate's forward
         else:
             per_h = {k: sum(1 for j in group if j.key == k) for k in keys}
             equal = len(set(per_h.values())) == 1
@@ -205,13 +237,14 @@ class Engine:
                 if params is None:
                     params = stack_models([j.model for j in members])
                 stacks[stack_key] = params
-                out = functional_call(self._template, params, (idx,), strict=True)[:, -1].float()
+                out = pick(functional_call(self._template, params, (idx,), strict=True))
             else:  # one forward per h, in the same step
                 self.forwards += len(keys) - 1
                 parts, start = [], 0
                 for k in keys:
                     n = per_h[k]
-                    parts.append(next(j for j in group if j.key == k).model(idx[start:start + n])[:, -1].float())
+                    part = next(j for j in group if j.key == k).model(idx[start:start + n])
+                    parts.append(pick(part, slice(start, start + n)))
                     start += n
                 out = torch.cat(parts)
         rows: list[torch.Tensor] = [None] * len(group)  # type: ignore[list-item]

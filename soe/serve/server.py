@@ -49,15 +49,14 @@ def parse_specialists(specs: list[str]) -> dict[str, str]:
 
 def load_server(ckpt, data=None, device=None, specialists: list[str] = (), cache_mb: float = 1024,
                 max_batch: int = 8, max_queue: int = 256, max_body: int = MAX_BODY) -> Server:
+    """The server of a soup checkpoint (its prepared data directory gives the tokenizer and the domains)."""
     from tokenizers import Tokenizer
 
     from soe import api
     from soe.data.shards import load_meta
 
-    if cache_mb < 0 or max_batch < 1 or max_queue < 1:
-        raise ValueError(f"--cache-mb {cache_mb}, --max-batch {max_batch}, --max-queue {max_queue}: expected a "
-                         "cache ≥ 0 MB and at least 1 slot and 1 queue place")
     registered = parse_specialists(list(specialists))
+    check_limits(cache_mb, max_batch, max_queue)
     soup = api.load(ckpt, data=data, device=device)
     if not isinstance(soup, api.Soup):
         raise ValueError(f"{ckpt} is an exported specialist directory; soe serve needs a training checkpoint "
@@ -65,10 +64,25 @@ def load_server(ckpt, data=None, device=None, specialists: list[str] = (), cache
     data_dir = Path(soup.data_dir)
     meta = load_meta(data_dir)
     tok = Tokenizer.from_file(str(data_dir / meta.tokenizer_file))
-    catalog = Catalog(soup.domains, soup.prior, soup.model.n == 0, registered)
-    cache = SpecialistCache(soup.model.specialist, int(cache_mb * 2**20))
-    engine = Engine(cache, soup.model.net_cfg, max_batch, max_queue)
-    return Server(catalog, engine, tok, meta.eos_id, soup.model.net_cfg, soup.source, soup.model.n, max_body)
+    return build_server(soup.model, soup.domains, soup.prior, tok, meta.eos_id, soup.source, registered, cache_mb,
+                        max_batch, max_queue, max_body)
+
+
+def check_limits(cache_mb: float, max_batch: int, max_queue: int) -> None:
+    if not cache_mb >= 0 or max_batch < 1 or max_queue < 1:
+        raise ValueError(f"--cache-mb {cache_mb}, --max-batch {max_batch}, --max-queue {max_queue}: expected a "
+                         "cache ≥ 0 MB and at least 1 slot and 1 queue place")
+
+
+def build_server(model, domains: list[str], prior, tokenizer, eos_id: int, source: str,
+                 registered: dict[str, str] | None = None, cache_mb: float = 1024, max_batch: int = 8,
+                 max_queue: int = 256, max_body: int = MAX_BODY) -> Server:
+    """The server of a `SoupOfExperts` in memory (bench/bench_serve.py serves a random one this way)."""
+    check_limits(cache_mb, max_batch, max_queue)
+    catalog = Catalog(domains, prior, model.n == 0, registered)
+    cache = SpecialistCache(model.specialist, int(cache_mb * 2**20))
+    engine = Engine(cache, model.net_cfg, max_batch, max_queue)
+    return Server(catalog, engine, tokenizer, eos_id, model.net_cfg, source, model.n, max_body)
 
 
 def bind(host: str, port: int) -> socket.socket:
