@@ -5,7 +5,10 @@ data's meta.json (index i of h is ``domains[i]``). Every place that takes h from
 the prior, the command line, weights.json — goes through `check_h`, so there is one validation rule.
 
 Accepted forms (`parse_weights`): a {domain: weight} dict (missing domains are 0), a list of k numbers,
-a domain name, inline "a=0.3,b=0.7" pairs, "prior", or a path to a weights.json file.
+a domain name, inline "a=0.3,b=0.7" pairs, "prior", or a path to a weights file (any name). Parsed strictly,
+for every caller (CLI, API, server, merge configs): a domain given twice ('law=1,law=0', or a key twice in
+the file) is refused naming it, numbers follow `soe.checks.strict_number` ('1_0' is not 10), and a name that
+looks like a file but is none is reported as a missing file, not as an unknown domain.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from soe.checks import strict_number
 from soe.fileio import atomic_write_json, read_json
 
 
@@ -63,26 +67,43 @@ def _read_file(path: Path):
     return spec
 
 
+def inline_pairs(s: str) -> dict[str, float]:
+    """'a=0.3,b=0.7' -> {a: 0.3, b: 0.7}, refusing empty names, a name twice and non-strict numbers."""
+    pairs: dict[str, float] = {}
+    for part in s.split(","):
+        name, eq, val = part.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise ValueError(f"weights {s!r}: {part!r} is not a domain=number pair")
+        if name in pairs:
+            raise ValueError(f"weights {s!r}: domain {name!r} is given twice; expected each domain once")
+        if "_" in val:
+            strict_number(val, float, f"weights {s!r}: {name}")  # names the '_' rule
+        try:
+            pairs[name] = float(val)
+        except ValueError:
+            raise ValueError(f"weights {s!r}: {part!r} is not a domain=number pair") from None
+    return pairs
+
+
 def parse_weights(spec, domains: list[str], prior=None) -> torch.Tensor:
     """Domain weights from any accepted form → validated h: (k,) float32 summing to 1."""
     k = len(domains)
     where = "weights"
     if isinstance(spec, (str, os.PathLike)):
         s = str(spec)
-        if s.endswith(".json") or (os.sep in s and Path(s).exists()):
-            spec, where = _read_file(Path(s)), s
-        elif s == "prior" and "prior" not in domains:
+        if s == "prior" and "prior" not in domains:
             if prior is None:
                 raise ValueError("weights 'prior' requested but no prior is known")
             return check_h(torch.as_tensor(prior, dtype=torch.float64), k, "prior")
+        if s in domains:
+            spec = {s: 1.0}
+        elif Path(s).is_file():  # a weights file, whatever its name
+            spec, where = _read_file(Path(s)), s
         elif "=" in s:
-            spec = {}
-            for part in s.split(","):
-                name, eq, val = part.partition("=")
-                try:
-                    spec[name.strip()] = float(val)
-                except ValueError:
-                    raise ValueError(f"weights {s!r}: {part!r} is not a domain=number pair") from None
+            spec = inline_pairs(s)
+        elif s.endswith(".json") or os.sep in s or Path(s).suffix:
+            raise FileNotFoundError(f"weights file {s} not found (nor is {s!r} a domain: {domains})")
         else:
             spec = {s: 1.0}
     if isinstance(spec, dict):
