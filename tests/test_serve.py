@@ -420,6 +420,21 @@ def gate(live, monkeypatch):
     g.open()
 
 
+def test_a_client_that_goes_away_while_queued_is_never_decoded(live, client, gate):
+    before = health(client)
+    body = json.dumps({"model": "space", "prompt": "The", "max_tokens": T, "stream": True})
+    with socket.create_connection(("127.0.0.1", live.port)) as s:
+        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        assert wait_for(lambda: health(client)["queued"] == 1)
+    queued = live.srv.engine._queue.queue[0]
+    assert wait_for(lambda: queued.cancelled, 2.0)  # the server saw the client go
+    gate.open()
+    assert wait_for(lambda: health(client)["cancelled"] == before["cancelled"] + 1)
+    after = health(client)
+    assert after["served"] == before["served"] and after["active"] == after["queued"] == 0 and queued.n_new == 0
+
+
 def test_32_concurrent_clients_are_batched_and_give_the_sequential_answers(live, client, gate):
     weights = [None, None, None, None, {"law": 1, "space": 1}, {"cooking": 1, "law": 3}]
     models = ["law", "space", "legalfood", "prior", "soup", "soup"]

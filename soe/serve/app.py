@@ -137,12 +137,12 @@ def create_app(srv: Server) -> FastAPI:
         def choice(text: str, finish) -> dict:
             return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
 
+        watch = asyncio.ensure_future(_on_disconnect(request, job, events))  # frees the slot if the client leaves
         if req.stream:
-            return StreamingResponse(_stream(job, events, srv, req, head, extra, usage, choice),
+            return StreamingResponse(_stream(job, watch, events, srv, req, head, extra, usage, choice),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         new, info = [], {}
-        watch = asyncio.ensure_future(_on_disconnect(request, job, events))
         try:
             while True:
                 kind, value = await events.get()
@@ -166,15 +166,16 @@ def create_app(srv: Server) -> FastAPI:
 
 
 async def _on_disconnect(request: Request, job: Job, events: asyncio.Queue) -> None:
-    """Cancel ``job`` as soon as the client of a non-streaming request goes away (the body is read already, so
-    the next ASGI message is the disconnect), and wake its handler."""
+    """Cancel ``job`` as soon as its client goes away (the body is read already, so the next ASGI message is the
+    disconnect), and wake its handler; also where a stream's generator never started (its ``finally`` would not
+    run), whatever the ASGI server's disconnect handling."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
     job.cancel()
     events.put_nowait(("gone", None))
 
 
-async def _stream(job, events, srv, req, head, extra, usage, choice):
+async def _stream(job, watch, events, srv, req, head, extra, usage, choice):
     stream, first, n_new, info = TextStream(srv.decode), True, 0, {}
 
     def chunk(text, finish=None):
@@ -202,11 +203,14 @@ async def _stream(job, events, srv, req, head, extra, usage, choice):
                 if req.include_usage:
                     yield _sse({**head, "choices": [], "usage": usage(n_new)})
                 break
+            elif kind == "gone":  # the client went away
+                return
             else:
                 yield _sse(ApiError(500, value, None, "engine_error", "server_error").body())
                 break
         yield "data: [DONE]\n\n"
     finally:
+        watch.cancel()
         job.cancel()  # the client went away (the response task is cancelled) or the stream ended
 
 
