@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from soe.core.weights import weights_dict
+from soe.core.weights import parse_weights, weights_dict  # strict: a domain twice, '1_0': refused
 from soe.serve.cache import h_key
 from soe.serve.protocol import ApiError, bad
-from soe.weightspec import parse_weights  # what users write, strictly (a domain twice, '1_0': refused)
 
 SOUP = "soup"
 
