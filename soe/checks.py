@@ -208,7 +208,7 @@ def check_fields(values: dict, cls, where: str) -> dict:
     return out
 
 
-def check_out_parent(out) -> None:
+def check_out_parent(out, what: str = "output") -> None:
     """The nearest existing ancestor of a new output path ``out`` is a writable directory (else the error would
     name a hidden temporary path, and come after all the work)."""
     import os
@@ -218,6 +218,27 @@ def check_out_parent(out) -> None:
     while not os.path.lexists(p):
         p = p.parent
     if not p.is_dir():
-        raise NotADirectoryError(f"output {out}: {p} is a file, not a directory; expected a path in a directory")
+        raise NotADirectoryError(f"{what} {out}: {p} is a file, not a directory; expected a path in a directory")
     if not os.access(p, os.W_OK | os.X_OK):
-        raise PermissionError(f"output {out}: directory {p} is not writable; expected a writable location")
+        raise PermissionError(f"{what} {out}: directory {p} is not writable; expected a writable location")
+
+
+def check_out_file(out, flag: str, inputs: dict | None = None) -> None:
+    """An output file named by ``flag`` (checked before any work): not a directory nor a special file, in a
+    writable directory, and not replacing a file of an input (``inputs``: {flag: path}, a file or a directory)."""
+    import os
+    from pathlib import Path
+
+    p = Path(out)
+    if p.is_dir():
+        raise IsADirectoryError(f"{flag} {out} is a directory; expected a file name")
+    if os.path.lexists(p) and not p.is_file():
+        raise FileExistsError(f"{flag} {out} exists and is not a regular file; expected a file name")
+    check_out_parent(p, flag)
+    if not p.exists():
+        return
+    real = p.resolve()
+    for name, path in (inputs or {}).items():
+        if path and os.path.exists(path) and (real == Path(path).resolve() or Path(path).resolve() in real.parents):
+            raise FileExistsError(f"{flag} {out} would replace {'' if real == Path(path).resolve() else 'a file of '}"
+                                  f"the input {name} {path}; expected a new file name or one outside the inputs")

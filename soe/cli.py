@@ -29,8 +29,8 @@ from soe.serve import cli as serve_cli
 from soe.fileio import atomic_write_text
 
 
-from soe.checks import (device_arg, nonneg_float, nonneg_int, open_fraction, positive_float,  # noqa: F401
-                        positive_int, seed_arg, temperature_arg, token_count_arg, weight_floor)
+from soe.checks import (check_out_file, device_arg, nonneg_float, nonneg_int, open_fraction,  # noqa: F401
+                        positive_float, positive_int, seed_arg, temperature_arg, token_count_arg, weight_floor)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -142,6 +142,7 @@ def cmd_estimate(a) -> None:
     from soe.data.shards import load_meta
     from soe.specialists.estimate import estimate_weights
 
+    check_out_file(a.out, "--out", {"SOURCE": a.source, "--texts": a.texts, "--data": a.data})  # before any work
     # progress goes to stderr so that stdout keeps only the result (scripts parse it)
     say = None if a.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     if _is_prepared(a.source):
@@ -217,9 +218,13 @@ def cmd_evaluate(a) -> None:
         raise ValueError("nothing to evaluate: pass --specialist DIR and/or --ckpt CKPT")
     if a.weights and not a.ckpt:
         raise ValueError("--weights needs --ckpt")
-    for out in filter(None, (a.json, a.md)):  # refuse before minutes of evaluation, not after
-        if Path(out).is_dir():
-            raise IsADirectoryError(f"output {out} is a directory; expected a file name")
+    inputs = {"--ckpt": a.ckpt, "--data": a.data, **{f"--texts[{i}]": t for i, t in enumerate(a.texts)},
+              **{f"--specialist[{i}]": d for i, d in enumerate(a.specialist)}}
+    for flag, out in (("--json", a.json), ("--md", a.md)):  # refuse before minutes of evaluation, not after
+        if out:
+            check_out_file(out, flag, inputs)
+    if a.json and a.md and Path(a.json).absolute() == Path(a.md).absolute():
+        raise ValueError(f"--json and --md name the same file {a.json}; expected two files")
     models, data = {}, a.data
     soup = _load_soup(a.ckpt, a) if a.ckpt else None
     if soup is not None:

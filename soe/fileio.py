@@ -8,6 +8,7 @@ the file and what to do.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
@@ -15,6 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from soe.checks import no_duplicate_keys
+
+
+FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space left, over the file size limit, over quota
+
+
+def disk_full(e: BaseException) -> str | None:
+    """Why ``e`` is a full disk (an OSError, or a library's error quoting 'os error 28'), else None."""
+    if isinstance(e, OSError) and e.errno in FULL:
+        return os.strerror(e.errno)
+    return next((os.strerror(n) for n in FULL if f"os error {n})" in str(e)), None)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -27,6 +38,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if disk_full(e):
+            raise OSError(e.errno, f"{path}: cannot be written ({disk_full(e)}); it was left as it was") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path

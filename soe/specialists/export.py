@@ -30,7 +30,8 @@ import torch
 
 from soe.checks import check_fields, check_finite, check_out_parent
 from soe.core.model import LlamaLM, ModelConfig
-from soe.fileio import read_json
+from soe.fileio import disk_full, read_json
+from soe.specialists.adapter import ADAPTER_FILE, fold_adapter
 
 FORMATS = ("hf", "soe")
 SOE_FILE = "soe_specialist.json"
@@ -157,10 +158,14 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, marker: str = SO
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if old is not None and old.exists() and not os.path.lexists(out):
             os.replace(old, out)  # the second rename failed: put the previous model back
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(e):  # e.g. safetensors' "I/O error: ... (os error 28)", raised from the middle of a file
+            raise OSError(f"output {out} (--out): cannot be written ({disk_full(e)}); nothing was written, "
+                          f"{'the previous one is unchanged' if os.path.lexists(out) else 'it does not exist'}") \
+                from None
         raise
 
 
@@ -219,36 +224,6 @@ def save_specialist(out: str | os.PathLike, params: dict[str, torch.Tensor], cfg
     return out
 
 
-ADAPTER_FILE = "adapter_model.safetensors"  # a LoRA adapter kept beside its base weights (soe finetune --keep-adapter)
-
-
-def _fold_adapter(d: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Base weights + the peft LoRA adapter of ``d`` folded in: W += (alpha / r)·B·A per adapted layer."""
-    from safetensors.torch import load_file
-
-    cfg = read_json(d / "adapter_config.json", "LoRA adapter config")
-    try:
-        scale = float(cfg["lora_alpha"]) / float(cfg["r"])
-        ad = load_file(str(d / ADAPTER_FILE), device="cpu")
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{d}: unreadable LoRA adapter ({type(e).__name__}: {e})") from None
-    except Exception as e:  # safetensors' own error type on a corrupt file
-        raise ValueError(f"{d / ADAPTER_FILE}: not a readable safetensors file ({e})") from None
-    for key, a in ad.items():
-        if ".lora_A." not in key:
-            continue
-        module = key.removeprefix("base_model.model.").split(".lora_A.")[0]
-        b = ad.get(key.replace(".lora_A.", ".lora_B."))
-        if b is None or f"{module}.weight" not in state:
-            raise ValueError(f"{d / ADAPTER_FILE}: adapter {module} has no lora_B or matches no weight of the model")
-        w = state[f"{module}.weight"]
-        if b.shape[0] != w.shape[0] or a.shape[1] != w.shape[1] or a.shape[0] != b.shape[1]:
-            raise ValueError(f"{d / ADAPTER_FILE}: adapter {module} (B {tuple(b.shape)}, A {tuple(a.shape)}) does not "
-                             f"match its base weight {tuple(w.shape)}: the adapter was trained on another model")
-        state[f"{module}.weight"] = w + scale * (b.float() @ a.float())
-    return state
-
-
 def load_specialist(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LlamaLM, dict]:
     """Load a directory written by `save_specialist` (either format) or any Llama HF directory with a
     single model.safetensors. Returns (model in eval mode, soe_specialist.json contents or {})."""
@@ -288,7 +263,7 @@ def load_specialist(directory: str | os.PathLike, device: str | torch.device = "
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)  # some HF writers store the tied copy too
     if (d / ADAPTER_FILE).is_file():
-        state = _fold_adapter(d, {k: v.float() for k, v in state.items()})
+        state = fold_adapter(d, {k: v.float() for k, v in state.items()})
     net = LlamaLM(cfg)
     try:
         net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

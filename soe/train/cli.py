@@ -26,6 +26,7 @@ from soe.train import resume
 from soe.train.module import SoupModule
 from soe.train.optim import OptimConfig
 from soe.train.runlock import RunLock
+from soe.train.trainer_checks import check_settings
 
 PROG = "train.py"
 # Config groups built from dataclasses: validated before anything is instantiated, errors named by key.
@@ -65,6 +66,10 @@ class SoupCLI(LightningCLI):
         parser.add_argument("--take_from_checkpoint", type=bool, default=False,
                             help="With --ckpt_path: resume with the checkpoint's model and data settings where they "
                                  "differ from the configuration (each is printed); without it such a resume is refused.")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        check_settings(self._sub(), args)  # before the seed is set and anything is built
 
     def _sub(self):
         return self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
