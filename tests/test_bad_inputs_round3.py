@@ -187,17 +187,31 @@ def test_bad_train_setting_is_refused(w, row, capsys, tmp_path):
 def test_device_counts_are_checked_without_starting_processes(monkeypatch):
     """trainer.devices larger than the machine (99 on 2 CPU cores once started 99 DDP processes)."""
     cores = os.cpu_count() or 1
+    monkeypatch.setattr(T, "_cuda_count", lambda: 0)
     for devices, acc, expect in ((cores + 1, "cpu", f"expected at most {cores}"), (str(cores + 1), "cpu", "at most"),
+                                 (cores + 1, "auto", "at most"), (-1, "auto", "-1 only with a GPU"),
                                  ([0, 1], "cpu", "needs a GPU accelerator"), (True, "cpu", "expected 'auto'")):
         with pytest.raises(ValueError, match=expect):
             T.check_devices(devices, acc)
     T.check_devices(1, "cpu"), T.check_devices("auto", "cpu"), T.check_devices(None, "cpu")
     monkeypatch.setattr(T, "_cuda_count", lambda: 2)
     T.check_devices(-1, "cuda"), T.check_devices([0, 1], "cuda"), T.check_devices("0,1", "cuda"), T.check_devices(2, "cuda")
-    for devices, expect in ((3, "only 2 CUDA"), ([0, 0], "distinct GPU indices"), ([2], r"\[0, 1\]"), ("0,5", "distinct")):
+    for devices, expect in ((3, "only 2 CUDA"), ([0, 0], "distinct GPU indices"), ([2], r"indices 0\.\.1"),
+                            ("0,5", "only 2 CUDA"), (-2, "expected 'auto'")):
         with pytest.raises(ValueError, match=expect):
             T.check_devices(devices, "cuda")
-    assert T.check_accelerator("gpu") == "cuda" and T.check_accelerator("auto") == "cuda"
+    T.check_devices(-1, "auto"), T.check_devices(2, "auto")
+    with pytest.raises(ValueError, match="only 2 CUDA"):
+        T.check_devices(3, "auto")
+    assert T.check_accelerator("gpu") == "cuda" and T.check_accelerator("auto") == "auto"
+
+
+def test_a_gpu_configuration_still_parses_here(monkeypatch):
+    """Only building the trainer needs the GPU: --print_config and experiment plans of GPU configs work anywhere."""
+    T.check_settings({"seed_everything": 0, "trainer": {"accelerator": "gpu", "devices": 8}}, ["--trainer.devices=8"])
+    monkeypatch.setattr(T, "_cuda_count", lambda: 0)
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        T.check_machine({"trainer": {"accelerator": "gpu", "devices": 8}})
     T.check_seed(True), T.check_seed(False), T.check_seed(0), T.check_seed(2**32 - 1)
 
 

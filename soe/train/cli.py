@@ -26,7 +26,7 @@ from soe.train import resume
 from soe.train.module import SoupModule
 from soe.train.optim import OptimConfig
 from soe.train.runlock import RunLock
-from soe.train.trainer_checks import check_settings
+from soe.train.trainer_checks import check_machine, check_settings
 
 PROG = "train.py"
 # Config groups built from dataclasses: validated before anything is instantiated, errors named by key.
@@ -70,6 +70,10 @@ class SoupCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         check_settings(self._sub(), args)  # before the seed is set and anything is built
+
+    def instantiate_classes(self) -> None:
+        check_machine(self._sub())  # a GPU, enough cores: here, so that a GPU config still parses on a laptop
+        super().instantiate_classes()
 
     def _sub(self):
         return self.config[self.config.subcommand] if self.config.get("subcommand") else self.config

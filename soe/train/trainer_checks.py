@@ -1,8 +1,9 @@
 """train.py's own settings that Lightning checks late, vaguely or not at all: ``seed_everything``,
 ``trainer.accelerator``, ``trainer.devices`` (and the numbers of steps and nodes written as text).
 
-Checked right after parsing, before the seed is set or anything is built: one error naming the key and what
-was expected, instead of numpy's "not in bounds", a raw TypeError for ``--trainer.devices=-5`` on CPU, or
+Checked right after parsing (`check_settings`) and, for what depends on this machine (a GPU, the number of
+cores), before the trainer is built (`check_machine`): one error naming the key and what was expected,
+instead of numpy's "not in bounds", a raw TypeError for ``--trainer.devices=-5`` on CPU,
 ``--seed_everything=1_0`` read as 10, or ``--trainer.devices=99`` on a CPU starting 99 training processes.
 """
 
@@ -46,7 +47,7 @@ def check_seed(seed) -> None:
 
 
 def check_accelerator(acc) -> str | None:
-    """The accelerator's name ('gpu' is 'cuda'), refused if unknown or not available here; None for an object."""
+    """The accelerator's name ('gpu' is 'cuda'), refused if unknown; None for an Accelerator object."""
     if acc is None:
         return "auto"
     if not isinstance(acc, str):
@@ -56,22 +57,13 @@ def check_accelerator(acc) -> str | None:
         raise ValueError(f"trainer.accelerator={acc!r}: soe does not train on TPUs; expected cpu, cuda or auto")
     if name not in ACCELERATORS:
         raise ValueError(f"trainer.accelerator={acc!r}: expected one of {', '.join(ACCELERATORS)}")
-    if name in ("cuda", "gpu") and _cuda_count() == 0:
-        raise ValueError(f"trainer.accelerator={acc!r}: this torch sees no CUDA device (CPU-only build or no GPU); "
-                         "expected cpu or auto")
-    if name == "mps":
-        import torch
-
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ValueError(f"trainer.accelerator={acc!r}: MPS is not available here; expected cpu or auto")
-    if name == "auto":
-        return "cuda" if _cuda_count() else "cpu"
     return "cuda" if name == "gpu" else name
 
 
-def check_devices(devices, accelerator: str | None) -> None:
+def devices_value(devices, accelerator: str | None):
+    """``devices`` as an int or a list of indices ('auto' and None as they are), refusing what no machine takes."""
     if devices is None or accelerator is None or devices == "auto":
-        return
+        return devices
     value = devices
     if isinstance(value, str):
         s = value.strip()
@@ -79,33 +71,69 @@ def check_devices(devices, accelerator: str | None) -> None:
             value = [int(x) for x in s.split(",") if x.strip()] if "," in s else int(s)
         except ValueError:
             raise ValueError(f"trainer.devices={devices!r}: expected {DEVICES}") from None
-    gpus = _cuda_count() if accelerator == "cuda" else 0
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, list, tuple)):
         raise ValueError(f"trainer.devices={devices!r}: expected {DEVICES}")
     if isinstance(value, numbers.Integral):
-        if value == -1 and accelerator == "cuda":
-            return
-        if value < 1:
+        if value < 1 and not (value == -1 and accelerator in ("cuda", "auto")):
             raise ValueError(f"trainer.devices={devices!r}: expected {DEVICES}"
                              + ("" if accelerator == "cuda" else " (-1 only with a GPU accelerator)"))
-        if accelerator == "cuda" and value > gpus:
-            raise ValueError(f"trainer.devices={devices!r}: only {gpus} CUDA device(s) here")
-        cores = os.cpu_count() or 1
-        if accelerator != "cuda" and value > cores:  # one training process per device: 99 would exhaust memory
-            raise ValueError(f"trainer.devices={devices!r} on {accelerator}: one process per device on {cores} CPU "
-                             f"core(s); expected at most {cores}")
-        return
-    if accelerator != "cuda":
-        raise ValueError(f"trainer.devices={devices!r}: a list of device indices needs a GPU accelerator; with "
-                         f"{accelerator} expected a number of processes ≥ 1")
+        return int(value)
+    if accelerator == "cpu":
+        raise ValueError(f"trainer.devices={devices!r}: a list of device indices needs a GPU accelerator; with cpu "
+                         "expected a number of processes ≥ 1")
     if not value or len(set(value)) != len(value) or any(
-            isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < gpus for i in value):
-        raise ValueError(f"trainer.devices={devices!r}: expected distinct GPU indices in [0, {gpus - 1}]")
+            isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0 for i in value):
+        raise ValueError(f"trainer.devices={devices!r}: expected distinct GPU indices ≥ 0")
+    return list(value)
+
+
+def check_devices(devices, accelerator: str | None) -> None:
+    """``devices`` on this machine with ``accelerator`` ('auto' resolved to cuda or cpu)."""
+    value = devices_value(devices, accelerator)
+    if value is None or accelerator is None or value == "auto":
+        return
+    gpus = _cuda_count()
+    if accelerator == "auto":
+        accelerator = "cuda" if gpus else "cpu"
+        value = devices_value(devices, accelerator)
+    if accelerator == "cuda":
+        if value == -1:
+            return
+        if isinstance(value, int) and value > gpus or isinstance(value, list) and max(value) >= gpus:
+            raise ValueError(f"trainer.devices={devices!r}: only {gpus} CUDA device(s) here"
+                             + (f" (indices 0..{gpus - 1})" if isinstance(value, list) and gpus else ""))
+        return
+    cores = os.cpu_count() or 1
+    if isinstance(value, int) and value > cores:  # one training process per device: 99 would exhaust memory
+        raise ValueError(f"trainer.devices={devices!r} on {accelerator}: one process per device on {cores} CPU "
+                         f"core(s); expected at most {cores}")
+
+
+def check_available(acc: str | None, given=None) -> None:
+    """The accelerator exists on this machine (checked before anything is built, not when only parsing)."""
+    given = acc if given is None else given
+    if acc == "cuda" and _cuda_count() == 0:
+        raise ValueError(f"trainer.accelerator={given!r}: this torch sees no CUDA device (CPU-only build or no GPU); "
+                         "expected cpu or auto")
+    if acc == "mps":
+        import torch
+
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"trainer.accelerator={given!r}: MPS is not available here; expected cpu or auto")
 
 
 def check_settings(cfg, argv=None) -> None:
-    """All of the above on a parsed configuration (the subcommand's namespace)."""
+    """What a configuration can be checked for anywhere (when parsed): numbers, names, shapes."""
     check_argv_numbers(argv)
     check_seed(cfg.get("seed_everything"))
     trainer = cfg.get("trainer") or {}
-    check_devices(trainer.get("devices"), check_accelerator(trainer.get("accelerator")))
+    devices_value(trainer.get("devices"), check_accelerator(trainer.get("accelerator")))
+
+
+def check_machine(cfg) -> None:
+    """What only this machine decides (before the trainer is built): the accelerator and the number of devices.
+    A configuration for GPUs still parses on a laptop (--print_config, experiment plans)."""
+    trainer = cfg.get("trainer") or {}
+    acc = check_accelerator(trainer.get("accelerator"))
+    check_available(acc, trainer.get("accelerator"))
+    check_devices(trainer.get("devices"), acc)
