@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Merging soup specialists: methods, bases, stopping, markers (report.md).")
     ap.add_argument("--config", required=True, help="experiment YAML (experiments/merging*.yaml)")
     ap.add_argument("--out", required=True, help="output directory (resumed when it holds a run of the same settings)")
-    ap.add_argument("--runs", default=None, help="training runs to reuse (e.g. the demo's demo_out/runs): the soup "
+    ap.add_argument("--runs", default=None, help="training runs to reuse (make merging: merging_out/runs): the soup "
                                                  "and generic model are trained there only if missing or stale")
     return ap
 
