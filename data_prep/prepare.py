@@ -325,8 +325,8 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print, overwrite: bool = 
     return meta
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m data_prep.prepare",
+def build_parser(prog: str = "python -m data_prep.prepare") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog,
                                  description="Prepare token shards from a YAML spec (see data_prep/README.md).")
     ap.add_argument("--config", required=True, help="YAML spec, e.g. data_prep/configs/demo.yaml")
     ap.add_argument("--out", default=None, help="prepared directory (overrides the config's 'out')")
@@ -343,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``python -m data_prep.prepare`` (and ``soe prepare``, with ``prog``: the name its messages give)."""
+    a = (build_parser(prog) if prog else build_parser()).parse_args(argv)
 
     def go() -> int:
         cfg = C.load_config(a.config, a.out)
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.offline_corpus.allow_changed |= a.allow_changed
         run(cfg, force=a.force, overwrite=a.overwrite)
         return 0
-    return run_entry("data_prep.prepare", go, a.debug)
+    return run_entry(prog or "data_prep.prepare", go, a.debug)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ _LAZY = {"Soup": "soe.api", "Specialist": "soe.api", "read_texts": "soe.data.tex
 
 def finetune(source, texts, out, **kw) -> dict:
     """`soe finetune` from Python: fine-tune a specialist directory or ``CKPT@WEIGHTS`` on ``texts`` into the
-    run directory ``out`` (geometric checkpoints, best/, last/); see soe/finetune_cli.py."""
-    from soe.finetune_cli import run_finetune
+    run directory ``out`` (geometric checkpoints, best/, last/); see soe/specialists/finetune_run.py."""
+    from soe.specialists.finetune_run import run_finetune
 
     return run_finetune(source, texts, out, **kw)
 

@@ -1,4 +1,4 @@
-"""``python -m soe ...``: the specialist command line (see soe/cli.py)."""
+"""``python -m soe ...``: the ``soe`` command line (see soe/cli/__init__.py)."""
 
 from soe.cli import main
 

@@ -1,8 +1,8 @@
 """Every command in README.md's code blocks parses with the entry point it names, as written.
 
-Each ``python -m soe …``, ``python -m soe.experiments[.ablate] …``, ``python -m data_prep.prepare …``,
-``python demo.py …`` and ``python train.py fit …`` line (also under torchrun/srun) goes through the real
-argument parser of its entry point; nothing trains or runs. Files the commands name as configs must exist.
+Each ``soe …`` (``soe prepare`` and ``soe train`` through the parsers they hand their arguments to), ``python -m
+soe …``, ``python -m soe.experiments[.ablate] …``, ``python -m data_prep.prepare …``, ``python demo.py …`` and
+``python train.py fit …`` line (also under torchrun/srun) goes through the real argument parser of its entry point; nothing trains or runs. Files the commands name as configs must exist.
 The Python block's API names must exist. (The commands' end-to-end runs are the other tests and `make demo`.)
 """
 
@@ -33,12 +33,14 @@ def commands() -> list[list[str]]:
             for var, val in sorted(VARS.items(), key=lambda kv: -len(kv[0])):
                 line = line.replace(var, val)
             argv = shlex.split(line, comments=True)
-            if "python" in argv or "train.py" in argv:
+            if "python" in argv or "train.py" in argv or argv[0] == "soe":
                 out.append(argv)
     return out
 
 
 def entry(argv: list[str]) -> tuple[str, list[str]]:
+    if argv[0] == "soe":  # the console script
+        return "soe", argv[1:]
     if "train.py" in argv:
         i = argv.index("train.py")
         return "train.py", argv[i + 1:]
@@ -49,6 +51,12 @@ def entry(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def parse(name: str, args: list[str]) -> None:
+    if name == "soe" and args[:1] == ["prepare"]:
+        from data_prep.prepare import build_parser
+
+        return build_parser("soe prepare").parse_args(args[1:])
+    if name == "soe" and args[:1] == ["train"]:
+        return parse_train(args[1:])
     if name == "soe":
         from soe.cli import build_parser
     elif name == "soe.experiments":
@@ -92,6 +100,8 @@ def parse_train(args: list[str]) -> None:
 def test_readme_has_commands():
     names = {entry(a)[0] for a in commands()}
     assert {"soe", "soe.experiments", "soe.experiments.ablate", "data_prep.prepare", "train.py"} <= names, names
+    front = {tuple(a[1:2]) for a in commands() if a[0] == "soe"}
+    assert {("prepare",), ("train",)} <= front, front
 
 
 @pytest.mark.parametrize("argv", commands(), ids=lambda a: " ".join(a)[:80])
@@ -99,7 +109,7 @@ def test_readme_command_parses(argv, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     name, args = entry(argv)
     for i, a in enumerate(args):
-        if a == "--config" and name != "soe":
+        if a == "--config" and (name != "soe" or args[0] in ("prepare", "train")):
             assert (ROOT / args[i + 1]).is_file(), f"{args[i + 1]} named in README does not exist"
     parse(name, args)
     capsys.readouterr()

@@ -53,11 +53,11 @@ def _model_thresholds(cfg: MergeConfig, base, models: list[Weights], names: list
 
 def model_features(cfg: MergeConfig, log=print) -> list[Features]:
     """Each model's layer-input statistics on its own exemplars (one model in memory at a time)."""
-    from soe import api
+    from soe.specialists.load import load
 
     feats = []
     for i, spec in enumerate(cfg.models):
-        sp = api.load(spec.model, device="cpu")  # checks tokenizer.json and the eos id, names what is missing
+        sp = load(spec.model, device="cpu")  # checks tokenizer.json and the eos id, names what is missing
         net = sp.model
         seq = min(net.cfg.max_seq_len, 256)
         wins = exemplar_windows(spec.exemplars, sp.tokenizer_file, sp.eos_id, seq, int(cfg.knob("exemplar_tokens")))

@@ -41,13 +41,13 @@ def greedy_checkpoints(options: Sequence[Sequence], start: Sequence, value: Call
 
 def _held_out(run: Path, rec: dict, where: str):
     """The run's held-out windows (the tail ``holdout`` of its texts, as `finetune` cut it) and its model size."""
-    from soe import api
+    from soe.specialists.load import load
     from soe.data.text import read_texts, token_stream
     from soe.data.windows import eval_windows
 
     if "holdout" not in rec:
         raise ValueError(f"{where}: {run}/finetune.json records no holdout (written by an older soe); fine-tune again")
-    sp = api.load(run / "best", device="cpu")
+    sp = load(run / "best", device="cpu")
     stream = token_stream(read_texts(rec["texts"], rec.get("text_field", "text"), rec.get("max_docs")),
                           sp.tokenizer_file, sp.eos_id)
     T = sp.model.cfg.max_seq_len

@@ -154,23 +154,23 @@ class SoupCLI(LightningCLI):
         self._check_resume(TrainerFn.PREDICTING)
 
 
-def main(args: list[str] | None = None, run: bool = True) -> SoupCLI:
+def main(args: list[str] | None = None, run: bool = True, prog: str | None = None) -> SoupCLI:
     return SoupCLI(SoupModule, SoupDataModule, save_config_kwargs={"overwrite": True}, args=args, run=run,
-                   auto_configure_optimizers=False)
+                   auto_configure_optimizers=False, parser_kwargs={"prog": prog} if prog else None)
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``train.py``: a bad input prints one line ``train.py: error: ...`` and returns 2 (``--debug``: the
+def cli_main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """``train.py`` (and ``soe train``, with ``prog``: the name its messages give): a bad input prints one line ``train.py: error: ...`` and returns 2 (``--debug``: the
     traceback); jsonargparse's own parse errors exit 2 with its usage above the error line."""
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     with warnings.catch_warnings():  # LightningCLI warns when args (argv without --debug) differ from sys.argv
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        return run_entry(PROG, lambda: _run(argv), debug)
+        return run_entry(prog, lambda: _run(argv, prog), debug)
 
 
-def _run(argv: list[str]) -> int:
+def _run(argv: list[str], prog: str) -> int:
     try:
-        main(argv)
+        main(argv, prog=None if prog == PROG else prog)
     except MisconfigurationException as e:  # Lightning's word for a bad trainer setting
         raise ValueError(str(e)) from e
     finally:

@@ -1,10 +1,12 @@
-"""``soe merge``: the merging subcommand of the ``soe`` CLI (registered by soe/cli.py).
+"""``soe merge``: the merging subcommand of the ``soe`` CLI (the merge itself: soe/merging/).
 
     soe merge --config merge.yaml --out merged/ [--overwrite]
     soe merge --config merge.yaml --report        # soup base: in-span share of each task vector, no output
 """
 
 from __future__ import annotations
+
+from soe.cli.types import common
 
 MERGE = """Merge fine-tuned specialists into one specialist directory, from a config in mergekit's conventions
 (merge_method, base_model, models: [{model, parameters: {weight, density}}], parameters, dtype). Methods:
@@ -14,7 +16,7 @@ parameters.bank_projection merges each task vector's part in the expert bank's s
 docs/merging.md. Inputs are streamed tensor by tensor; the output is written atomically."""
 
 
-def add_parser(sub, common) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("merge", help="merge fine-tuned specialists (mergekit-style config)", description=MERGE)
     p.add_argument("--config", required=True, help="merge config (YAML)")
     p.add_argument("--out", help="output specialist directory (refused if it exists, unless --overwrite)")

@@ -1,44 +1,20 @@
-"""``soe`` / ``python -m soe``: specialists from a trained Soup-of-Experts.
+"""``soe estimate-weights``, ``instantiate``, ``evaluate`` and ``generate``: from a trained soup to specialists.
 
     soe estimate-weights CKPT --texts inhouse.jsonl [--refine] --out weights.json
     soe instantiate CKPT --weights weights.json --out my-specialist [--format hf|soe] [--overwrite]
     soe evaluate --specialist my-specialist --ckpt CKPT --weights weights.json --prior --json eval.json
-    soe evaluate --specialist my-specialist --texts my-eval-set.jsonl
     soe generate my-specialist --prompt "Once upon a time" --max-tokens 80
-    soe finetune my-specialist --texts team.jsonl --out ft/team [--lora-rank 8]   (geometric checkpoints)
-    soe merge --config merge.yaml --out merged/          (docs/merging.md)
-    soe serve CKPT --port 8000 [--specialist name=weights.json]   (docs/serving.md)
-
-CKPT is a Lightning checkpoint, a directory holding last.ckpt, or an http(s):// URL of one (downloaded
-once into torch.hub's cache, loaded with weights_only=True); --data names its prepared-data directory
-(estimate-weights also accepts the prepared directory itself instead of CKPT).
-User errors print one line ``soe: error: ...`` and exit 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from soe.errors import run_entry
-from soe.merging import cli as merge_cli
-from soe import finetune_cli
-from soe.serve import cli as serve_cli
+from soe.cli.types import (check_out_file, common, nonneg_float, nonneg_int, open_fraction, positive_float,
+                           positive_int, seed_arg, temperature_arg, token_count_arg, weight_floor)
 from soe.fileio import atomic_write_text
-
-
-from soe.checks import (check_out_file, device_arg, nonneg_float, nonneg_int, open_fraction,  # noqa: F401
-                        positive_float, positive_int, seed_arg, temperature_arg, token_count_arg, weight_floor)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="prepared-data directory of the checkpoint (meta.json, tokenizer, centroids)")
-    p.add_argument("--device", type=device_arg, help="torch device: cpu, cuda, cuda:N, mps (default: cuda if "
-                                                     "available, else cpu)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-
 
 INSTANTIATE = """Write Θ(h) as a standalone dense model directory. The export is atomic: written beside --out
 and renamed into place, so an interrupted export leaves the previous directory or the new one (a crash
@@ -48,10 +24,7 @@ files, or a file, is refused and left untouched. A dense checkpoint (n = 0 exper
 does not depend on h: it accepts only --weights prior and its export is labelled dense, without weights."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="soe", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
+def add_parsers(sub) -> None:
     p = sub.add_parser("estimate-weights", help="domain weights h of in-house texts (weights.json)")
     p.add_argument("source", help="checkpoint, run directory, or prepared-data directory")
     p.add_argument("--texts", required=True, help="in-house texts: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT]")
@@ -80,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of --refine's gradient passes (auto: bf16 on a CPU with bf16 units, faster); "
                         "held-out losses stay fp32")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    _common(p)
+    common(p)
 
     p = sub.add_parser("instantiate", help="write a standalone dense specialist Θ(h)", description=INSTANTIATE)
     p.add_argument("ckpt", help="checkpoint, run directory, or http(s):// URL of a checkpoint")
@@ -92,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output directory, only if soe wrote it (it holds soe_specialist.json) "
                         "or it is empty; anything else is refused, never deleted")
-    _common(p)
+    common(p)
 
     p = sub.add_parser("evaluate", help="loss / perplexity / bits-per-byte table",
                        description="Loss of each model on each set: the token-mean next-token loss over at most "
@@ -113,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=positive_int, default=512, help="windows evaluated per set at most (default: 512)")
     p.add_argument("--json", help="write the rows as JSON here")
     p.add_argument("--md", help="write the markdown table here")
-    _common(p)
+    common(p)
 
     p = sub.add_parser("generate", help="sample text from a specialist")
     p.add_argument("model", help="exported specialist directory, or a checkpoint (with --weights)")
@@ -124,12 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=nonneg_int, default=50, help="sample among the k most likely tokens; 0: all")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--num-samples", type=positive_int, default=1)
-    _common(p)
-
-    finetune_cli.add_parser(sub, _common, positive_int, positive_float, open_fraction)
-    merge_cli.add_parser(sub, _common)
-    serve_cli.add_parser(sub, _common, positive_int)
-    return ap
+    common(p)
 
 
 def _is_prepared(path: str) -> bool:
@@ -272,14 +240,4 @@ def cmd_generate(a) -> None:
 
 
 COMMANDS = {"estimate-weights": cmd_estimate, "instantiate": cmd_instantiate, "evaluate": cmd_evaluate,
-            "generate": cmd_generate, "merge": merge_cli.cmd_merge,
-            "finetune": finetune_cli.cmd_finetune, "serve": serve_cli.cmd_serve}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return run_entry("soe", lambda: COMMANDS[args.cmd](args), args.debug)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            "generate": cmd_generate}

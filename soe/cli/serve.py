@@ -1,4 +1,4 @@
-"""``soe serve CKPT``: the command line (registered by soe/cli.py); FastAPI and uvicorn load only when it runs.
+"""``soe serve CKPT``: the command line (the server itself: soe/serve/); FastAPI and uvicorn load only when it runs.
 
     soe serve runs/demo/last.ckpt --port 8000 --specialist legal=legal.json --cache-mb 512 --max-batch 8
     curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 
+from soe.cli.types import common, positive_int
 
-def add_parser(sub, common, positive_int) -> None:
+
+def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve one soup as any number of specialists (OpenAI-compatible HTTP)",
                        description=__doc__.split("\n\n", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
