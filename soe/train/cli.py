@@ -13,6 +13,7 @@ import sys
 import tempfile
 import warnings
 
+from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.trainer.states import TrainerFn
@@ -25,6 +26,7 @@ from soe.errors import pop_debug, run_entry
 from soe.train import resume
 from soe.train.module import SoupModule
 from soe.train.optim import OptimConfig
+from soe.train.progress import StepProgressBar
 from soe.train.runlock import RunLock
 from soe.train.trainer_checks import check_machine, check_settings
 
@@ -74,6 +76,14 @@ class SoupCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         check_machine(self._sub())  # a GPU, enough cores: here, so that a GPU config still parses on a laptop
         super().instantiate_classes()
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        """The step bar (soe/train/progress.py) unless the config names a progress bar or turns it off."""
+        given = config.get("callbacks") or []
+        given = [*(given if isinstance(given, list) else [given]), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def _sub(self):
         return self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
