@@ -139,6 +139,7 @@ def test_several_h_per_step_equal_gradient_accumulation(rank):
     grads = dict(accum.named_parameters())
     for name, p in batched.named_parameters():
         assert torch.allclose(p.grad, grads[name].grad, atol=1e-6, rtol=1e-4), name
-    assert batched.last_alpha.shape == (3, 3)
+    *_, alpha = batched(x, h=H, targets=y, return_alpha=True)  # α of the step, returned (no attribute left behind)
+    assert alpha.shape == (3, 3) and torch.allclose(alpha, batched.coefficients(H)) and not hasattr(batched, "last_alpha")
     with pytest.raises(ValueError, match="cannot be split into 3 equal groups"):
         batched(x[:4], h=H, targets=y[:4])

@@ -194,8 +194,6 @@ class SoupOfExperts(nn.Module):
             if h is None:
                 raise ValueError("h is required for a soup with experts (n_experts > 0)")
             alpha = self.coefficients(h)
-        if alpha is not None:
-            self.last_alpha = alpha.detach()  # for logging by the training loop (forward returns only the loss)
         out = {}
         for g, S in self.shared.items():
             ps = self.n_souped[g]
@@ -237,8 +235,10 @@ class SoupOfExperts(nn.Module):
         return self._named(dict(self.shared.items()))
 
     def forward(self, idx: torch.Tensor, h: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                params: dict[str, torch.Tensor] | None = None, experts: bool = True):
-        """Run Θ(h) (or pre-instantiated ``params``) on idx: (B, T). Returns logits, or (logits, loss).
+                params: dict[str, torch.Tensor] | None = None, experts: bool = True, return_alpha: bool = False):
+        """Run Θ(h) (or pre-instantiated ``params``) on idx: (B, T). Returns logits, or (logits, loss); with
+        ``return_alpha`` also α = φ(h) as the last element ((n,) or (M, n); None when Θ did not use α: n = 0,
+        the seed phase, or ``params`` given), so that a caller logs the α of this very step.
 
         With M domain weights, h: (M, k), the batch is M equal groups of B/M sequences, group m run by
         Θ(h_m); the loss is the mean over groups (= over tokens), logits (B, T, V) in batch order.
@@ -253,9 +253,15 @@ class SoupOfExperts(nn.Module):
         # With h: (M, k), one computation for the M models: every tensor of Θ gets a leading M (views of the
         # (M, P) rows of one GEMM) and the dense model runs group m by row m through batched matmuls
         # (soe/core/model.py, stacked models); its loss, the mean over all tokens, is the mean over the groups.
-        params = params if params is not None else self.instantiate(h)
+        alpha = None
+        if params is None:
+            alpha = self.coefficients(h) if self.n and h is not None else None  # (n,) or (M, n)
+            params = self.instantiate(h, alpha)
         args = (idx,) if targets is None else (idx, targets)
-        return functional_call(self._template, params, args, strict=True)
+        out = functional_call(self._template, params, args, strict=True)
+        if not return_alpha:
+            return out
+        return (*out, alpha) if isinstance(out, tuple) else (out, alpha)
 
     @torch.no_grad()
     def specialist(self, h) -> LlamaLM:

@@ -82,10 +82,10 @@ class SoupModule(L.LightningModule):
         h, tokens = batch["h"], batch["tokens"]  # h: (k,) or (M, k) with data.h_per_step = M; tokens: (B, T+1)
         # Instantiate inside the soup's forward so sharding wrappers (FSDP2) gather parameters first.
         experts = self.global_step >= self.soup_cfg.experts_from_step  # seed phase: S alone before that step
-        _, loss = self._forward(tokens[:, :-1], h, tokens[:, 1:], experts)
+        _, loss, alpha = self._forward(tokens[:, :-1], h, tokens[:, 1:], experts, return_alpha=True)
         self.log("loss/train", loss, prog_bar=True)
-        if self.soup.n and experts and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            a = self.soup.last_alpha.reshape(-1, self.soup.n)  # α = φ(h) of this step's M h's: (M, n)
+        if alpha is not None and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            a = alpha.detach().reshape(-1, self.soup.n)  # α = φ(h) of this step's M h's: (M, n)
             self.log_dict({"alpha/mean": a.mean(), "alpha/std": a.std() if a.numel() > 1 else a.new_zeros(()),
                            "alpha/abs_max": a.abs().max(), "alpha/norm": a.norm(dim=-1).mean()})
         return loss
@@ -98,14 +98,14 @@ class SoupModule(L.LightningModule):
         self._t_last = now
         self.log("lr/shared", self.lr_schedulers().get_last_lr()[0])
 
-    def _forward(self, x, h, y, experts: bool = True):
-        """(logits, loss) of Θ(h) on x: (B, T); compiled (instantiate + dense model) when optim.compile.
-        experts=False: S alone (the seed phase)."""
+    def _forward(self, x, h, y, experts: bool = True, return_alpha: bool = False):
+        """(logits, loss) of Θ(h) on x: (B, T), with α last when ``return_alpha`` (SoupOfExperts.forward);
+        compiled (instantiate + dense model) when optim.compile. experts=False: S alone (the seed phase)."""
         if self.optim_cfg.compile:
             if self._compiled is None:
                 object.__setattr__(self, "_compiled", torch.compile(self.soup))
-            return self._compiled(x, h=h, targets=y, experts=experts)
-        return self.soup(x, h=h, targets=y, experts=experts)
+            return self._compiled(x, h=h, targets=y, experts=experts, return_alpha=return_alpha)
+        return self.soup(x, h=h, targets=y, experts=experts, return_alpha=return_alpha)
 
     def on_fit_start(self):
         if "bf16" in str(self.trainer.precision) and self.device.type == "cpu":
