@@ -30,6 +30,7 @@ from pathlib import Path
 
 from soe.data.text import chunk_text
 from soe.errors import pop_debug, run_entry
+from soe.malloc import keep_freed_memory
 from soe.fileio import atomic_write_json, read_json
 
 from . import corpus_lock as L
@@ -160,6 +161,7 @@ def _same(entry: dict, used: list[dict], pkgs: list[str], res: Fetched) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(sys.argv[1:] if argv is None else list(argv))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("data/offline_corpus"), help="output directory for <source>.jsonl")

@@ -121,6 +121,9 @@ def lock_from_cache(cache: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from soe.errors import pop_debug, run_entry
+    from soe.malloc import keep_freed_memory
+
+    keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(sys.argv[1:] if argv is None else list(argv))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path("data/cache"), help="the corpus build's package cache")

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from soe.data.shards import Meta, dtype_for_vocab, load_meta, sha256_file
 from soe.errors import run_entry
+from soe.malloc import keep_freed_memory
 from soe.fileio import atomic_write_json, read_json
 
 from . import build_offline_corpus, config as C, outdir
@@ -345,6 +346,7 @@ def build_parser(prog: str = "python -m data_prep.prepare") -> argparse.Argument
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``python -m data_prep.prepare`` (and ``soe prepare``, with ``prog``: the name its messages give)."""
+    keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     a = (build_parser(prog) if prog else build_parser()).parse_args(argv)
 
     def go() -> int:

@@ -1,17 +1,16 @@
 """How every entry point reports a bad input: one line naming it (what, where from, what was expected),
 exit status 2, and a traceback only with ``--debug``.
 
-``train.py``, ``python -m soe``, ``python -m soe.experiment`` and ``python -m data_prep.prepare`` all end in
-`run_entry`. The errors caught are the ones a user's input causes (a missing or corrupt file, a value out of
-range, an optional package not installed); anything else is a bug and keeps its traceback.
+``train.py``, ``soe`` / ``python -m soe``, ``python -m soe.experiments`` and ``python -m data_prep.prepare`` all
+end in `run_entry`. The errors caught are the ones a user's input causes (a missing or corrupt file, a value out
+of range, an optional package not installed); anything else is a bug and keeps its traceback. Error handling
+only: each entry point sets the allocator itself, as its own first step (`soe.malloc.keep_freed_memory`).
 """
 
 from __future__ import annotations
 
 import sys
 from typing import Callable
-
-from soe.malloc import keep_freed_memory
 
 # OSError covers FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
@@ -29,9 +28,7 @@ def pop_debug(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def run_entry(prog: str, fn: Callable[[], int | None], debug: bool) -> int:
-    """Run ``fn``; a user error prints ``<prog>: error: <message>`` and returns 2 (raised with ``debug``).
-    Every entry point trains or evaluates models on CPU, so freed memory is kept in the process (soe/malloc.py)."""
-    keep_freed_memory()
+    """Run ``fn``; a user error prints ``<prog>: error: <message>`` and returns 2 (raised with ``debug``)."""
     try:
         return fn() or 0
     except USER_ERRORS as e:

@@ -6,8 +6,9 @@ runs at a fraction of memory bandwidth.
 
 `keep_freed_memory` tells glibc to serve large blocks from the heap and not to trim it (mallopt M_MMAP_MAX = 0,
 M_TRIM_THRESHOLD = 2 GiB), so every step after the first reuses pages that are already mapped (speed-ups in
-bench/RESULTS.md). The price: the process keeps its peak heap until it exits. Every soe entry point calls it
-(soe/errors.py `run_entry`); opt out with SOE_KEEP_FREED_MEMORY=0. Elsewhere (macOS, musl) it does nothing.
+bench/RESULTS.md). The price: the process keeps its peak heap until it exits. Every entry point calls it as its
+own first step (the ``main`` of soe/cli, soe/train/cli.py, data_prep, the experiments; demo.py; tests/test_malloc.py
+checks that each does); opt out with SOE_KEEP_FREED_MEMORY=0. Elsewhere (macOS, musl) it does nothing.
 """
 
 from __future__ import annotations

@@ -52,3 +52,29 @@ def test_training_step_reuses_kept_memory_without_page_faults():
     # 2 MiB huge page (≥ 64) where the kernel backs every mapping with transparent huge pages
     assert returned >= 64, returned
     assert kept <= returned // 16, (kept, returned)  # reused: (almost) no fault
+
+
+def _calls(fn) -> set[str]:
+    import ast
+
+    return {n.func.id if isinstance(n.func, ast.Name) else n.func.attr for n in ast.walk(fn)
+            if isinstance(n, ast.Call) and isinstance(n.func, (ast.Name, ast.Attribute))}
+
+
+def test_every_entry_point_sets_the_allocator_itself():
+    """The allocator is an entry point's own first step, not a side effect of error handling: each function that
+    ends in run_entry calls keep_freed_memory itself, and soe/errors.py does not touch the allocator."""
+    import ast
+
+    assert "malloc" not in (ROOT / "soe" / "errors.py").read_text().split('"""', 2)[2]
+    entries, missing = [], []
+    for path in sorted([*(ROOT / "soe").rglob("*.py"), *(ROOT / "data_prep").rglob("*.py")]):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, ast.FunctionDef) and "run_entry" in _calls(fn) and fn.name != "run_entry":
+                entries.append(f"{path.relative_to(ROOT)}:{fn.name}")
+                if "keep_freed_memory" not in _calls(fn):
+                    missing.append(entries[-1])
+    assert len(entries) >= 8 and not missing, missing
+    main = next(f for f in ast.walk(ast.parse((ROOT / "soe/cli/__init__.py").read_text()))
+                if isinstance(f, ast.FunctionDef) and f.name == "main")
+    assert "keep_freed_memory" in _calls(main)  # soe prepare / soe train pass through it before their own main

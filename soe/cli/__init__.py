@@ -27,6 +27,7 @@ import sys
 
 from soe.cli import finetune, merge, pipeline, serve, specialists
 from soe.errors import run_entry
+from soe.malloc import keep_freed_memory
 
 COMMANDS = {**specialists.COMMANDS, "finetune": finetune.cmd_finetune, "merge": merge.cmd_merge,
             "serve": serve.cmd_serve}
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in pipeline.PASSTHROUGH:  # prepare / train: their own parsers read the rest
         return pipeline.run(argv[0], argv[1:])

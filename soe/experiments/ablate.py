@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from soe.errors import pop_debug, run_entry
+from soe.malloc import keep_freed_memory
 from soe.experiments.config import ExperimentConfig, check_files, from_mapping, read_yaml
 from soe.experiments.experiment import run
 from soe.experiments.report import soe_answer
@@ -92,6 +93,7 @@ def load_ablation(path: str, extra_keys: tuple[str, ...] = (), other_keys: tuple
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     return run_entry("soe.experiments.ablate", lambda: _main(args), debug)

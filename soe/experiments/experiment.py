@@ -31,6 +31,7 @@ from soe.core.weights import parse_weights
 from soe.data.shards import load_meta, open_shard
 from soe.data.windows import eval_windows
 from soe.errors import pop_debug, run_entry
+from soe.malloc import keep_freed_memory
 from soe.experiments.config import ExperimentConfig, check_files, load_config, validate
 from soe.experiments.runkey import data_manifest
 from soe.experiments.report import write_report
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     return run_entry("soe.experiment", lambda: _main(args), debug)

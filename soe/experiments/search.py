@@ -39,6 +39,7 @@ from soe.core.weights import parse_weights
 from soe.data.shards import load_meta, open_shard
 from soe.data.windows import eval_windows
 from soe.errors import pop_debug, run_entry
+from soe.malloc import keep_freed_memory
 from soe.experiments.ablate import load_ablation
 from soe.experiments.config import ExperimentConfig, check_files, validate
 from soe.experiments.experiment import plan
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     return run_entry("soe.experiments.search", lambda: _main(args), debug)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from soe.errors import pop_debug, run_entry
+from soe.malloc import keep_freed_memory
 from soe.fileio import atomic_write_json, atomic_write_text, read_json
 from soe.merge_experiment.config import MergingConfig, check_files, load_config, validate
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     return run_entry("soe.merge_experiment", lambda: _main(args, argv), debug)

@@ -23,6 +23,7 @@ from soe.core.soup import SoupConfig
 from soe.data.datamodule import SoupDataModule
 from soe.data.mixture import MixtureConfig
 from soe.errors import pop_debug, run_entry
+from soe.malloc import keep_freed_memory
 from soe.train import resume
 from soe.train.module import SoupModule
 from soe.train.optim import OptimConfig
@@ -172,6 +173,7 @@ def main(args: list[str] | None = None, run: bool = True, prog: str | None = Non
 def cli_main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """``train.py`` (and ``soe train``, with ``prog``: the name its messages give): a bad input prints one line ``train.py: error: ...`` and returns 2 (``--debug``: the
     traceback); jsonargparse's own parse errors exit 2 with its usage above the error line."""
+    keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     with warnings.catch_warnings():  # LightningCLI warns when args (argv without --debug) differ from sys.argv
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
