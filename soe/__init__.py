@@ -7,14 +7,17 @@ Importing ``soe`` is cheap; torch and friends load on first use of the API:
     spec = soup.specialist(soup.estimate_weights("inhouse.jsonl").weights)
     spec.save("my-specialist")     # AutoModelForCausalLM.from_pretrained("my-specialist") works
 
-The package, by concern (each part imports only the parts listed before it):
+The package, by concern, bottom to top (each part imports only the parts listed before it; tests/test_structure.py):
+    soe.checks, .fileio, .errors, .malloc   argument checks, atomic files, one-line errors, the allocator
     soe.core         the dense model, the soup (S, bank, φ), low-rank experts, domain weights h
     soe.data         the shard format, embedders, text and windows, π and mix(h), the data module
-    soe.train        the LightningModule, optimizer, checkpoint I/O, the CLI behind train.py
-    soe.specialists  estimate / refine h, evaluate, export, generate, fine-tune
-    soe.experiments  generic vs SoE vs dedicated comparisons, ablations, reports
+    soe.train        the LightningModule, optimizer, checkpoint I/O, the step progress bar, the LightningCLI
+    soe.specialists  estimate / refine h, evaluate, export, generate, fine-tune, loading (Soup, Specialist)
     soe.merging      merging fine-tuned specialists (soe.merge), after soe.finetune
-    soe.api, soe.cli the Python API (soe.load) and the `soe` command line
+    soe.api          the Python API (soe.load); then this package's soe.load / soe.finetune / soe.merge
+    soe.serve        one soup served as specialists over HTTP
+    soe.cli          the `soe` command line (`soe prepare` runs data_prep, the layer below it)
+    soe.experiments, soe.merge_experiment   the studies: comparisons, ablations, the merging study
 """
 
 from __future__ import annotations

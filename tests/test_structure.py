@@ -1,10 +1,24 @@
 """The house's rules, read from the code's imports (ast, nothing is imported or run).
 
-- ``soe`` never imports ``data_prep`` (data preparation depends on the library, never the reverse), except
-  the front door ``soe prepare`` (soe/cli/pipeline.py), which runs data_prep.prepare's main;
+- the layers, bottom to top, each importing only its own layer and the layers below it (`LAYERS`):
+      foundation   soe.checks, soe.fileio, soe.errors, soe.malloc: argument checks, atomic files, one-line
+                   errors, the allocator (the standard library and torch only)
+      core         soe.core, soe.weightspec: the dense model, the soup (S, bank, φ), domain weights h
+      data         soe.data: shards, embedders, text and windows, π and mix(h), the data module
+      train        soe.train: the LightningModule, optimizer, checkpoints, the LightningCLI
+      specialists  soe.specialists: estimate / refine h, evaluate, export, generate, fine-tune, loading
+      merging      soe.merging: merging fine-tuned specialists (under the API, which it does not use)
+      api          soe.api: soe.load's Soup and Specialist
+      package      soe/__init__.py: soe.load, soe.finetune, soe.merge
+      serve        soe.serve: one soup served as specialists over HTTP
+      data_prep    the data_prep package: raw text -> token shards (it writes soe.data's format)
+      cli          soe.cli, soe/__main__.py: the one ``soe`` command line (``soe prepare`` runs data_prep)
+      experiments  soe.experiments: generic vs SoE comparisons, ablations, reports
+      studies      soe.merge_experiment: the merging study
+  (soe/__init__.py and docs/README.md list the same order);
+- every module of soe and data_prep belongs to a stated layer (a new part is placed, not defaulted);
+- ``soe`` imports ``data_prep`` only at the front door ``soe prepare`` (soe/cli/pipeline.py);
 - no import cycle between modules, counting imports inside functions too (a lazy import cannot hide one);
-- ``soe``'s parts import only the parts before them: core ← data ← train ← specialists ← experiments ←
-  api / cli (soe/__init__.py lists the same order);
 - no file of ``soe`` over 300 lines.
 """
 
@@ -17,7 +31,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("soe", "data_prep")
-LAYERS = {"errors": 0, "fileio": 0, "malloc": 0, "checks": 0, "weightspec": 0, "core": 0, "data": 1, "train": 2, "specialists": 3, "experiments": 4}  # the rest of soe: 5
+# Bottom to top: (layer, the parts in it). A part is soe.<part>, "__init__" (the package) or "data_prep".
+LAYERS = [("foundation", {"checks", "fileio", "errors", "malloc"}), ("core", {"core", "weightspec"}),
+          ("data", {"data"}), ("train", {"train"}), ("specialists", {"specialists"}), ("merging", {"merging"}),
+          ("api", {"api"}), ("package", {"__init__"}), ("serve", {"serve"}), ("data_prep", {"data_prep"}),
+          ("cli", {"cli", "__main__"}), ("experiments", {"experiments"}), ("studies", {"merge_experiment"})]
 MAX_LINES = 300
 
 
@@ -53,11 +71,19 @@ def graph() -> dict[str, set[str]]:
     return {name: imports_of(name, path, known) for name, path in known.items()}
 
 
-def layer(module: str) -> int | None:
+def part(module: str) -> str:
     parts = module.split(".")
-    if parts[0] != "soe":
-        return None
-    return LAYERS.get(parts[1], 5) if len(parts) > 1 else 5
+    return "data_prep" if parts[0] == "data_prep" else parts[1] if len(parts) > 1 else "__init__"
+
+
+def layer(module: str) -> int | None:
+    """The index of ``module``'s layer in LAYERS (0: the bottom); None when no layer names its part."""
+    return next((i for i, (_, parts) in enumerate(LAYERS) if part(module) in parts), None)
+
+
+def describe(module: str) -> str:
+    i = layer(module)
+    return f"{module} ({'no layer' if i is None else LAYERS[i][0]})"
 
 
 # The one arrow from soe into data_prep: ``soe prepare`` hands its arguments to data_prep.prepare's main.
@@ -90,17 +116,21 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-def test_parts_import_only_the_parts_before_them():
+def test_every_module_has_a_layer():
+    loose = sorted(m for m in graph() if layer(m) is None)
+    assert not loose, f"modules in no layer of LAYERS (place their part in the layering): {loose}"
+
+
+def test_parts_import_only_the_parts_below_them():
     bad = []
     for m, targets in graph().items():
         lm = layer(m)
-        if lm is None:
-            continue
         for t in targets:
             lt = layer(t)
-            if t != "soe" and lt is not None and lt > lm:
-                bad.append(f"{m} (layer {lm}) -> {t} (layer {lt})")
-    assert not bad, "imports against the layering core ← data ← train ← specialists ← experiments: " + "; ".join(bad)
+            if lm is not None and lt is not None and lt > lm:
+                bad.append(f"{describe(m)} -> {describe(t)}")
+    order = " <- ".join(name for name, _ in LAYERS)
+    assert not bad, f"imports against the layering {order}: " + "; ".join(sorted(bad))
 
 
 def test_files_stay_small():
@@ -125,5 +155,9 @@ def test_the_checks_can_fail(tmp_path, monkeypatch):
     assert g["soe.core.a"] == {"soe.experiments.b"} and g["soe.experiments.b"] == {"soe.core.a"}
     with pytest.raises(AssertionError, match="cycles"):
         test_no_import_cycles()
-    with pytest.raises(AssertionError, match="layering"):
-        test_parts_import_only_the_parts_before_them()
+    with pytest.raises(AssertionError, match=r"soe.core.a \(core\) -> soe.experiments.b \(experiments\)"):
+        test_parts_import_only_the_parts_below_them()
+    (pkg / "newpart").mkdir()
+    (pkg / "newpart" / "__init__.py").write_text("")
+    with pytest.raises(AssertionError, match="soe.newpart"):
+        test_every_module_has_a_layer()
