@@ -16,7 +16,7 @@ once into torch.hub's cache, loaded with weights_only=True); --data names its pr
 (estimate-weights also accepts the prepared directory itself instead of CKPT).
 User errors print one line ``soe: error: ...`` and exit 2 (``--debug`` shows the traceback).
 
-One module per command group (specialists, finetune, merge, serve, pipeline), each building its own
+One module per command group (pipeline, estimate, specialists, finetune, merge, serve), each building its own
 subparsers from the shared types and options of soe/cli/types.py.
 """
 
@@ -25,11 +25,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from soe.cli import finetune, merge, pipeline, serve, specialists
+from soe.cli import estimate, finetune, merge, pipeline, serve, specialists
 from soe.errors import run_entry
 from soe.malloc import keep_freed_memory
 
-COMMANDS = {**specialists.COMMANDS, "finetune": finetune.cmd_finetune, "merge": merge.cmd_merge,
+COMMANDS = {"estimate-weights": estimate.cmd_estimate, **specialists.COMMANDS, "finetune": finetune.cmd_finetune, "merge": merge.cmd_merge,
             "serve": serve.cmd_serve}
 
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="soe", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     pipeline.add_parsers(sub)
+    estimate.add_parser(sub)
     specialists.add_parsers(sub)
     finetune.add_parser(sub)
     merge.add_parser(sub)
