@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 DEMO_OUT ?= demo_out
+LINTED := soe tests bench data_prep train.py demo.py  # ruff (pyproject.toml): lint and format, checked by make test
 
 .PHONY: venv test test-all demo merging bench gpu-check clean
 
@@ -19,9 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# Fast suite (~1 min on 2 CPU cores); slow end-to-end tests are marked and run by test-all.
+# Lint and format check (ruff: seconds), then the fast suite (~1 min on 2 CPU cores); slow end-to-end tests are
+# marked and run by test-all. Fix what ruff reports with: .venv/bin/ruff format $(LINTED); .venv/bin/ruff check --fix $(LINTED)
 # One intra-op thread: the test models are tiny, and oversubscribed threads slow them 10x on a busy machine.
 test: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
 test-all: $(STAMP)

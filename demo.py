@@ -27,9 +27,9 @@ from pathlib import Path
 from data_prep import prepare
 from data_prep.corpus_lock import describe, read_lock
 from soe.data.shards import load_meta
-from soe.malloc import keep_freed_memory
 from soe.experiments.experiment import load_config, run
 from soe.experiments.report import domain_summary, domain_table, set_table
+from soe.malloc import keep_freed_memory
 
 
 def _prepare(config: str, out: str) -> bool:
@@ -57,8 +57,10 @@ def build_data(fixture: bool) -> tuple[str, bool]:
             subprocess.run(["apt-get", "update", "-qq"], check=False)
             if _prepare(DEMO_PREP, DEMO_DATA):
                 return DEMO_DATA, False
-        print("[demo] FALLING BACK to the committed fixture (data_prep/fixture): results will be much weaker",
-              file=sys.stderr)
+        print(
+            "[demo] FALLING BACK to the committed fixture (data_prep/fixture): results will be much weaker",
+            file=sys.stderr,
+        )
     print("[demo] 1/3 tokenizer, domains and shards from the fixture → data/fixture", flush=True)
     if not _prepare("data_prep/configs/fixture.yaml", "data/fixture"):
         raise SystemExit("[demo] data preparation failed on the committed fixture")
@@ -79,10 +81,15 @@ def lock_lines(data_dir: str) -> list[str]:
             lines.append(f"  = {DEMO_LOCK} (the committed demo corpus)")
         else:
             ours = {p["name"]: p["version"] for p in ref["packages"]}
-            moved = [f"{p['name']} {ours.get(p['name'], '(new)')} -> {p['version']}" for p in lock["packages"]
-                     if ours.get(p["name"]) != p["version"]]
-            lines.append(f"  WARNING: differs from {DEMO_LOCK} ({ref['id']}): "
-                         f"{', '.join(moved) or 'same versions, other files'}; losses may differ from the README's")
+            moved = [
+                f"{p['name']} {ours.get(p['name'], '(new)')} -> {p['version']}"
+                for p in lock["packages"]
+                if ours.get(p["name"]) != p["version"]
+            ]
+            lines.append(
+                f"  WARNING: differs from {DEMO_LOCK} ({ref['id']}): "
+                f"{', '.join(moved) or 'same versions, other files'}; losses may differ from the README's"
+            )
     return lines
 
 
@@ -116,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nPretraining domains:\n")
     print(domain_table(results) if len(results["domains"]) <= 12 else domain_summary(results))
     minutes = (time.perf_counter() - t0) / 60
-    print(f"\n[demo] done in {minutes:.1f} min{' (fixture fallback)' if fell_back else ''}; "
-          f"report: {Path(args.out) / 'report.md'}")
+    print(
+        f"\n[demo] done in {minutes:.1f} min{' (fixture fallback)' if fell_back else ''}; "
+        f"report: {Path(args.out) / 'report.md'}"
+    )
     return 0
 
 

@@ -14,8 +14,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from bench.bench_step import Stepper
 from bench.common import CONFIGS, interleaved, machine, verdict
 from soe.data.datamodule import SoupDataModule
@@ -42,8 +40,10 @@ def main(argv=None) -> dict:
     st = Stepper(c["net"], 8, c["seq"], c["batch"])
     train_s = interleaved({"soe": st.step}, iters=2, repeats=3)["soe"]
     ratio = train_s / load_s
-    print(f"[data] loader {tok / load_s:,.0f} tok/s ({load_s * 1e3:.2f} ms/batch of {tok} tokens)  training "
-          f"{tok / train_s:,.0f} tok/s  loader÷training = {ratio:.1f} → {verdict(ratio, 20, higher_is_better=True)}")
+    print(
+        f"[data] loader {tok / load_s:,.0f} tok/s ({load_s * 1e3:.2f} ms/batch of {tok} tokens)  training "
+        f"{tok / train_s:,.0f} tok/s  loader÷training = {ratio:.1f} → {verdict(ratio, 20, higher_is_better=True)}"
+    )
     return {"loader_tok_s": tok / load_s, "train_tok_s": tok / train_s, "ratio": ratio}
 
 

@@ -32,11 +32,13 @@ def main(argv=None) -> dict:
             state, single = td.single_process_on_global_batch(Path(tmp), ranks)
             diff = max(float((ranks[0]["state"][k] - v).abs().max()) for k, v in state.items())
             mean = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"])]
-            print(f"[dist] {strategy:5s} (launch+fit {wall:.0f} s): losses 2-proc mean "
-                  f"{[round(x, 5) for x in mean]} vs 1-proc {[round(x, 5) for x in single]}; "
-                  f"max |Δparam| = {diff:.2e}; per-rank parameter bytes "
-                  f"{ranks[0]['local_bytes']:,} / {ranks[1]['local_bytes']:,} of {ranks[0]['total_bytes']:,} "
-                  f"(= {ranks[0]['local_bytes'] / ranks[0]['total_bytes']:.3f} of total; 1/world = 0.5)")
+            print(
+                f"[dist] {strategy:5s} (launch+fit {wall:.0f} s): losses 2-proc mean "
+                f"{[round(x, 5) for x in mean]} vs 1-proc {[round(x, 5) for x in single]}; "
+                f"max |Δparam| = {diff:.2e}; per-rank parameter bytes "
+                f"{ranks[0]['local_bytes']:,} / {ranks[1]['local_bytes']:,} of {ranks[0]['total_bytes']:,} "
+                f"(= {ranks[0]['local_bytes'] / ranks[0]['total_bytes']:.3f} of total; 1/world = 0.5)"
+            )
             out[strategy] = {"diff": diff, "fraction": ranks[0]["local_bytes"] / ranks[0]["total_bytes"]}
     return out
 

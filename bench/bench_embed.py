@@ -39,8 +39,10 @@ def load_sample(corpus: Path, n: int, seed: int) -> tuple[list[str], list[str], 
     """n random chunks (text, source) over the corpus's pretraining sources, and the corpus's chunk count."""
     files = sorted(corpus.glob("*.jsonl"))
     if not files:
-        raise SystemExit(f"no <source>.jsonl under {corpus}; build the corpus (python -m data_prep."
-                         "build_offline_corpus) or pass --corpus data_prep/fixture")
+        raise SystemExit(
+            f"no <source>.jsonl under {corpus}; build the corpus (python -m data_prep."
+            "build_offline_corpus) or pass --corpus data_prep/fixture"
+        )
     rows = []
     for f in files:
         with open(f) as fh:
@@ -58,9 +60,11 @@ def quality(x: np.ndarray, labels: list[str], k: int, seed: int) -> dict[str, fl
     y = np.unique(labels, return_inverse=True)[1]
     table = np.zeros((k, y.max() + 1), np.int64)
     np.add.at(table, (c, y), 1)
-    return {"nmi": float(normalized_mutual_info_score(y, c)),
-            "purity": float(table.max(1).sum() / len(y)),  # each cluster's majority source
-            "together": float(table.max(0).sum() / len(y))}  # each source's most common cluster
+    return {
+        "nmi": float(normalized_mutual_info_score(y, c)),
+        "purity": float(table.max(1).sum() / len(y)),  # each cluster's majority source
+        "together": float(table.max(0).sum() / len(y)),
+    }  # each source's most common cluster
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     k = min(args.k, len(texts) // 10)
     names = args.only.split(",") if args.only else list(EMBEDDERS)
     print(f"{len(texts)} chunks from {len(set(sources))} sources of {corpus} ({total} chunks in all); k-means k={k}")
-    print(f"{'embedder':15s} {'fit s':>7s} {'chunks/s':>9s} {'corpus min':>10s} {'NMI':>6s} {'purity':>7s} "
-          f"{'together':>8s}")
+    print(
+        f"{'embedder':15s} {'fit s':>7s} {'chunks/s':>9s} {'corpus min':>10s} {'NMI':>6s} {'purity':>7s} "
+        f"{'together':>8s}"
+    )
     rates = {}
     for name in names:
         emb = build_embedder(EMBEDDERS[name])
@@ -95,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         rate = len(texts) / (time.perf_counter() - t0)
         rates[name] = rate
         q = quality(x, sources, k, args.seed)
-        print(f"{name:15s} {fit_s:7.1f} {rate:9.0f} {total / rate / 60:10.1f} {q['nmi']:6.3f} {q['purity']:7.3f} "
-              f"{q['together']:8.3f}", flush=True)
+        print(
+            f"{name:15s} {fit_s:7.1f} {rate:9.0f} {total / rate / 60:10.1f} {q['nmi']:6.3f} {q['purity']:7.3f} "
+            f"{q['together']:8.3f}",
+            flush=True,
+        )
     if "minilm-1000ch" in rates:
         print("speed ÷ minilm-1000ch: " + ", ".join(f"{n} {r / rates['minilm-1000ch']:.1f}x" for n, r in rates.items()))
     return 0

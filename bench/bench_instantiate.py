@@ -56,7 +56,7 @@ def bench(n: int, cfg: ModelConfig, dev: torch.device, reps: int) -> dict:
 
     src = torch.empty(bank_bytes // 4, dtype=torch.float32, device=dev).normal_()
     dst = torch.empty_like(src)
-    t_copy = median_time(lambda: dst.copy_(src), dev, reps)
+    t_copy = median_time(lambda: dst.copy_(src), dev, reps)  # noqa: F821
     del src, dst
     bandwidth = bank_bytes / t_copy  # bytes/s
     floor = bank_bytes / bandwidth
@@ -64,9 +64,16 @@ def bench(n: int, cfg: ModelConfig, dev: torch.device, reps: int) -> dict:
     with torch.no_grad():
         t_inst = median_time(lambda: soup.instantiate(h), dev, reps)
     t_full = median_time(lambda: soup.specialist(h), dev, reps)
-    return {"n": n, "P": soup.param_counts()["shared"], "bank_MB": bank_bytes / 1e6, "copy_GBps": bandwidth / 1e9,
-            "floor_ms": floor * 1e3, "instantiate_ms": t_inst * 1e3, "ratio": t_inst / floor,
-            "specialist_ms": t_full * 1e3}
+    return {
+        "n": n,
+        "P": soup.param_counts()["shared"],
+        "bank_MB": bank_bytes / 1e6,
+        "copy_GBps": bandwidth / 1e9,
+        "floor_ms": floor * 1e3,
+        "instantiate_ms": t_inst * 1e3,
+        "ratio": t_inst / floor,
+        "specialist_ms": t_full * 1e3,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,14 +86,20 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
     cfg = ModelConfig(**{**DEMO.to_dict(), "d_model": a.d_model, "n_layer": a.n_layer})
-    print(f"device={dev} threads={torch.get_num_threads()} model: {cfg.num_params() / 1e6:.2f}M params "
-          f"(d={cfg.d_model}, L={cfg.n_layer}, V={cfg.vocab_size}), k={K}, median of {a.reps}")
-    print(f"{'n':>4} {'bank MB':>9} {'copy GB/s':>10} {'floor ms':>9} {'inst. ms':>9} {'ratio':>6} {'specialist ms':>14}")
+    print(
+        f"device={dev} threads={torch.get_num_threads()} model: {cfg.num_params() / 1e6:.2f}M params "
+        f"(d={cfg.d_model}, L={cfg.n_layer}, V={cfg.vocab_size}), k={K}, median of {a.reps}"
+    )
+    print(
+        f"{'n':>4} {'bank MB':>9} {'copy GB/s':>10} {'floor ms':>9} {'inst. ms':>9} {'ratio':>6} {'specialist ms':>14}"
+    )
     for n in a.n:
         r = bench(n, cfg, dev, a.reps)
         ok = "ok" if r["ratio"] <= 1.5 else "ABOVE TARGET 1.5"
-        print(f"{r['n']:>4} {r['bank_MB']:>9.1f} {r['copy_GBps']:>10.2f} {r['floor_ms']:>9.2f} {r['instantiate_ms']:>9.2f} "
-              f"{r['ratio']:>6.2f} {r['specialist_ms']:>14.2f}  {ok}")
+        print(
+            f"{r['n']:>4} {r['bank_MB']:>9.1f} {r['copy_GBps']:>10.2f} {r['floor_ms']:>9.2f} {r['instantiate_ms']:>9.2f} "
+            f"{r['ratio']:>6.2f} {r['specialist_ms']:>14.2f}  {ok}"
+        )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import torch
 
 from bench.common import CONFIGS, machine, verdict
 from soe.core.model import LlamaLM
+from soe.core.soup import SoupConfig
 from soe.train.module import SoupModule
 from soe.train.optim import OptimConfig, lr_lambda
-from soe.core.soup import SoupConfig
 
 K = 9
 
@@ -37,19 +37,31 @@ class StepTimes(L.Callback):
 def batches(c, steps):
     g = torch.Generator().manual_seed(0)
     h = torch.full((K,), 1.0 / K)
-    return [{"h": h, "tokens": torch.randint(0, c["net"].vocab_size, (c["batch"], c["seq"] + 1), generator=g), "index": i}
-            for i in range(steps)]
+    return [
+        {"h": h, "tokens": torch.randint(0, c["net"].vocab_size, (c["batch"], c["seq"] + 1), generator=g), "index": i}
+        for i in range(steps)
+    ]
 
 
 def lightning_run(c, data, warm) -> float:
-    module = SoupModule(net=c["net"], soup=SoupConfig(n_experts=0), optim=OptimConfig(fused=True, warmup_steps=2),
-                        n_domains=K)
+    module = SoupModule(
+        net=c["net"], soup=SoupConfig(n_experts=0), optim=OptimConfig(fused=True, warmup_steps=2), n_domains=K
+    )
     cb = StepTimes()
-    tr = L.Trainer(max_steps=len(data), accelerator="cpu", logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
-                   num_sanity_val_steps=0, gradient_clip_val=1.0, callbacks=[cb])
+    tr = L.Trainer(
+        max_steps=len(data),
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        callbacks=[cb],
+    )
     tr.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
-    dt = [b - a for a, b in zip(cb.t[warm:], cb.t[warm + 1:])]
+    dt = [b - a for a, b in zip(cb.t[warm:], cb.t[warm + 1 :])]
     return statistics.median(dt)
 
 
@@ -58,8 +70,12 @@ def plain_run(c, data, warm) -> float:
     net.reset_parameters(torch.Generator().manual_seed(0))
     decay = [p for p in net.parameters() if p.ndim >= 2]
     other = [p for p in net.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=3e-3, betas=(0.9, 0.95), fused=True)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+        lr=3e-3,
+        betas=(0.9, 0.95),
+        fused=True,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, 2, len(data), 0.1))
     t = []
     for b in data:
@@ -71,7 +87,7 @@ def plain_run(c, data, warm) -> float:
         opt.zero_grad(set_to_none=True)
         sched.step()
         t.append(time.perf_counter())
-    return statistics.median([b - a for a, b in zip(t[warm:], t[warm + 1:])])
+    return statistics.median([b - a for a, b in zip(t[warm:], t[warm + 1 :])])
 
 
 def main(argv=None) -> dict:
@@ -90,9 +106,11 @@ def main(argv=None) -> dict:
     pl, li = min(res["plain"]), min(res["lightning"])
     tok = c["batch"] * c["seq"]
     thr = pl / li  # dense-mode throughput ÷ plain-loop throughput
-    print(f"[lightning] {args.config} dense: hand-written loop {pl * 1e3:.1f} ms/step ({tok / pl:,.0f} tok/s), "
-          f"Lightning {li * 1e3:.1f} ms/step ({tok / li:,.0f} tok/s)  Lightning÷plain step = {li / pl:.3f}; "
-          f"throughput ratio {thr:.3f} → {verdict(thr, 0.95, higher_is_better=True)}")
+    print(
+        f"[lightning] {args.config} dense: hand-written loop {pl * 1e3:.1f} ms/step ({tok / pl:,.0f} tok/s), "
+        f"Lightning {li * 1e3:.1f} ms/step ({tok / li:,.0f} tok/s)  Lightning÷plain step = {li / pl:.3f}; "
+        f"throughput ratio {thr:.3f} → {verdict(thr, 0.95, higher_is_better=True)}"
+    )
     return {"plain_s": pl, "lightning_s": li, "throughput_ratio": thr}
 
 

@@ -41,13 +41,20 @@ def child(config: str, n: int, rank: int) -> None:
         st.step()
     peak = hwm()
     counts = st.soup.param_counts()
-    print(json.dumps({"n": n, "rank": rank, "peak_bytes": peak - base, "params": counts["total"],
-                      "P": c["net"].num_params()}))
+    print(
+        json.dumps(
+            {"n": n, "rank": rank, "peak_bytes": peak - base, "params": counts["total"], "P": c["net"].num_params()}
+        )
+    )
 
 
 def measure(config: str, n: int, rank: int = 0) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.bench_memory", "--child", config, str(n), str(rank)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_memory", "--child", config, str(n), str(rank)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -63,18 +70,26 @@ def main(argv=None) -> list[dict]:
     dense = measure(args.config, 0)
     P = dense["P"]
     act = dense["peak_bytes"] - 16 * P
-    print(f"[memory] {args.config} dense: peak {dense['peak_bytes'] / 2**20:.0f} MiB = 16·P ({16 * P / 2**20:.0f} MiB) "
-          f"+ activations/workspace A = {act / 2**20:.0f} MiB")
+    print(
+        f"[memory] {args.config} dense: peak {dense['peak_bytes'] / 2**20:.0f} MiB = 16·P ({16 * P / 2**20:.0f} MiB) "
+        f"+ activations/workspace A = {act / 2**20:.0f} MiB"
+    )
     rows = [dense]
     for n, rank in ((4, 0), (8, 0), (16, 0), (8, 8)):
         r = measure(args.config, n, rank)
         est_states = 16 * r["params"]  # = 16·(n+1)·P for full-rank experts (+ the router)
         est = est_states + act
         ratio = r["peak_bytes"] / est
-        lr = f" (low-rank r={rank}: {r['params'] / 1e6:.1f}M params vs {(n + 1) * P / 1e6:.1f}M full-rank)" if rank else ""
-        print(f"[memory] n={n:3d}{lr}: peak {r['peak_bytes'] / 2**20:6.0f} MiB; estimate 16·params "
-              f"{est_states / 2**20:6.0f} MiB + A = {est / 2**20:6.0f} MiB; measured÷estimate = {ratio:.2f} "
-              f"→ {verdict(ratio, 1.15)}")
+        lr = (
+            f" (low-rank r={rank}: {r['params'] / 1e6:.1f}M params vs {(n + 1) * P / 1e6:.1f}M full-rank)"
+            if rank
+            else ""
+        )
+        print(
+            f"[memory] n={n:3d}{lr}: peak {r['peak_bytes'] / 2**20:6.0f} MiB; estimate 16·params "
+            f"{est_states / 2**20:6.0f} MiB + A = {est / 2**20:6.0f} MiB; measured÷estimate = {ratio:.2f} "
+            f"→ {verdict(ratio, 1.15)}"
+        )
         r["ratio"] = ratio
         rows.append(r)
     return rows

@@ -49,17 +49,30 @@ def main(argv=None) -> int:
         dirs = []
         for u in range(a.models + 1):
             p = base if u == 0 else {k: v + 0.01 * torch.randn_like(v) for k, v in base.items()}
-            dirs.append(str(save_specialist(root / f"m{u}", p, net, tokenizer_file=root / "tokenizer.json", eos_id=0,
-                                            info={}, fmt="soe")))
+            dirs.append(
+                str(
+                    save_specialist(
+                        root / f"m{u}", p, net, tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe"
+                    )
+                )
+            )
         size = Path(dirs[0], "model.safetensors").stat().st_size
         bw = copy_bandwidth(size)
-        print(f"{a.config}: {sum(v.numel() for v in base.values()) / 1e6:.2f}M params, {size / 1e6:.1f} MB per model, "
-              f"{a.models} models + base; memcpy {bw / 1e9:.1f} GB/s (read+write)")
+        print(
+            f"{a.config}: {sum(v.numel() for v in base.values()) / 1e6:.2f}M params, {size / 1e6:.1f} MB per model, "
+            f"{a.models} models + base; memcpy {bw / 1e9:.1f} GB/s (read+write)"
+        )
         print(f"{'method':<18}{'seconds':>9}{'floor s':>9}{'ratio':>8}")
-        for name, method, params, passes in (("linear", "linear", {}, 1), ("ties (tensor)", "ties", {}, 1),
-                                             ("ties (model)", "ties", {"trim": "model"}, 2)):
-            raw = {"merge_method": method, "models": [{"model": d, "parameters": {"density": 0.3}} for d in dirs[1:]],
-                   "parameters": params}
+        for name, method, params, passes in (
+            ("linear", "linear", {}, 1),
+            ("ties (tensor)", "ties", {}, 1),
+            ("ties (model)", "ties", {"trim": "model"}, 2),
+        ):
+            raw = {
+                "merge_method": method,
+                "models": [{"model": d, "parameters": {"density": 0.3}} for d in dirs[1:]],
+                "parameters": params,
+            }
             if method != "linear":
                 raw["base_model"] = dirs[0]
             cfg = parse_config(raw)
@@ -81,10 +94,12 @@ def main(argv=None) -> int:
         with torch.no_grad():
             t0 = time.perf_counter()
             for i in range(0, len(wins), 8):
-                m(wins[i:i + 8])
+                m(wins[i : i + 8])
             fwd_s = time.perf_counter() - t0
-        print(f"Gram collection: {gram_s / wins.numel() * 1e6:.1f} µs per exemplar token "
-              f"({wins.numel()} tokens, {gram_s:.2f} s; a plain forward {fwd_s:.2f} s: ratio {gram_s / fwd_s:.1f})")
+        print(
+            f"Gram collection: {gram_s / wins.numel() * 1e6:.1f} µs per exemplar token "
+            f"({wins.numel()} tokens, {gram_s:.2f} s; a plain forward {fwd_s:.2f} s: ratio {gram_s / fwd_s:.1f})"
+        )
     return 0
 
 

@@ -73,20 +73,29 @@ def plan(a) -> list[dict]:
 
 
 # ------------------------------------------------------------------ the client side (a subprocess)
-async def client_main(url: str, requests: list[dict], weights: list[dict], clients: int, max_tokens: int,
-                      time_limit: float) -> list[dict]:
+async def client_main(
+    url: str, requests: list[dict], weights: list[dict], clients: int, max_tokens: int, time_limit: float
+) -> list[dict]:
     import httpx2 as httpx
 
     todo, results = list(enumerate(requests)), []
     t_stop = time.perf_counter() + time_limit
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=max(time_limit, 60), limits=limits) as c:
+
         async def one_client():
             while todo and time.perf_counter() < t_stop:
                 i, r = todo.pop(0)
-                body = {"model": "soup", "weights": weights[r["h"]], "prompt": r["prompt"], "max_tokens": max_tokens,
-                        "temperature": 1.0, "seed": r["seed"], "stream": True,
-                        "stream_options": {"include_usage": True}}
+                body = {
+                    "model": "soup",
+                    "weights": weights[r["h"]],
+                    "prompt": r["prompt"],
+                    "max_tokens": max_tokens,
+                    "temperature": 1.0,
+                    "seed": r["seed"],
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
                 row = {"i": i, "error": None}
                 t0 = time.perf_counter()
                 try:
@@ -118,12 +127,26 @@ async def client_main(url: str, requests: list[dict], weights: list[dict], clien
 
 
 def run_clients(url: str, reqs: list[dict], weights: list[dict], a) -> tuple[list[dict], float]:
-    spec = json.dumps({"url": url, "requests": reqs, "weights": weights, "clients": a.clients,
-                       "max_tokens": a.max_tokens, "time_limit": a.time_limit})
+    spec = json.dumps(
+        {
+            "url": url,
+            "requests": reqs,
+            "weights": weights,
+            "clients": a.clients,
+            "max_tokens": a.max_tokens,
+            "time_limit": a.time_limit,
+        }
+    )
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "bench.bench_serve", "--client"], input=spec, capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=a.time_limit + 120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_serve", "--client"],
+        input=spec,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=a.time_limit + 120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"the client process failed: {out.stderr[-2000:]}")
@@ -144,12 +167,23 @@ def scenario(name: str, soup, tok, weights: list[dict], reqs: list[dict], a, cac
     from soe.serve.server import build_server
 
     domains = [f"d{i}" for i in range(K)]
-    srv = build_server(soup, domains, torch.full((K,), 1.0 / K), tok, 0, f"random {a.size}-size soup",
-                       cache_mb=cache_mb, max_batch=a.max_batch)
+    srv = build_server(
+        soup,
+        domains,
+        torch.full((K,), 1.0 / K),
+        tok,
+        0,
+        f"random {a.size}-size soup",
+        cache_mb=cache_mb,
+        max_batch=a.max_batch,
+    )
     with BackgroundServer(srv) as live:
         if warm:  # the floor: its one specialist is instantiated before the clock starts
-            httpx.post(live.url + "/v1/completions", json={"model": "soup", "weights": weights[0], "prompt": "w1",
-                                                           "max_tokens": 1}, timeout=60).raise_for_status()
+            httpx.post(
+                live.url + "/v1/completions",
+                json={"model": "soup", "weights": weights[0], "prompt": "w1", "max_tokens": 1},
+                timeout=60,
+            ).raise_for_status()
         before = httpx.get(live.url + "/health").json()
         rows, wall = run_clients(live.url, reqs, weights, a)
         after = httpx.get(live.url + "/health").json()
@@ -158,16 +192,23 @@ def scenario(name: str, soup, tok, weights: list[dict], reqs: list[dict], a, cac
     misses = after["cache"]["misses"] - before["cache"]["misses"]
     lat = sum(r["latency"] for r in ok)
     forwards = after["forwards"] - before["forwards"]
-    return {"name": name, "sent": len(rows), "errors": len(rows) - len(ok),
-            "first_errors": [r["error"] for r in rows if r["error"]][:3],
-            "ttft_p50": pct([r["ttft"] for r in ok], 0.5) * 1e3, "ttft_p99": pct([r["ttft"] for r in ok], 0.99) * 1e3,
-            "lat_p50": pct([r["latency"] for r in ok], 0.5) * 1e3, "lat_p99": pct([r["latency"] for r in ok], 0.99) * 1e3,
-            "tok_s": sum(r["tokens"] for r in ok) / wall, "wall": wall,
-            "inst_share": sum(r["instantiate_ms"] for r in ok) / 1e3 / lat if lat else float("nan"),
-            "inst_wall": (after["cache"]["instantiate_s_total"] - before["cache"]["instantiate_s_total"]) / wall,
-            "inst_ms": statistics.median([r["instantiate_ms"] for r in ok if not r["cached"]] or [0.0]),
-            "hit_rate": hits / (hits + misses) if hits + misses else float("nan"),
-            "rows_per_forward": (after["rows"] - before["rows"]) / forwards if forwards else float("nan")}
+    return {
+        "name": name,
+        "sent": len(rows),
+        "errors": len(rows) - len(ok),
+        "first_errors": [r["error"] for r in rows if r["error"]][:3],
+        "ttft_p50": pct([r["ttft"] for r in ok], 0.5) * 1e3,
+        "ttft_p99": pct([r["ttft"] for r in ok], 0.99) * 1e3,
+        "lat_p50": pct([r["latency"] for r in ok], 0.5) * 1e3,
+        "lat_p99": pct([r["latency"] for r in ok], 0.99) * 1e3,
+        "tok_s": sum(r["tokens"] for r in ok) / wall,
+        "wall": wall,
+        "inst_share": sum(r["instantiate_ms"] for r in ok) / 1e3 / lat if lat else float("nan"),
+        "inst_wall": (after["cache"]["instantiate_s_total"] - before["cache"]["instantiate_s_total"]) / wall,
+        "inst_ms": statistics.median([r["instantiate_ms"] for r in ok if not r["cached"]] or [0.0]),
+        "hit_rate": hits / (hits + misses) if hits + misses else float("nan"),
+        "rows_per_forward": (after["rows"] - before["rows"]) / forwards if forwards else float("nan"),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.client:
         spec = json.load(sys.stdin)
         t0 = time.perf_counter()
-        rows = asyncio.run(client_main(spec["url"], spec["requests"], spec["weights"], spec["clients"],
-                                       spec["max_tokens"], spec["time_limit"]))
+        rows = asyncio.run(
+            client_main(
+                spec["url"], spec["requests"], spec["weights"], spec["clients"], spec["max_tokens"], spec["time_limit"]
+            )
+        )
         print(json.dumps({"rows": rows, "wall": time.perf_counter() - t0}))
         return 0
     if min(a.clients, a.specialists, a.requests, a.max_tokens, a.prompt_tokens, a.max_batch) < 1:
@@ -201,35 +245,47 @@ def main(argv: list[str] | None = None) -> int:
     vocab = soup.net_cfg.vocab_size
     tok = word_tokenizer(vocab)
     g = torch.Generator().manual_seed(1)
-    weights = [{f"d{j}": round(float(w), 6) for j, w in enumerate(torch.rand(K, generator=g))}
-               for _ in range(a.specialists)]
+    weights = [
+        {f"d{j}": round(float(w), 6) for j, w in enumerate(torch.rand(K, generator=g))} for _ in range(a.specialists)
+    ]
     reqs = plan(a)
     spec_bytes = sum(p.numel() * p.element_size() for p in soup.shared.values())
     print(f"machine: {machine()}")
-    print(f"soup: random {a.size}-size, {soup.net_cfg.num_params() / 1e6:.2f}M params per specialist "
-          f"({spec_bytes / 2**20:.1f} MiB), n = {a.experts}, k = {K}, context {soup.net_cfg.max_seq_len}; "
-          f"{a.clients} clients, M = {a.specialists}, {a.requests} requests of {a.prompt_tokens} + {a.max_tokens} "
-          f"tokens (streamed), max batch {a.max_batch}, ≤ {a.time_limit:g} s per scenario")
+    print(
+        f"soup: random {a.size}-size, {soup.net_cfg.num_params() / 1e6:.2f}M params per specialist "
+        f"({spec_bytes / 2**20:.1f} MiB), n = {a.experts}, k = {K}, context {soup.net_cfg.max_seq_len}; "
+        f"{a.clients} clients, M = {a.specialists}, {a.requests} requests of {a.prompt_tokens} + {a.max_tokens} "
+        f"tokens (streamed), max batch {a.max_batch}, ≤ {a.time_limit:g} s per scenario"
+    )
     cache_all = (a.specialists + 1) * spec_bytes / 2**20
-    rows = [scenario(f"soup, M = {a.specialists}", soup, tok, weights, reqs, a, cache_all, False),
-            scenario(f"soup, M = {a.specialists}, no cache", soup, tok, weights, reqs, a, 0.0, False),
-            scenario("floor: 1 pre-instantiated", soup, tok, weights, [{**r, "h": 0} for r in reqs], a, cache_all,
-                     True)]
-    print("ms; inst. share: Σ instantiate_ms ÷ Σ latency (of the requests) / instantiating ÷ wall time (of the "
-          "engine, which instantiates between steps)")
-    print(f"{'scenario':<28} {'sent':>5} {'err':>4} {'TTFT p50':>9} {'p99':>7} {'total p50':>10} {'p99':>7} "
-          f"{'tok/s':>7} {'inst. share':>13} {'inst. ms':>8} {'hit rate':>8} {'rows/fwd':>8}")
+    rows = [
+        scenario(f"soup, M = {a.specialists}", soup, tok, weights, reqs, a, cache_all, False),
+        scenario(f"soup, M = {a.specialists}, no cache", soup, tok, weights, reqs, a, 0.0, False),
+        scenario("floor: 1 pre-instantiated", soup, tok, weights, [{**r, "h": 0} for r in reqs], a, cache_all, True),
+    ]
+    print(
+        "ms; inst. share: Σ instantiate_ms ÷ Σ latency (of the requests) / instantiating ÷ wall time (of the "
+        "engine, which instantiates between steps)"
+    )
+    print(
+        f"{'scenario':<28} {'sent':>5} {'err':>4} {'TTFT p50':>9} {'p99':>7} {'total p50':>10} {'p99':>7} "
+        f"{'tok/s':>7} {'inst. share':>13} {'inst. ms':>8} {'hit rate':>8} {'rows/fwd':>8}"
+    )
     for r in rows:
         share = f"{r['inst_share']:.1%} / {r['inst_wall']:.1%}"
-        print(f"{r['name']:<28} {r['sent']:>5} {r['errors']:>4} {r['ttft_p50']:>9.0f} {r['ttft_p99']:>7.0f} "
-              f"{r['lat_p50']:>10.0f} {r['lat_p99']:>7.0f} {r['tok_s']:>7.0f} {share:>13} "
-              f"{r['inst_ms']:>8.1f} {r['hit_rate']:>8.1%} {r['rows_per_forward']:>8.2f}")
+        print(
+            f"{r['name']:<28} {r['sent']:>5} {r['errors']:>4} {r['ttft_p50']:>9.0f} {r['ttft_p99']:>7.0f} "
+            f"{r['lat_p50']:>10.0f} {r['lat_p99']:>7.0f} {r['tok_s']:>7.0f} {share:>13} "
+            f"{r['inst_ms']:>8.1f} {r['hit_rate']:>8.1%} {r['rows_per_forward']:>8.2f}"
+        )
         if r["errors"]:
             print(f"   errors: {r['first_errors']}")
     floor = rows[-1]
     for r in rows[:-1]:
-        print(f"{r['name']} ÷ floor: TTFT p50 {r['ttft_p50'] / floor['ttft_p50']:.2f}×, total p50 "
-              f"{r['lat_p50'] / floor['lat_p50']:.2f}×, tokens/s {r['tok_s'] / floor['tok_s']:.2f}×")
+        print(
+            f"{r['name']} ÷ floor: TTFT p50 {r['ttft_p50'] / floor['ttft_p50']:.2f}×, total p50 "
+            f"{r['lat_p50'] / floor['lat_p50']:.2f}×, tokens/s {r['tok_s'] / floor['tok_s']:.2f}×"
+        )
     if any(r["errors"] for r in rows):
         raise SystemExit(f"bench_serve: {sum(r['errors'] for r in rows)} request(s) failed")
     return 0

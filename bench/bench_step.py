@@ -24,10 +24,10 @@ import torch
 from torch.func import functional_call
 
 from bench.common import CONFIGS, copy_bandwidth, interleaved, machine, verdict
-from soe.train.bank_update import BankAdamW
-from soe.train.module import OptimConfig, make_optimizer
 from soe.core.model import ModelConfig
 from soe.core.soup import SoupConfig, SoupOfExperts
+from soe.train.bank_update import BankAdamW
+from soe.train.module import OptimConfig, make_optimizer
 
 K = 9  # domains (the demo corpus)
 # The stacked-models table's sizes, both at seq 128, batch 16, n = 8 (configs/demo-cpu.yaml; the small regime).
@@ -40,8 +40,20 @@ STACKED_SIZES = {
 class Stepper:
     """A soup, its optimizer and one fixed batch; ``step()`` runs one full training step."""
 
-    def __init__(self, net, n: int, seq: int, batch: int, fused: bool = True, rank: int = 0, clip: float = 1.0,
-                 device: str = "cpu", compile: bool = False, h_per_step: int = 1, bank_update: str = "dense"):
+    def __init__(
+        self,
+        net,
+        n: int,
+        seq: int,
+        batch: int,
+        fused: bool = True,
+        rank: int = 0,
+        clip: float = 1.0,
+        device: str = "cpu",
+        compile: bool = False,
+        h_per_step: int = 1,
+        bank_update: str = "dense",
+    ):
         self.soup = SoupOfExperts(net, K, SoupConfig(n_experts=n, expert_init="normal", expert_rank=rank)).to(device)
         self.opt = make_optimizer(self.soup, OptimConfig(fused=fused, bank_update=bank_update))
         g = torch.Generator().manual_seed(0)
@@ -55,7 +67,9 @@ class Stepper:
         if self.h.ndim == 2:  # M models from one GEMM, batch split into M groups (data.h_per_step)
             return self.soup(self.tokens[:, :-1], h=self.h, targets=self.tokens[:, 1:])[1]
         alpha = self.soup.coefficients(self.h)
-        _, loss = self.soup(self.tokens[:, :-1], targets=self.tokens[:, 1:], params=self.soup.instantiate(self.h, alpha))
+        _, loss = self.soup(
+            self.tokens[:, :-1], targets=self.tokens[:, 1:], params=self.soup.instantiate(self.h, alpha)
+        )
         return loss
 
     def step(self):
@@ -68,7 +82,7 @@ class Stepper:
         M = self.h.shape[0]
         B = self.tokens.shape[0] // M
         for m in range(M):
-            tok = self.tokens[m * B:(m + 1) * B]
+            tok = self.tokens[m * B : (m + 1) * B]
             (self.soup(tok[:, :-1], h=self.h[m], targets=tok[:, 1:])[1] / M).backward()
         return self.update(None)
 
@@ -90,13 +104,22 @@ class LoopStepper(Stepper):
         soup, M = self.soup, self.h.shape[0]
         rows = {g: theta.unbind(0) for g, theta in soup.flat(self.h).items()}
         x, y = self.tokens[:, :-1].chunk(M), self.tokens[:, 1:].chunk(M)
-        losses = [functional_call(soup._template, soup._named({g: r[m] for g, r in rows.items()}), (x[m], y[m]))[1]
-                  for m in range(M)]
+        losses = [
+            functional_call(soup._template, soup._named({g: r[m] for g, r in rows.items()}), (x[m], y[m]))[1]
+            for m in range(M)
+        ]
         return torch.stack(losses).mean()
 
 
-def stacked_models(iters: int = 2, repeats: int = 3, Ms=(1, 4, 16), sizes=("small", "demo"), n: int = 8,
-                   seq: int = 128, batch: int = 16) -> list[dict]:
+def stacked_models(
+    iters: int = 2,
+    repeats: int = 3,
+    Ms=(1, 4, 16),
+    sizes=("small", "demo"),
+    n: int = 8,
+    seq: int = 128,
+    batch: int = 16,
+) -> list[dict]:
     """SoE ÷ dense step with M domain weights per step, the M models stacked (one computation) and, for M > 1,
     as the loop of M forwards they replaced; both bank updates. M = 1 is the one-h path (h: (k,))."""
     rows = []
@@ -118,16 +141,23 @@ def stacked_models(iters: int = 2, repeats: int = 3, Ms=(1, 4, 16), sizes=("smal
                 loop = f"{t[f'loop-{u}'] / t['dense']:.2f}" if M > 1 else "  — "
                 if M > 1:
                     row[f"ratio_loop_{u}"] = t[f"loop-{u}"] / t["dense"]
-                cells.append(f"bank_update={u}: stacked {t[f'stacked-{u}'] * 1e3:7.1f} ms ({row[f'ratio_stacked_{u}']:.2f}×)"
-                             f" loop {loop}×")
-            print(f"[stacked] {size:5s} n={n} M={M:2d} seq {seq} batch {batch}: dense {t['dense'] * 1e3:7.1f} ms | "
-                  + " | ".join(cells), flush=True)
+                cells.append(
+                    f"bank_update={u}: stacked {t[f'stacked-{u}'] * 1e3:7.1f} ms ({row[f'ratio_stacked_{u}']:.2f}×)"
+                    f" loop {loop}×"
+                )
+            print(
+                f"[stacked] {size:5s} n={n} M={M:2d} seq {seq} batch {batch}: dense {t['dense'] * 1e3:7.1f} ms | "
+                + " | ".join(cells),
+                flush=True,
+            )
             rows.append(row)
             del steppers
     small16 = [r for r in rows if r["size"] == "small" and r["M"] == 16]
     for r in small16:
-        print(f"  small M=16 SoE÷dense (stacked, dense bank update) {r['ratio_stacked_dense']:.2f} → "
-              f"{verdict(r['ratio_stacked_dense'], 1.3)}")
+        print(
+            f"  small M=16 SoE÷dense (stacked, dense bank update) {r['ratio_stacked_dense']:.2f} → "
+            f"{verdict(r['ratio_stacked_dense'], 1.3)}"
+        )
     return rows
 
 
@@ -177,13 +207,27 @@ def compare(name: str, n: int, iters: int, fused: bool = True, rank: int = 0, re
     bw = copy_bandwidth(max(bank, P) * 4)
     floor = 7 * bank * 4 / bw  # read E (instantiate) + read E, m, v and write them (one fused update)
     over = t["soe"] - t["dense"]
-    row = {"config": name, "n": n, "rank": rank, "P": P, "bank": bank, "dense_s": t["dense"], "soe_s": t["soe"],
-           "ratio": t["soe"] / t["dense"], "overhead_s": over, "floor_s": floor, "overhead_vs_floor": over / floor if bank else float("nan"),
-           "bw_GBps": bw / 1e9}
+    row = {
+        "config": name,
+        "n": n,
+        "rank": rank,
+        "P": P,
+        "bank": bank,
+        "dense_s": t["dense"],
+        "soe_s": t["soe"],
+        "ratio": t["soe"] / t["dense"],
+        "overhead_s": over,
+        "floor_s": floor,
+        "overhead_vs_floor": over / floor if bank else float("nan"),
+        "bw_GBps": bw / 1e9,
+    }
     rk = f", expert_rank={rank}" if rank else ""
-    print(f"[step] {name:5s} n={n:3d}{rk} P={P / 1e6:.2f}M bank={bank / 1e6:.1f}M  dense {t['dense'] * 1e3:8.1f} ms  "
-          f"soe {t['soe'] * 1e3:8.1f} ms  SoE÷dense = {row['ratio']:.3f}   overhead {over * 1e3:7.1f} ms vs floor "
-          f"{floor * 1e3:6.1f} ms (7·n·P·4 B at {bw / 1e9:.1f} GB/s) → {row['overhead_vs_floor']:.2f}", flush=True)
+    print(
+        f"[step] {name:5s} n={n:3d}{rk} P={P / 1e6:.2f}M bank={bank / 1e6:.1f}M  dense {t['dense'] * 1e3:8.1f} ms  "
+        f"soe {t['soe'] * 1e3:8.1f} ms  SoE÷dense = {row['ratio']:.3f}   overhead {over * 1e3:7.1f} ms vs floor "
+        f"{floor * 1e3:6.1f} ms (7·n·P·4 B at {bw / 1e9:.1f} GB/s) → {row['overhead_vs_floor']:.2f}",
+        flush=True,
+    )
     return row
 
 
@@ -192,9 +236,11 @@ def bank_updates(n: int, M: int, tokens: int, iters: int, repeats: int, show_bre
     at ``tokens`` per step (sequences of 128, as the demo trains) with M = h_per_step domain weights per step."""
     c = CONFIGS["demo"]
     seq = 128
-    steppers = {"dense": Stepper(c["net"], 0, seq, tokens // seq),
-                "soe-dense": Stepper(c["net"], n, seq, tokens // seq, h_per_step=M),
-                "soe-factored": Stepper(c["net"], n, seq, tokens // seq, h_per_step=M, bank_update="factored")}
+    steppers = {
+        "dense": Stepper(c["net"], 0, seq, tokens // seq),
+        "soe-dense": Stepper(c["net"], n, seq, tokens // seq, h_per_step=M),
+        "soe-factored": Stepper(c["net"], n, seq, tokens // seq, h_per_step=M, bank_update="factored"),
+    }
     t = interleaved({k: s.step for k, s in steppers.items()}, iters=iters, repeats=repeats)
     bank = steppers["soe-dense"].soup.param_counts()["bank"]
     bw = copy_bandwidth(bank * 4)
@@ -203,12 +249,15 @@ def bank_updates(n: int, M: int, tokens: int, iters: int, repeats: int, show_bre
     for u in ("dense", "factored"):
         row[f"ratio_{u}"] = t[f"soe-{u}"] / t["dense"]
         row[f"overhead_vs_floor_{u}"] = (t[f"soe-{u}"] - t["dense"]) / floor
-    print(f"[step] demo n={n} M={M} {tokens} tokens/step: dense {t['dense'] * 1e3:7.1f} ms | bank_update=dense "
-          f"{t['soe-dense'] * 1e3:7.1f} ms, SoE÷dense {row['ratio_dense']:.3f}, overhead÷floor "
-          f"{row['overhead_vs_floor_dense']:.2f} | bank_update=factored {t['soe-factored'] * 1e3:7.1f} ms, SoE÷dense "
-          f"{row['ratio_factored']:.3f} ({verdict(row['ratio_factored'], 1.10)}), overhead÷floor "
-          f"{row['overhead_vs_floor_factored']:.2f} ({verdict(row['overhead_vs_floor_factored'], 1.3)}) "
-          f"[floor {floor * 1e3:.1f} ms]", flush=True)
+    print(
+        f"[step] demo n={n} M={M} {tokens} tokens/step: dense {t['dense'] * 1e3:7.1f} ms | bank_update=dense "
+        f"{t['soe-dense'] * 1e3:7.1f} ms, SoE÷dense {row['ratio_dense']:.3f}, overhead÷floor "
+        f"{row['overhead_vs_floor_dense']:.2f} | bank_update=factored {t['soe-factored'] * 1e3:7.1f} ms, SoE÷dense "
+        f"{row['ratio_factored']:.3f} ({verdict(row['ratio_factored'], 1.10)}), overhead÷floor "
+        f"{row['overhead_vs_floor_factored']:.2f} ({verdict(row['overhead_vs_floor_factored'], 1.3)}) "
+        f"[floor {floor * 1e3:.1f} ms]",
+        flush=True,
+    )
     if show_breakdown:
         row["breakdown"] = print_breakdown(steppers)
     return row
@@ -221,10 +270,19 @@ def h_per_step_vs_accumulation(name: str, n: int, M: int, iters: int, repeats: i
     one = Stepper(c["net"], n, c["seq"], c["batch"], h_per_step=M)
     acc = Stepper(c["net"], n, c["seq"], c["batch"], h_per_step=M)
     t = interleaved({"h_per_step": one.step, "accumulate": acc.accumulate}, iters=iters, repeats=repeats)
-    row = {"config": name, "n": n, "M": M, "h_per_step_s": t["h_per_step"], "accumulate_s": t["accumulate"],
-           "ratio": t["h_per_step"] / t["accumulate"]}
-    print(f"[step] {name:5s} n={n:3d} M={M}: h_per_step {t['h_per_step'] * 1e3:8.1f} ms  accumulation "
-          f"{t['accumulate'] * 1e3:8.1f} ms  h_per_step÷accumulation = {row['ratio']:.3f}", flush=True)
+    row = {
+        "config": name,
+        "n": n,
+        "M": M,
+        "h_per_step_s": t["h_per_step"],
+        "accumulate_s": t["accumulate"],
+        "ratio": t["h_per_step"] / t["accumulate"],
+    }
+    print(
+        f"[step] {name:5s} n={n:3d} M={M}: h_per_step {t['h_per_step'] * 1e3:8.1f} ms  accumulation "
+        f"{t['accumulate'] * 1e3:8.1f} ms  h_per_step÷accumulation = {row['ratio']:.3f}",
+        flush=True,
+    )
     return row
 
 
@@ -240,10 +298,11 @@ def main(argv=None) -> list[dict]:
         return stacked_models()
     it, rep = (2, 3) if args.quick else (3, 5)
     fused = not args.foreach
-    rows = [compare("tiny", 8, 10 * it, fused, repeats=rep),
-            compare("demo", 8, it, fused, repeats=rep)]
-    print(f"  demo n=8: SoE÷dense {rows[-1]['ratio']:.3f} → {verdict(rows[-1]['ratio'], 1.10)} (docs/soup.md targets; issue: ≤ 1.25); "
-          f"overhead÷floor {rows[-1]['overhead_vs_floor']:.2f} → {verdict(rows[-1]['overhead_vs_floor'], 1.3)}")
+    rows = [compare("tiny", 8, 10 * it, fused, repeats=rep), compare("demo", 8, it, fused, repeats=rep)]
+    print(
+        f"  demo n=8: SoE÷dense {rows[-1]['ratio']:.3f} → {verdict(rows[-1]['ratio'], 1.10)} (docs/soup.md targets; issue: ≤ 1.25); "
+        f"overhead÷floor {rows[-1]['overhead_vs_floor']:.2f} → {verdict(rows[-1]['overhead_vs_floor'], 1.3)}"
+    )
     for M, tokens in ((4, 2048), (4, 4096), (1, 2048), (1, 4096)):  # the demo's step (M = 4 h per step, 2,048
         # tokens), twice it, and one h per step (where the 7·n·P floor is the whole of the bank's traffic)
         rows.append(bank_updates(8, M, tokens, it, rep, show_breakdown=tokens == 2048))
@@ -253,8 +312,10 @@ def main(argv=None) -> list[dict]:
         rows.append(h_per_step_vs_accumulation("demo", 8, M, it, rep))
     for r in (8, 32):  # low-rank experts E_j = A_j B_jᵀ: bank size and step time
         rows.append(compare("demo", 8, it, fused, rank=r, repeats=rep))
-        print(f"        low-rank r={r}: bank {rows[-1]['bank'] / 1e6:.2f}M vs full-rank {rows[1]['bank'] / 1e6:.2f}M "
-              f"({rows[-1]['bank'] / rows[1]['bank']:.3f}×); SoE÷dense {rows[-1]['ratio']:.3f} vs {rows[1]['ratio']:.3f}")
+        print(
+            f"        low-rank r={r}: bank {rows[-1]['bank'] / 1e6:.2f}M vs full-rank {rows[1]['bank'] / 1e6:.2f}M "
+            f"({rows[-1]['bank'] / rows[1]['bank']:.3f}×); SoE÷dense {rows[-1]['ratio']:.3f} vs {rows[1]['ratio']:.3f}"
+        )
     rows += stacked_models(*((1, 3) if args.quick else (2, 3)))
     return rows
 

@@ -52,15 +52,19 @@ def make_corpus(path: Path, mb: float, corpus: Path | None) -> None:
 
 
 def config(src: Path, out: Path, workers: int) -> dict:
-    return {"out": str(out), "sources": [{"name": "corpus", "path": str(src), "domain_field": "domain"}],
-            "tokenizer": {"vocab_size": 8192, "sample_chunks_per_group": 300},
-            "domains": {"embedder": {"kind": "tfidf", "svd_dim": 16}, "centroid_sample": 16},
-            "shards": {"workers": workers, "val_every": 50}}
+    return {
+        "out": str(out),
+        "sources": [{"name": "corpus", "path": str(src), "domain_field": "domain"}],
+        "tokenizer": {"vocab_size": 8192, "sample_chunks_per_group": 300},
+        "domains": {"embedder": {"kind": "tfidf", "svd_dim": 16}, "centroid_sample": 16},
+        "shards": {"workers": workers, "val_every": 50},
+    }
 
 
 def raw_throughput(out: Path, batch: int = 512) -> tuple[float, float]:
     """tokens/s of encode_batch and encode_batch_fast over the same chunk texts, held in memory."""
     from tokenizers import Tokenizer
+
     texts = [json.loads(line)["t"] for line in open(out / "work" / "chunks" / "corpus.jsonl", encoding="utf-8")]
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     tok.encode_special_tokens = True
@@ -68,7 +72,7 @@ def raw_throughput(out: Path, batch: int = 512) -> tuple[float, float]:
     for fn in (tok.encode_batch, tok.encode_batch_fast):
         t, n = time.perf_counter(), 0
         for i in range(0, len(texts), batch):
-            n += sum(len(e.ids) for e in fn(texts[i:i + batch], add_special_tokens=False))
+            n += sum(len(e.ids) for e in fn(texts[i : i + batch], add_special_tokens=False))
         res.append((n + len(texts)) / (time.perf_counter() - t))  # + one EOS per document, as in shards
     return res[0], res[1]
 
@@ -77,6 +81,7 @@ def shard_stage(cfg: dict) -> dict:
     """Prepare stages 1-3 here, then the shard stage alone in a child process (clean peak RSS)."""
     from data_prep import config as C
     from data_prep.prepare import run
+
     run(C.from_dict(cfg), log=lambda *a: None)  # includes one shard pass; the child redoes it
     (Path(cfg["out"]) / "meta.json").unlink()
     r = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], cwd=REPO, capture_output=True, text=True)
@@ -110,8 +115,10 @@ def main() -> None:
         if not a.skip_memory:
             make_corpus(tmp / "large.jsonl", 4 * a.mb, a.corpus)
             large = shard_stage(config(tmp / "large.jsonl", tmp / "out_large", a.workers))
-            print(f"  peak RSS of the shard stage: {large['peak_rss_mb']:.0f} MB at {4 * a.mb:.0f} MB of text "
-                  f"(x{large['peak_rss_mb'] / small['peak_rss_mb']:.2f} for 4x the text: bounded if ~1)")
+            print(
+                f"  peak RSS of the shard stage: {large['peak_rss_mb']:.0f} MB at {4 * a.mb:.0f} MB of text "
+                f"(x{large['peak_rss_mb'] / small['peak_rss_mb']:.2f} for 4x the text: bounded if ~1)"
+            )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ KEEPS_FREED_MEMORY = keep_freed_memory()
 # The configurations the issue names. "demo" is configs/demo-cpu.yaml's model at seq 256 (≈5.3M params).
 CONFIGS = {
     "tiny": dict(net=ModelConfig(vocab_size=2048, n_layer=2, n_head=2, d_model=64, max_seq_len=64), seq=64, batch=8),
-    "demo": dict(net=ModelConfig(vocab_size=8192, n_layer=4, n_head=4, d_model=256, max_seq_len=256), seq=256, batch=16),
+    "demo": dict(
+        net=ModelConfig(vocab_size=8192, n_layer=4, n_head=4, d_model=256, max_seq_len=256), seq=256, batch=16
+    ),
 }
 
 
@@ -37,9 +39,11 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"{gpu}, Python {platform.python_version()}, freed memory {'kept' if KEEPS_FREED_MEMORY else 'returned'} "
-            "(soe/malloc.py)")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{gpu}, Python {platform.python_version()}, freed memory {'kept' if KEEPS_FREED_MEMORY else 'returned'} "
+        "(soe/malloc.py)"
+    )
 
 
 def sync() -> None:
@@ -47,7 +51,9 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Callable[[], object]], iters: int, warmup: int = 2, repeats: int = 5) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], iters: int, warmup: int = 2, repeats: int = 5
+) -> dict[str, float]:
     """Median seconds per call of each fn; calls are interleaved in blocks so drift hits all alike."""
     for fn in fns.values():
         for _ in range(warmup):

@@ -53,10 +53,8 @@ those parts raise, SOE_GPU_CHECK_HANG=part[,part] makes them hang until their bo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
-import math
 import os
 import signal
 import statistics
@@ -86,7 +84,7 @@ MFU_TARGET = 0.40
 LOSS_RTOL = 0.02
 INSTANTIATE_TARGET = 1.5
 FAIL_ENV, HANG_ENV = "SOE_GPU_CHECK_FAIL", "SOE_GPU_CHECK_HANG"
-GiB = 2 ** 30
+GiB = 2**30
 
 
 # ----------------------------------------------------------------------------------------------------- sizes
@@ -127,18 +125,43 @@ def real_sizes() -> Sizes:
     if dense_cfg["model"]["net"] != net or dense_cfg["data"]["seq_len"] != soe_cfg["data"]["seq_len"]:
         raise ValueError("configs/dense-110m.yaml and configs/soe-110m-1gpu.yaml disagree on the model's shape")
     soup, optim, data = soe_cfg["model"]["soup"], soe_cfg["model"]["optim"], soe_cfg["data"]
-    return Sizes(net=ModelConfig(**net), seq=data["seq_len"], batch=data["batch_size"], n=soup["n_experts"], n_big=128,
-                 h_per_step=data.get("h_per_step", 1), router_hidden=soup["router_hidden"],
-                 router_depth=soup["router_depth"], lr=optim["lr"], weight_decay=optim["weight_decay"],
-                 source="configs/soe-110m-1gpu.yaml")
+    return Sizes(
+        net=ModelConfig(**net),
+        seq=data["seq_len"],
+        batch=data["batch_size"],
+        n=soup["n_experts"],
+        n_big=128,
+        h_per_step=data.get("h_per_step", 1),
+        router_hidden=soup["router_hidden"],
+        router_depth=soup["router_depth"],
+        lr=optim["lr"],
+        weight_decay=optim["weight_decay"],
+        source="configs/soe-110m-1gpu.yaml",
+    )
 
 
 def smoke_sizes() -> Sizes:
     """Tiny: every part and branch of the real run, seconds on one CPU thread."""
     net = ModelConfig(vocab_size=256, n_layer=2, n_head=2, d_model=32, max_seq_len=32)
-    return Sizes(net=net, seq=16, batch=16, n=16, n_big=128, h_per_step=4, router_hidden=32, router_depth=2, lr=3e-3,
-                 weight_decay=0.1, warmup=1, iters=2, repeats=2, decode_tokens=8, copy_bytes=32 * 2 ** 20,
-                 memory_steps=2, source="smoke (tiny)")
+    return Sizes(
+        net=net,
+        seq=16,
+        batch=16,
+        n=16,
+        n_big=128,
+        h_per_step=4,
+        router_hidden=32,
+        router_depth=2,
+        lr=3e-3,
+        weight_decay=0.1,
+        warmup=1,
+        iters=2,
+        repeats=2,
+        decode_tokens=8,
+        copy_bytes=32 * 2**20,
+        memory_steps=2,
+        source="smoke (tiny)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- device
@@ -148,11 +171,15 @@ class Device:
     def __init__(self, name: str):
         self.dev = torch.device(name)
         if self.dev.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("gpu_check: --device cuda but torch sees no CUDA device (torch "
-                             f"{torch.__version__}); use --device cpu with --smoke")
+            raise SystemExit(
+                "gpu_check: --device cuda but torch sees no CUDA device (torch "
+                f"{torch.__version__}); use --device cpu with --smoke"
+            )
         self.mod = torch.get_device_module(self.dev.type)  # torch.cuda or torch.cpu: same calls
-        self.branches: dict[str, str] = {"autocast": f"torch.autocast({self.dev.type!r}, dtype=torch.bfloat16)",
-                                         "fused_adamw": "OptimConfig(fused=True)"}
+        self.branches: dict[str, str] = {
+            "autocast": f"torch.autocast({self.dev.type!r}, dtype=torch.bfloat16)",
+            "fused_adamw": "OptimConfig(fused=True)",
+        }
         try:
             self._probe_events()
             self.events = True
@@ -247,8 +274,8 @@ class Device:
         """bytes/s of dst.copy_(src) on nbytes, read + write counted (2·nbytes per copy); the best of repeats."""
         src = torch.empty(nbytes // 4, device=self.dev).normal_(generator=self.generator(7))
         dst = torch.empty_like(src)
-        self.timed(lambda: dst.copy_(src), 1)
-        t = min(self.timed(lambda: dst.copy_(src), iters) for _ in range(repeats))
+        self.timed(lambda: dst.copy_(src), 1)  # noqa: F821
+        t = min(self.timed(lambda: dst.copy_(src), iters) for _ in range(repeats))  # noqa: F821
         del src, dst
         return 2 * (nbytes // 4) * 4 / t
 
@@ -268,8 +295,12 @@ def optim(s: Sizes, bank_update: str = "dense") -> OptimConfig:
 
 def soup_module(s: Sizes, d: Device, n: int) -> SoupModule:
     """The training module of the config (n = 0: the dense model), on the device; experts random (never time zeros)."""
-    m = SoupModule(s.net, SoupConfig(n_experts=n, router_hidden=s.router_hidden, router_depth=s.router_depth),
-                   optim(s), n_domains=K).to(d.dev)
+    m = SoupModule(
+        s.net,
+        SoupConfig(n_experts=n, router_hidden=s.router_hidden, router_depth=s.router_depth),
+        optim(s),
+        n_domains=K,
+    ).to(d.dev)
     g = d.generator(1)
     with torch.no_grad():
         for E in m.soup.bank.values():
@@ -281,8 +312,9 @@ def random_soup(s: Sizes, d: Device, n: int, seed: int = 2) -> SoupOfExperts:
     """A soup built on the meta device and materialised on the device with random weights: no host copy of the bank
     (n = 128 at 110M is 56 GB in fp32)."""
     with torch.device("meta"):
-        soup = SoupOfExperts(s.net, K, SoupConfig(n_experts=n, router_hidden=s.router_hidden,
-                                                  router_depth=s.router_depth))
+        soup = SoupOfExperts(
+            s.net, K, SoupConfig(n_experts=n, router_hidden=s.router_hidden, router_depth=s.router_depth)
+        )
     soup.to_empty(device=d.dev)
     g = d.generator(seed)
     with torch.no_grad():
@@ -313,7 +345,9 @@ class Batches:
 
     def __init__(self, d: Device, s: Sizes, n_batches: int, seed: int = 0):
         self.d = d
-        self.host = [d.pinned(b.contiguous()) for b in synthetic_tokens(n_batches, s.batch, s.seq, s.net.vocab_size, seed)]
+        self.host = [
+            d.pinned(b.contiguous()) for b in synthetic_tokens(n_batches, s.batch, s.seq, s.net.vocab_size, seed)
+        ]
         self.i = 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,8 +374,15 @@ class Stepper:
     instantiation's addmm in bf16, and the bank's backward then multiplies fp32 α by a bf16 gradient), the error is
     kept in ``library_error`` and the steps go on by the fallback (FALLBACK_PATH), so that the timings still come."""
 
-    def __init__(self, soup: SoupOfExperts, o: OptimConfig, d: Device, amp: bool = True,
-                 compile_backend: str | None = None, clip: float = 1.0):
+    def __init__(
+        self,
+        soup: SoupOfExperts,
+        o: OptimConfig,
+        d: Device,
+        amp: bool = True,
+        compile_backend: str | None = None,
+        clip: float = 1.0,
+    ):
         self.soup, self.d, self.amp, self.clip = soup, d, amp, clip
         self.opt = make_optimizer(soup, o)
         self.params = list(soup.parameters())
@@ -409,8 +450,9 @@ class Ctx:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def measure(self, fn, share: float = 1.0, warmup: int | None = None, iters: int | None = None,
-                repeats: int | None = None) -> dict:
+    def measure(
+        self, fn, share: float = 1.0, warmup: int | None = None, iters: int | None = None, repeats: int | None = None
+    ) -> dict:
         """Median seconds per call of fn over timed blocks of iters calls, after warmup calls. Uses at most `share`
         of the part's time left: stops after fewer blocks (at least one) when the next would not fit."""
         s = self.s
@@ -424,16 +466,24 @@ class Ctx:
             times.append(self.d.timed(fn, iters))
             if time.monotonic() + (time.monotonic() - t0) > stop:
                 break
-        return {"s": statistics.median(times), "blocks": len(times), "iters": iters,
-                "spread": (max(times) - min(times)) / statistics.median(times) if len(times) > 1 else None}
+        return {
+            "s": statistics.median(times),
+            "blocks": len(times),
+            "iters": iters,
+            "spread": (max(times) - min(times)) / statistics.median(times) if len(times) > 1 else None,
+        }
 
 
 def throughput(c: Ctx, step_s: float) -> dict:
     tokens = c.s.batch * c.s.seq
     tps = tokens / step_s
     flops = c.s.net.flops_per_token(c.s.seq) * tps
-    return {"step_ms": step_s * 1e3, "tokens_per_s": tps, "tflops": flops / 1e12,
-            "mfu": flops / c.peak_flops if c.peak_flops else None}
+    return {
+        "step_ms": step_s * 1e3,
+        "tokens_per_s": tps,
+        "tflops": flops / 1e12,
+        "mfu": flops / c.peak_flops if c.peak_flops else None,
+    }
 
 
 def _fmt_mfu(r: dict) -> str:
@@ -453,10 +503,17 @@ def part_dense_eager(c: Ctx) -> dict:
     t = c.measure(lambda: st.step(*data.next(), h))
     r = throughput(c, t["s"])
     ok = None if r["mfu"] is None else r["mfu"] >= MFU_TARGET
-    return {"params": m.soup.param_counts()["total"], "flops_per_token": s.net.flops_per_token(s.seq),
-            "peak_flops": c.peak_flops, **r, "timing": t, "mfu_target": MFU_TARGET, "pass": ok,
-            "summary": f"{r['tokens_per_s']:,.0f} tokens/s, {r['step_ms']:.1f} ms/step, {r['tflops']:.1f} TFLOP/s, "
-                       f"MFU {_fmt_mfu(r)} ({_verdict(ok)}, target ≥ {100 * MFU_TARGET:.0f} %)"}
+    return {
+        "params": m.soup.param_counts()["total"],
+        "flops_per_token": s.net.flops_per_token(s.seq),
+        "peak_flops": c.peak_flops,
+        **r,
+        "timing": t,
+        "mfu_target": MFU_TARGET,
+        "pass": ok,
+        "summary": f"{r['tokens_per_s']:,.0f} tokens/s, {r['step_ms']:.1f} ms/step, {r['tflops']:.1f} TFLOP/s, "
+        f"MFU {_fmt_mfu(r)} ({_verdict(ok)}, target ≥ {100 * MFU_TARGET:.0f} %)",
+    }
 
 
 def part_dense_compile(c: Ctx) -> dict:
@@ -480,14 +537,29 @@ def part_dense_compile(c: Ctx) -> dict:
     re, rc = throughput(c, t_e["s"]), throughput(c, t_c["s"])
     ok = None if rc["mfu"] is None else rc["mfu"] >= MFU_TARGET
     torch._dynamo.reset()
-    rows = [["eager", f"{re['step_ms']:.2f}", f"{re['tokens_per_s']:,.0f}", f"{re['tflops']:.2f}", _fmt_mfu(re)],
-            [f"torch.compile ({c.compile_backend})", f"{rc['step_ms']:.2f}", f"{rc['tokens_per_s']:,.0f}",
-             f"{rc['tflops']:.2f}", _fmt_mfu(rc)]]
-    return {"backend": c.compile_backend, "compile_s": compile_s, "graph_breaks": breaks, "eager": re, "compiled": rc,
-            "speedup": t_e["s"] / t_c["s"], "timing": {"eager": t_e, "compiled": t_c}, "pass": ok,
-            "table": {"header": ["mode", "step (ms)", "tokens/s", "TFLOP/s", "MFU"], "rows": rows},
-            "summary": f"compiled {rc['tokens_per_s']:,.0f} tokens/s, MFU {_fmt_mfu(rc)} ({_verdict(ok)}); "
-                       f"{t_e['s'] / t_c['s']:.2f}× eager; compile {compile_s:.1f} s, {breaks} graph breaks"}
+    rows = [
+        ["eager", f"{re['step_ms']:.2f}", f"{re['tokens_per_s']:,.0f}", f"{re['tflops']:.2f}", _fmt_mfu(re)],
+        [
+            f"torch.compile ({c.compile_backend})",
+            f"{rc['step_ms']:.2f}",
+            f"{rc['tokens_per_s']:,.0f}",
+            f"{rc['tflops']:.2f}",
+            _fmt_mfu(rc),
+        ],
+    ]
+    return {
+        "backend": c.compile_backend,
+        "compile_s": compile_s,
+        "graph_breaks": breaks,
+        "eager": re,
+        "compiled": rc,
+        "speedup": t_e["s"] / t_c["s"],
+        "timing": {"eager": t_e, "compiled": t_c},
+        "pass": ok,
+        "table": {"header": ["mode", "step (ms)", "tokens/s", "TFLOP/s", "MFU"], "rows": rows},
+        "summary": f"compiled {rc['tokens_per_s']:,.0f} tokens/s, MFU {_fmt_mfu(rc)} ({_verdict(ok)}); "
+        f"{t_e['s'] / t_c['s']:.2f}× eager; compile {compile_s:.1f} s, {breaks} graph breaks",
+    }
 
 
 def part_soe_ratio(c: Ctx) -> dict:
@@ -498,7 +570,7 @@ def part_soe_ratio(c: Ctx) -> dict:
     data = Batches(d, s, 4)
     hs = {M: domain_weights(M, d, seed=M) for M in s.Ms}
     bank_bytes = sum(E.numel() * E.element_size() for E in soe.soup.bank.values())
-    bw = d.copy_bandwidth(min(s.copy_bytes, max(bank_bytes, 2 ** 20)))
+    bw = d.copy_bandwidth(min(s.copy_bytes, max(bank_bytes, 2**20)))
     floor = 7 * bank_bytes / bw  # read E (instantiate) + read E, m, v, ∂E and write E, m, v (one fused update)
     n_cfg = 2 * len(s.Ms)
     t_dense = [c.measure(lambda: dst.step(*data.next(), hs[1]), share=0.5 / (n_cfg + 2))["s"]]
@@ -510,9 +582,15 @@ def part_soe_ratio(c: Ctx) -> dict:
             try:
                 d.reset_peak()
                 done = len(rows)
-                t = c.measure(lambda: st.step(*data.next(), hs[M]), share=1.0 / (n_cfg - done + 1))
-                row.update(status="ok", step_ms=t["s"] * 1e3, timing=t, peak_bytes=d.mem_peak(), path=st.path,
-                           library_error=st.library_error)
+                t = c.measure(lambda: st.step(*data.next(), hs[M]), share=1.0 / (n_cfg - done + 1))  # noqa: F821
+                row.update(
+                    status="ok",
+                    step_ms=t["s"] * 1e3,
+                    timing=t,
+                    peak_bytes=d.mem_peak(),
+                    path=st.path,
+                    library_error=st.library_error,
+                )
             except Exception as e:  # one configuration (an OOM at M = 16, say) must not lose the others
                 row.update(status="failed", error=_err(e))
                 st.opt.zero_grad(set_to_none=True)
@@ -528,23 +606,47 @@ def part_soe_ratio(c: Ctx) -> dict:
         if r["status"] == "ok":
             r["ratio"] = r["step_ms"] / 1e3 / td
             r["overhead_vs_floor"] = (r["step_ms"] / 1e3 - td) / floor
-            table.append([r["bank_update"], str(r["M"]), f"{r['step_ms']:.2f}", f"{r['ratio']:.3f}",
-                          f"{r['overhead_vs_floor']:.2f}", f"{r['peak_bytes'] / GiB:.2f}",
-                          "ok" if r["library_error"] is None else "ok by the fallback"])
+            table.append(
+                [
+                    r["bank_update"],
+                    str(r["M"]),
+                    f"{r['step_ms']:.2f}",
+                    f"{r['ratio']:.3f}",
+                    f"{r['overhead_vs_floor']:.2f}",
+                    f"{r['peak_bytes'] / GiB:.2f}",
+                    "ok" if r["library_error"] is None else "ok by the fallback",
+                ]
+            )
         else:
             table.append([r["bank_update"], str(r["M"]), "", "", "", "", "failed: " + r["error"][:120]])
     ok = [r for r in rows if r["status"] == "ok"]
     summ = ", ".join(f"{r['bank_update'][0]}M{r['M']} {r['ratio']:.2f}" for r in ok)
     lib_errors = sorted({r["library_error"] for r in ok if r.get("library_error")})
-    return {"n": s.n, "bank_bytes": bank_bytes, "copy_bw_Bps": bw, "floor_s": floor, "dense_step_ms": td * 1e3,
-            "dense_step_ms_before_after": [t * 1e3 for t in t_dense], "rows": rows,
-            "library_path": "ok" if not lib_errors else "failed under bf16 autocast: " + "; ".join(lib_errors),
-            "table": {"header": ["bank update", "M", "step (ms)", "SoE ÷ dense", "overhead ÷ floor", "process peak (GiB)",
-                                 "status"], "rows": table},
-            "summary": f"n={s.n}, dense {td * 1e3:.2f} ms/step; SoE÷dense (d=dense, f=factored update): {summ}"
-                       + (f"; {len(rows) - len(ok)} configuration(s) failed" if len(ok) < len(rows) else "")
-                       + (f"; LIBRARY PATH FAILED under bf16 autocast (timed by the fallback): {lib_errors[0]}"
-                          if lib_errors else "")}
+    return {
+        "n": s.n,
+        "bank_bytes": bank_bytes,
+        "copy_bw_Bps": bw,
+        "floor_s": floor,
+        "dense_step_ms": td * 1e3,
+        "dense_step_ms_before_after": [t * 1e3 for t in t_dense],
+        "rows": rows,
+        "library_path": "ok" if not lib_errors else "failed under bf16 autocast: " + "; ".join(lib_errors),
+        "table": {
+            "header": [
+                "bank update",
+                "M",
+                "step (ms)",
+                "SoE ÷ dense",
+                "overhead ÷ floor",
+                "process peak (GiB)",
+                "status",
+            ],
+            "rows": table,
+        },
+        "summary": f"n={s.n}, dense {td * 1e3:.2f} ms/step; SoE÷dense (d=dense, f=factored update): {summ}"
+        + (f"; {len(rows) - len(ok)} configuration(s) failed" if len(ok) < len(rows) else "")
+        + (f"; LIBRARY PATH FAILED under bf16 autocast (timed by the fallback): {lib_errors[0]}" if lib_errors else ""),
+    }
 
 
 def part_memory(c: Ctx) -> dict:
@@ -571,8 +673,7 @@ def part_memory(c: Ctx) -> dict:
     counts = soe.soup.param_counts()
     Ps = sum(E.shape[1] for E in soe.soup.bank.values())  # the souped prefix (all of Θ here)
     hM = domain_weights(M, d, seed=M)
-    rows = [{"model": "dense (n = 0)", "M": 1, "peak_bytes": peak_dense, "estimate_bytes": 16 * P + A,
-             "ratio": 1.0}]
+    rows = [{"model": "dense (n = 0)", "M": 1, "peak_bytes": peak_dense, "estimate_bytes": 16 * P + A, "ratio": 1.0}]
     for u in ("dense", "factored"):
         d.free()
         d.reset_peak()
@@ -582,18 +683,44 @@ def part_memory(c: Ctx) -> dict:
         d.sync()
         peak = d.mem_peak() - base
         est = 16 * counts["total"] + A + 10 * M * Ps - (4 * s.n * Ps if u == "factored" else 0)
-        rows.append({"model": f"soup n = {s.n}, bank update {u}", "M": M, "peak_bytes": peak, "estimate_bytes": est,
-                     "ratio": peak / est, "path": st.path, "library_error": st.library_error})
+        rows.append(
+            {
+                "model": f"soup n = {s.n}, bank update {u}",
+                "M": M,
+                "peak_bytes": peak,
+                "estimate_bytes": est,
+                "ratio": peak / est,
+                "path": st.path,
+                "library_error": st.library_error,
+            }
+        )
         st.close()
         del st
-    table = [[r["model"], str(r["M"]), f"{r['peak_bytes'] / GiB:.3f}", f"{r['estimate_bytes'] / GiB:.3f}",
-              f"{r['ratio']:.2f}", "fallback" if r.get("library_error") else "library"] for r in rows]
-    return {"P": P, "soup_params": counts, "activations_A": A, "rows": rows, "probe": d.branches["memory_probe"],
-            "formula": "16·N + A + 10·M·P (dense update); − 4·n·P with the factored update; A = dense peak − 16·P",
-            "table": {"header": ["model", "M", "peak (GiB)", "estimate (GiB)", "measured ÷ estimate", "path"],
-                      "rows": table},
-            "summary": f"A = {A / GiB:.3f} GiB; measured ÷ estimate " + ", ".join(
-                f"{r['model'].split(', ')[-1]} {r['ratio']:.2f}" for r in rows[1:])}
+    table = [
+        [
+            r["model"],
+            str(r["M"]),
+            f"{r['peak_bytes'] / GiB:.3f}",
+            f"{r['estimate_bytes'] / GiB:.3f}",
+            f"{r['ratio']:.2f}",
+            "fallback" if r.get("library_error") else "library",
+        ]
+        for r in rows
+    ]
+    return {
+        "P": P,
+        "soup_params": counts,
+        "activations_A": A,
+        "rows": rows,
+        "probe": d.branches["memory_probe"],
+        "formula": "16·N + A + 10·M·P (dense update); − 4·n·P with the factored update; A = dense peak − 16·P",
+        "table": {
+            "header": ["model", "M", "peak (GiB)", "estimate (GiB)", "measured ÷ estimate", "path"],
+            "rows": table,
+        },
+        "summary": f"A = {A / GiB:.3f} GiB; measured ÷ estimate "
+        + ", ".join(f"{r['model'].split(', ')[-1]} {r['ratio']:.2f}" for r in rows[1:]),
+    }
 
 
 def part_bf16_vs_fp32(c: Ctx) -> dict:
@@ -610,14 +737,22 @@ def part_bf16_vs_fp32(c: Ctx) -> dict:
         d.free()
     rel = [abs(b - f) / abs(f) for f, b in zip(losses["fp32"], losses["bf16"])]
     ok = max(rel) <= LOSS_RTOL
-    rows = [[str(i), f"{f:.4f}", f"{b:.4f}", f"{r:.2e}"] for i, (f, b, r) in
-            enumerate(zip(losses["fp32"], losses["bf16"], rel))]
-    return {"losses": losses, "rel_diff": rel, "max_rel_diff": max(rel), "tolerance": LOSS_RTOL, "pass": ok,
-            "fp32_matmul_precision": torch.get_float32_matmul_precision(),
-            "table": {"header": ["step", "fp32 loss", "bf16 loss", "|Δ| ÷ fp32"], "rows": rows},
-            "summary": f"max |Δ|/L = {max(rel):.2e} over {s.loss_steps} steps ({_verdict(ok)}, tolerance {LOSS_RTOL}); "
-                       f"fp32 {losses['fp32'][0]:.3f} → {losses['fp32'][-1]:.3f}, "
-                       f"bf16 {losses['bf16'][0]:.3f} → {losses['bf16'][-1]:.3f}"}
+    rows = [
+        [str(i), f"{f:.4f}", f"{b:.4f}", f"{r:.2e}"]
+        for i, (f, b, r) in enumerate(zip(losses["fp32"], losses["bf16"], rel))
+    ]
+    return {
+        "losses": losses,
+        "rel_diff": rel,
+        "max_rel_diff": max(rel),
+        "tolerance": LOSS_RTOL,
+        "pass": ok,
+        "fp32_matmul_precision": torch.get_float32_matmul_precision(),
+        "table": {"header": ["step", "fp32 loss", "bf16 loss", "|Δ| ÷ fp32"], "rows": rows},
+        "summary": f"max |Δ|/L = {max(rel):.2e} over {s.loss_steps} steps ({_verdict(ok)}, tolerance {LOSS_RTOL}); "
+        f"fp32 {losses['fp32'][0]:.3f} → {losses['fp32'][-1]:.3f}, "
+        f"bf16 {losses['bf16'][0]:.3f} → {losses['bf16'][-1]:.3f}",
+    }
 
 
 def part_instantiate(c: Ctx) -> dict:
@@ -633,28 +768,62 @@ def part_instantiate(c: Ctx) -> dict:
             bank_bytes = sum(E.numel() * E.element_size() for E in soup.bank.values())
             floor = bank_bytes / bw
             with torch.no_grad():
-                t = c.measure(lambda: soup.flat(h), share=0.6 / (2 - i))
-            t_spec = c.measure(lambda: soup.specialist(h), share=0.5 / (2 - i), warmup=1, iters=1)
-            row.update(status="ok", bank_bytes=bank_bytes, floor_s=floor, flat_s=t["s"], ratio=t["s"] / floor,
-                       specialist_s=t_spec["s"], timing=t, **{"pass": t["s"] / floor <= INSTANTIATE_TARGET})
+                t = c.measure(lambda: soup.flat(h), share=0.6 / (2 - i))  # noqa: F821
+            t_spec = c.measure(lambda: soup.specialist(h), share=0.5 / (2 - i), warmup=1, iters=1)  # noqa: F821
+            row.update(
+                status="ok",
+                bank_bytes=bank_bytes,
+                floor_s=floor,
+                flat_s=t["s"],
+                ratio=t["s"] / floor,
+                specialist_s=t_spec["s"],
+                timing=t,
+                **{"pass": t["s"] / floor <= INSTANTIATE_TARGET},
+            )
         except Exception as e:
             row.update(status="failed", error=_err(e))
         finally:
             del soup
             d.free()
         rows.append(row)
-    table = [[str(r["n"]), f"{r['bank_bytes'] / 1e9:.3f}", f"{bw / 1e9:.1f}", f"{r['floor_s'] * 1e3:.3f}",
-              f"{r['flat_s'] * 1e3:.3f}", f"{r['ratio']:.2f}", f"{r['specialist_s'] * 1e3:.2f}", _verdict(r["pass"])]
-             if r["status"] == "ok" else [str(r["n"]), "", "", "", "", "", "", "failed: " + r["error"][:120]]
-             for r in rows]
+    table = [
+        [
+            str(r["n"]),
+            f"{r['bank_bytes'] / 1e9:.3f}",
+            f"{bw / 1e9:.1f}",
+            f"{r['floor_s'] * 1e3:.3f}",
+            f"{r['flat_s'] * 1e3:.3f}",
+            f"{r['ratio']:.2f}",
+            f"{r['specialist_s'] * 1e3:.2f}",
+            _verdict(r["pass"]),
+        ]
+        if r["status"] == "ok"
+        else [str(r["n"]), "", "", "", "", "", "", "failed: " + r["error"][:120]]
+        for r in rows
+    ]
     okr = [r for r in rows if r["status"] == "ok"]
-    return {"copy_bw_Bps": bw, "rows": rows, "target": INSTANTIATE_TARGET,
-            "formula": "floor = bank bytes ÷ copy bandwidth (dst.copy_(src), read + write bytes counted)",
-            "table": {"header": ["n", "bank (GB)", "copy (GB/s)", "floor (ms)", "flat(h) (ms)", "ratio",
-                                 "specialist(h) (ms)", f"≤ {INSTANTIATE_TARGET}"], "rows": table},
-            "summary": f"copy {bw / 1e9:.1f} GB/s; flat(h) ÷ floor " + ", ".join(
-                f"n={r['n']} {r['ratio']:.2f} ({_verdict(r['pass'])})" for r in okr)
-                       + ("" if len(okr) == len(rows) else f"; {len(rows) - len(okr)} size(s) failed")}
+    return {
+        "copy_bw_Bps": bw,
+        "rows": rows,
+        "target": INSTANTIATE_TARGET,
+        "formula": "floor = bank bytes ÷ copy bandwidth (dst.copy_(src), read + write bytes counted)",
+        "table": {
+            "header": [
+                "n",
+                "bank (GB)",
+                "copy (GB/s)",
+                "floor (ms)",
+                "flat(h) (ms)",
+                "ratio",
+                "specialist(h) (ms)",
+                f"≤ {INSTANTIATE_TARGET}",
+            ],
+            "rows": table,
+        },
+        "summary": f"copy {bw / 1e9:.1f} GB/s; flat(h) ÷ floor "
+        + ", ".join(f"n={r['n']} {r['ratio']:.2f} ({_verdict(r['pass'])})" for r in okr)
+        + ("" if len(okr) == len(rows) else f"; {len(rows) - len(okr)} size(s) failed"),
+    }
 
 
 def part_decode(c: Ctx) -> dict:
@@ -682,15 +851,19 @@ def part_decode(c: Ctx) -> dict:
         for name, amp in (("fp32 (as soe generate)", False), ("bf16 autocast", True)):
             with d.autocast(amp):
                 t = c.measure(lambda: run(N), share=0.5 if not amp else 1.0, warmup=1, iters=1)
-            n_out = len(out["text"][len(prompt):].split())  # generate returns prompt + decode(new ids)
+            n_out = len(out["text"][len(prompt) :].split())  # generate returns prompt + decode(new ids)
             if n_out != N:
                 raise RuntimeError(f"generate returned {n_out} new tokens, expected {N}")
             rows.append({"precision": name, "new_tokens": N, "s": t["s"], "tokens_per_s": N / t["s"], "timing": t})
     table = [[r["precision"], str(r["new_tokens"]), f"{r['s']:.3f}", f"{r['tokens_per_s']:,.1f}"] for r in rows]
-    return {"prompt_tokens": s.prompt_tokens, "rows": rows, "kv_cache": False,
-            "table": {"header": ["precision", "new tokens", "seconds", "tokens/s"], "rows": table},
-            "summary": ", ".join(f"{r['precision']} {r['tokens_per_s']:,.1f} tokens/s" for r in rows)
-                       + f" ({N} greedy tokens after {s.prompt_tokens}, no KV cache)"}
+    return {
+        "prompt_tokens": s.prompt_tokens,
+        "rows": rows,
+        "kv_cache": False,
+        "table": {"header": ["precision", "new tokens", "seconds", "tokens/s"], "rows": table},
+        "summary": ", ".join(f"{r['precision']} {r['tokens_per_s']:,.1f} tokens/s" for r in rows)
+        + f" ({N} greedy tokens after {s.prompt_tokens}, no KV cache)",
+    }
 
 
 # name: (weight of the budget, function); run in this order
@@ -764,9 +937,21 @@ def run_part_child(name: str, args: argparse.Namespace, box: float) -> dict:
     grace = max(5.0, 0.1 * box)
     with tempfile.TemporaryDirectory() as tmp:
         res = Path(tmp) / "part.json"
-        cmd = [sys.executable, "-m", "bench.gpu_check", "--child", name, "--child-out", str(res),
-               "--child-deadline", str(time.time() + box), "--device", args.device,
-               "--compile-backend", args.compile_backend]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.gpu_check",
+            "--child",
+            name,
+            "--child-out",
+            str(res),
+            "--child-deadline",
+            str(time.time() + box),
+            "--device",
+            args.device,
+            "--compile-backend",
+            args.compile_backend,
+        ]
         cmd += ["--smoke"] if args.smoke else []
         cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
         t0 = time.monotonic()
@@ -780,34 +965,48 @@ def run_part_child(name: str, args: argparse.Namespace, box: float) -> dict:
         elif rc is None:
             rec = {"status": "timeout", "error": f"child process killed after {box + 2 * grace:.0f} s"}
         else:
-            rec = {"status": "failed", "error": f"child process exited with status {rc} without a result "
-                                                "(its output is above)"}
+            rec = {
+                "status": "failed",
+                "error": f"child process exited with status {rc} without a result (its output is above)",
+            }
         rec.update(box_s=box, seconds=time.monotonic() - t0, isolated=True)
         return rec
 
 
 def render(report: dict) -> str:
     env = report
-    lines = [f"# GPU check (`bench/gpu_check.py`{' --smoke' if env['smoke'] else ''})", "",
-             f"- device: {env['device_name']} (`--device {env['device']}`); {env['machine']}",
-             f"- sizes: {env['sizes']['source']}: {env['sizes']['params'] / 1e6:.2f}M params "
-             f"(L={env['sizes']['net']['n_layer']}, d={env['sizes']['net']['d_model']}, "
-             f"V={env['sizes']['net']['vocab_size']}), seq {env['sizes']['seq']} × batch {env['sizes']['batch']}, "
-             f"n = {env['sizes']['n']} / {env['sizes']['n_big']}, k = {K}",
-             f"- budget {env['budget_s']:.0f} s, used {env['elapsed_s']:.1f} s; parts "
-             f"{'each in its own process' if env['isolate'] else 'in one process'}; "
-             f"{env['started']}", "",
-             "| part | status | seconds / box | result |", "|---|---|---|---|"]
+    lines = [
+        f"# GPU check (`bench/gpu_check.py`{' --smoke' if env['smoke'] else ''})",
+        "",
+        f"- device: {env['device_name']} (`--device {env['device']}`); {env['machine']}",
+        f"- sizes: {env['sizes']['source']}: {env['sizes']['params'] / 1e6:.2f}M params "
+        f"(L={env['sizes']['net']['n_layer']}, d={env['sizes']['net']['d_model']}, "
+        f"V={env['sizes']['net']['vocab_size']}), seq {env['sizes']['seq']} × batch {env['sizes']['batch']}, "
+        f"n = {env['sizes']['n']} / {env['sizes']['n_big']}, k = {K}",
+        f"- budget {env['budget_s']:.0f} s, used {env['elapsed_s']:.1f} s; parts "
+        f"{'each in its own process' if env['isolate'] else 'in one process'}; "
+        f"{env['started']}",
+        "",
+        "| part | status | seconds / box | result |",
+        "|---|---|---|---|",
+    ]
     for name, rec in env["parts"].items():
         res = rec.get("result", {})
         what = res.get("summary", "") if rec["status"] == "ok" else rec.get("error", "")
-        lines.append(f"| {name} | {rec['status']} | {rec.get('seconds', 0):.1f} / {rec.get('box_s', 0):.0f} | "
-                     f"{what.replace('|', chr(92) + '|')} |")
+        lines.append(
+            f"| {name} | {rec['status']} | {rec.get('seconds', 0):.1f} / {rec.get('box_s', 0):.0f} | "
+            f"{what.replace('|', chr(92) + '|')} |"
+        )
     for name, rec in env["parts"].items():
         tab = rec.get("result", {}).get("table")
         if tab:
-            lines += ["", f"### {name}", "", "| " + " | ".join(h.replace("|", chr(92) + "|") for h in tab["header"]) + " |",
-                      "|" + "---|" * len(tab["header"])]
+            lines += [
+                "",
+                f"### {name}",
+                "",
+                "| " + " | ".join(h.replace("|", chr(92) + "|") for h in tab["header"]) + " |",
+                "|" + "---|" * len(tab["header"]),
+            ]
             lines += ["| " + " | ".join(c.replace("|", chr(92) + "|") for c in row) + " |" for row in tab["rows"]]
     lines += ["", "Branches taken: " + "; ".join(f"{k}: {v}" for k, v in sorted(env["branches"].items())), ""]
     return "\n".join(lines)
@@ -827,11 +1026,19 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, default=480.0, help="seconds for all parts together")
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of: " + ",".join(PARTS))
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (MFU's denominator)")
-    ap.add_argument("--compile-backend", default="inductor",
-                    help="torch.compile backend of dense_compile (inductor, as SoupModule; aot_eager: cheap, no codegen)")
+    ap.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of dense_compile (inductor, as SoupModule; aot_eager: cheap, no codegen)",
+    )
     iso = ap.add_mutually_exclusive_group()
-    iso.add_argument("--isolate", dest="isolate", action="store_true", default=None,
-                     help="each part in its own process (default on cuda)")
+    iso.add_argument(
+        "--isolate",
+        dest="isolate",
+        action="store_true",
+        default=None,
+        help="each part in its own process (default on cuda)",
+    )
     iso.add_argument("--no-isolate", dest="isolate", action="store_false", help="all parts in this process")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -872,15 +1079,29 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     # isolated, this process never touches the device (no CUDA context here): the children describe it
     d = None if a.isolate else Device(a.device)
-    report = {"machine": "", "device": a.device, "device_name": a.device, "torch": torch.__version__,
-              "smoke": a.smoke, "isolate": a.isolate, "budget_s": a.budget_s, "elapsed_s": 0.0,
-              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "peak_flops": None, "sizes": s.to_dict(),
-              "branches": {}, "parts": {}}
+    report = {
+        "machine": "",
+        "device": a.device,
+        "device_name": a.device,
+        "torch": torch.__version__,
+        "smoke": a.smoke,
+        "isolate": a.isolate,
+        "budget_s": a.budget_s,
+        "elapsed_s": 0.0,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "peak_flops": None,
+        "sizes": s.to_dict(),
+        "branches": {},
+        "parts": {},
+    }
     if d is not None:
         report.update(env(d, peak_flops(d, a.peak_tflops)))
         report["branches"].update(d.branches)
-    print(f"# gpu_check on {report['device_name']} ({a.device}), {s.source}, budget {a.budget_s:.0f} s, "
-          f"parts {names}{', isolated' if a.isolate else ''}", flush=True)
+    print(
+        f"# gpu_check on {report['device_name']} ({a.device}), {s.source}, budget {a.budget_s:.0f} s, "
+        f"parts {names}{', isolated' if a.isolate else ''}",
+        flush=True,
+    )
     for i, name in enumerate(names):
         left = a.budget_s - (time.monotonic() - t0) - RESERVE_S
         box = left * PARTS[name][0] / sum(PARTS[p][0] for p in names[i:])

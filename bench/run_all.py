@@ -1,8 +1,8 @@
 """`make bench`: every benchmark in turn, each printing both sides and their ratio (≈ 10 min on 2 CPU cores).
 
-    python -m bench.run_all            # all
-    python -m bench.run_all --quick    # fewer repeats
-    python -m bench.run_all --only step,memory
+python -m bench.run_all            # all
+python -m bench.run_all --quick    # fewer repeats
+python -m bench.run_all --only step,memory
 """
 
 from __future__ import annotations

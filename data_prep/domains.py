@@ -53,21 +53,33 @@ def label_domains(cfg: PrepareConfig, out: Path, stats: dict, log=print) -> dict
     order = cfg.domains.order or sorted(counts)
     extra = sorted(set(counts) - set(order))
     if extra:
-        raise DomainError(f"domain labels {extra} (from sources {pre}) are not in domains.order={order}; "
-                          "add them or fix the labels")
+        raise DomainError(
+            f"domain labels {extra} (from sources {pre}) are not in domains.order={order}; add them or fix the labels"
+        )
     empty = [d for d in order if counts.get(d, 0) == 0]
     if empty:
-        raise DomainError(f"domains {empty} have no documents (chunks per label: {counts}); "
-                          "expected every domain in domains.order to get documents")
+        raise DomainError(
+            f"domains {empty} have no documents (chunks per label: {counts}); "
+            "expected every domain in domains.order to get documents"
+        )
     sample = sample_by_group(out, pre, lambda _n, label: label, cfg.domains.centroid_sample, cfg.seed)
     emb = _embedder(cfg, [t for d in order for t in sample[d]], out)
     centroids = np.stack([emb.encode(sample[d]).mean(0) for d in order]).astype(np.float32)  # (k, d)
     _save_npy(out / "centroids.npy", centroids)
-    log(f"  domains: {len(order)} labelled domains, centroids {centroids.shape} from "
-        f"<= {cfg.domains.centroid_sample} chunks each ({emb.spec()['kind']})")
-    return {"domains": order,
-            "domain_source": {"method": "labels", "embedder": emb.spec(), "k": len(order),
-                              "centroids_file": "centroids.npy", "centroid_sample": cfg.domains.centroid_sample}}
+    log(
+        f"  domains: {len(order)} labelled domains, centroids {centroids.shape} from "
+        f"<= {cfg.domains.centroid_sample} chunks each ({emb.spec()['kind']})"
+    )
+    return {
+        "domains": order,
+        "domain_source": {
+            "method": "labels",
+            "embedder": emb.spec(),
+            "k": len(order),
+            "centroids_file": "centroids.npy",
+            "centroid_sample": cfg.domains.centroid_sample,
+        },
+    }
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -87,14 +99,21 @@ def kmeans_domains(cfg: PrepareConfig, out: Path, stats: dict, log=print) -> dic
     pre = [s.name for s in cfg.sources if not s.holdout]
     total = sum(stats[n]["chunks"] for n in pre)
     if d.k > min(total, d.fit_sample):
-        raise DomainError(f"domains.k={d.k} is larger than the number of chunks to cluster "
-                          f"({total} pretraining chunks, fit_sample={d.fit_sample}); expected k <= "
-                          f"{min(total, d.fit_sample)}")
+        raise DomainError(
+            f"domains.k={d.k} is larger than the number of chunks to cluster "
+            f"({total} pretraining chunks, fit_sample={d.fit_sample}); expected k <= "
+            f"{min(total, d.fit_sample)}"
+        )
     sample = sample_by_group(out, pre, lambda _n, _l: "all", d.fit_sample, cfg.seed)["all"]
     emb = _embedder(cfg, sample, out)
     x = emb.encode(sample)  # (N, dim)
-    source: dict[str, Any] = {"method": "kmeans", "embedder": emb.spec(), "k": d.k, "centroids_file": "centroids.npy",
-                              "fit_sample": len(sample)}
+    source: dict[str, Any] = {
+        "method": "kmeans",
+        "embedder": emb.spec(),
+        "k": d.k,
+        "centroids_file": "centroids.npy",
+        "fit_sample": len(sample),
+    }
     if d.hierarchy:
         k1, k2 = d.hierarchy["k1"], d.hierarchy["k2"]
         top = _kmeans(x, k1, cfg.seed)  # (k1, dim)
@@ -103,8 +122,10 @@ def kmeans_domains(cfg: PrepareConfig, out: Path, stats: dict, log=print) -> dic
         for j in range(k1):
             members = x[top_of == j]
             if len(members) < k2:
-                raise DomainError(f"domains.hierarchy k2={k2} is larger than the {len(members)} sample chunks in "
-                                  f"top cluster {j}; lower k2 or raise fit_sample")
+                raise DomainError(
+                    f"domains.hierarchy k2={k2} is larger than the {len(members)} sample chunks in "
+                    f"top cluster {j}; lower k2 or raise fit_sample"
+                )
             leaves.append(_kmeans(members, k2, cfg.seed + 1 + j))
         centroids = np.concatenate(leaves)  # (k1*k2, dim), leaf j*k2+i is sub-cluster i of top cluster j
         _save_npy(out / "centroids_top.npy", top)
@@ -132,8 +153,10 @@ def kmeans_domains(cfg: PrepareConfig, out: Path, stats: dict, log=print) -> dic
     names = [f"{d.prefix}{i:0{width}d}" for i in range(d.k)]
     small = {names[i]: int(counts[i]) for i in np.flatnonzero(counts < 2)}
     if small:  # every domain needs a train and a val chunk; say so here, not in the shard stage
-        how = (f"lower domains.hierarchy k2={d.hierarchy['k2']}" if d.hierarchy else f"lower domains.k={d.k}")
+        how = f"lower domains.hierarchy k2={d.hierarchy['k2']}" if d.hierarchy else f"lower domains.k={d.k}"
         raise DomainError(f"clusters {small} (name: chunks) received fewer than 2 chunks of the corpus; {how}")
-    log(f"  domains: k-means k={d.k} on {len(sample)} chunks ({emb.spec()['kind']}); "
-        f"cluster sizes min {counts.min()} / median {int(np.median(counts))} / max {counts.max()}")
+    log(
+        f"  domains: k-means k={d.k} on {len(sample)} chunks ({emb.spec()['kind']}); "
+        f"cluster sizes min {counts.min()} / median {int(np.median(counts))} / max {counts.max()}"
+    )
     return {"domains": names, "domain_source": source}

@@ -32,8 +32,9 @@ class Fetched:
     """Packages whose unpacked files or artefact were (re)placed in this run: their sources are rebuilt."""
 
     def change(self, name: str, kind: str, locked: str, available: str | None, why: str) -> None:
-        self.changed.append({"name": name, "kind": kind, "locked": locked, "available": available or "none",
-                             "why": why})
+        self.changed.append(
+            {"name": name, "kind": kind, "locked": locked, "available": available or "none", "why": why}
+        )
         print(f"  CHANGED {name}: locked {locked} -> available {available or 'none'} ({why})", file=sys.stderr)
 
 
@@ -132,9 +133,11 @@ def _check(rec: dict, want: dict | None, locked: dict | None, allow_changed: boo
     if want is None:
         res.change(name, rec["kind"], "(not in the lock)", rec["version"], "a package the lock does not list")
     elif rec["version"] == want["version"]:
-        why = (f"sha256 {rec['sha256'][:12]}... differs from the locked {want['sha256'][:12]}..."
-               + (f"; the lock has {want['file']}, this machine {rec['file']}" if rec["kind"] == "deb"
-                  and deb_name(want["file"])[2] != deb_name(rec["file"])[2] else ""))
+        why = f"sha256 {rec['sha256'][:12]}... differs from the locked {want['sha256'][:12]}..." + (
+            f"; the lock has {want['file']}, this machine {rec['file']}"
+            if rec["kind"] == "deb" and deb_name(want["file"])[2] != deb_name(rec["file"])[2]
+            else ""
+        )
         res.change(name, rec["kind"], want["version"], rec["version"], why)
     # a different version was already reported when the locked one could not be downloaded
     if allow_changed:
@@ -161,7 +164,9 @@ def fetch_pypi(reqs: list[str], cache: Path, locked: dict | None, allow_changed:
         if not have:
             before = set(_pypi_files(dest, name, version))
             # the lock names a wheel or an sdist: ask for that kind, or pip may pick the other one
-            kind = [] if not want else ["--only-binary=:all:"] if want["file"].endswith(".whl") else ["--no-binary=:all:"]
+            kind = (
+                [] if not want else ["--only-binary=:all:"] if want["file"].endswith(".whl") else ["--no-binary=:all:"]
+            )
             spec = f"{name}=={version}"
             r = _run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), *kind, spec])
             have = sorted(set(_pypi_files(dest, name, version)) - before)

@@ -37,8 +37,10 @@ def _builder_for(files: list[str], src: SourceSpec) -> tuple[str, dict]:
         elif low.endswith((".txt", ".txt.gz", ".md", ".rst")):
             kinds.add("text")
         else:
-            raise SourceError(f"source {src.name!r}: file {f!r} has an unknown format; expected "
-                              ".txt, .jsonl, .jsonl.gz, .json or .parquet")
+            raise SourceError(
+                f"source {src.name!r}: file {f!r} has an unknown format; expected "
+                ".txt, .jsonl, .jsonl.gz, .json or .parquet"
+            )
     if len(kinds) > 1:
         raise SourceError(f"source {src.name!r}: mixes formats {sorted(kinds)}; use one source per format")
     kind = kinds.pop()
@@ -85,16 +87,20 @@ def iter_records(src: SourceSpec) -> Iterator[tuple[str, str | None]]:
         batches = ds.iter(batch_size=BATCH)
         for batch in batches:
             if text_field not in batch:
-                raise SourceError(f"source {src.name!r}: text_field {text_field!r} not in {what}; "
-                                  f"available fields: {sorted(batch)}")
+                raise SourceError(
+                    f"source {src.name!r}: text_field {text_field!r} not in {what}; available fields: {sorted(batch)}"
+                )
             if src.domain_field is not None and src.domain_field not in batch:
-                raise SourceError(f"source {src.name!r}: domain_field {src.domain_field!r} not in {what}; "
-                                  f"available fields: {sorted(batch)}")
+                raise SourceError(
+                    f"source {src.name!r}: domain_field {src.domain_field!r} not in {what}; "
+                    f"available fields: {sorted(batch)}"
+                )
             labels = batch[src.domain_field] if src.domain_field else [src.domain] * len(batch[text_field])
             for text, label in zip(batch[text_field], labels):
                 if text is not None and not isinstance(text, str):
-                    raise SourceError(f"source {src.name!r}: field {text_field!r} holds {type(text).__name__}, "
-                                      "expected a string")
+                    raise SourceError(
+                        f"source {src.name!r}: field {text_field!r} holds {type(text).__name__}, expected a string"
+                    )
                 yield (text or ""), (str(label) if label is not None else None)
     except SourceError:
         raise
@@ -122,8 +128,10 @@ def ingest(cfg: PrepareConfig, out: Path, log=print) -> dict:
             for text, label in iter_records(src):
                 docs += 1
                 if src.domain_field is not None and src.holdout is None and not label:
-                    raise SourceError(f"source {src.name!r}: document {docs} has an empty domain_field "
-                                      f"{src.domain_field!r}; expected a domain name")
+                    raise SourceError(
+                        f"source {src.name!r}: document {docs} has an empty domain_field "
+                        f"{src.domain_field!r}; expected a domain name"
+                    )
                 for c in chunk_text(text, cfg.chunking.max_chars):
                     if len(c) < cfg.chunking.min_chars or (dedupe and not dedupe.is_new(c)):
                         continue
@@ -137,11 +145,18 @@ def ingest(cfg: PrepareConfig, out: Path, log=print) -> dict:
                     break
         if n == 0:
             tmp.unlink()
-            raise SourceError(f"source {src.name!r}: no text ({docs} documents read, all empty or duplicates); "
-                              "expected at least one non-empty document")
+            raise SourceError(
+                f"source {src.name!r}: no text ({docs} documents read, all empty or duplicates); "
+                "expected at least one non-empty document"
+            )
         os.replace(tmp, path)
-        stats[src.name] = {"chunks": n, "bytes": nbytes, "documents": docs, "labels": dict(labels),
-                           "holdout": src.holdout}
+        stats[src.name] = {
+            "chunks": n,
+            "bytes": nbytes,
+            "documents": docs,
+            "labels": dict(labels),
+            "holdout": src.holdout,
+        }
         log(f"  ingest {src.name:20s} {docs:8d} docs -> {n:8d} chunks {nbytes / 1e6:8.1f} MB")
     return {s.name: stats[s.name] for s in cfg.sources}  # config order
 

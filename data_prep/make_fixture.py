@@ -70,14 +70,25 @@ def build(corpus: Path, out: Path, seed: int = 0, max_chars: int = 2000) -> dict
                 f.write(json.dumps({"text": c, "domain": domain, "source": src}, ensure_ascii=False) + "\n")
         summary[name] = {"source": src, "domain": domain, "license": licence, "chunks": len(picked), "bytes": size}
         print(f"  {name:18s} {domain:13s} {len(picked):4d} chunks {size / 1e3:6.1f} KB  {licence}")
-    lines = ["# Fixture: licences and provenance", "",
-             "Small random samples of public-domain or permissively licensed text, made by",
-             "`python -m data_prep.make_fixture` from the offline corpus (`data_prep/build_offline_corpus.py`).", "",
-             "| file | domain | from | licence | chunks | bytes |", "|---|---|---|---|---|---|"]
-    lines += [f"| {n}.jsonl | {s['domain']} | {s['source']} | {s['license']} | {s['chunks']} | {s['bytes']} |"
-              for n, s in summary.items()]
-    lines += ["", "Go source files: Copyright 2009 The Go Authors; BSD-3-Clause, text in `GO_LICENSE`.",
-              "licensedcode: ScanCode licensedcode data (nexB), CC-BY-4.0.", ""]
+    lines = [
+        "# Fixture: licences and provenance",
+        "",
+        "Small random samples of public-domain or permissively licensed text, made by",
+        "`python -m data_prep.make_fixture` from the offline corpus (`data_prep/build_offline_corpus.py`).",
+        "",
+        "| file | domain | from | licence | chunks | bytes |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n}.jsonl | {s['domain']} | {s['source']} | {s['license']} | {s['chunks']} | {s['bytes']} |"
+        for n, s in summary.items()
+    ]
+    lines += [
+        "",
+        "Go source files: Copyright 2009 The Go Authors; BSD-3-Clause, text in `GO_LICENSE`.",
+        "licensedcode: ScanCode licensedcode data (nexB), CC-BY-4.0.",
+        "",
+    ]
     (out / "LICENSES.md").write_text("\n".join(lines))
     return summary
 

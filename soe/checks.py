@@ -27,8 +27,10 @@ def strict_number(text: str, kind=float, what: str = "value"):
     """``text`` as ``kind`` (int or float), refusing '_' digit separators and, for int, anything but digits."""
     s = str(text).strip()
     if "_" in s:
-        raise ValueError(f"{what}={text!r}: '_' is not allowed in a number; expected "
-                         f"{'an integer' if kind is int else 'a number'} such as {'10' if kind is int else '0.5'}")
+        raise ValueError(
+            f"{what}={text!r}: '_' is not allowed in a number; expected "
+            f"{'an integer' if kind is int else 'a number'} such as {'10' if kind is int else '0.5'}"
+        )
     try:
         return kind(s)
     except (TypeError, ValueError):
@@ -44,8 +46,12 @@ def check_seed(seed, what: str = "seed") -> int:
 
 def check_temperature(t, what: str = "temperature") -> float:
     """0 (greedy) or a finite number ≥ MIN_TEMPERATURE."""
-    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) \
-            or not (t == 0 or t >= MIN_TEMPERATURE):
+    if (
+        isinstance(t, bool)
+        or not isinstance(t, numbers.Real)
+        or not math.isfinite(t)
+        or not (t == 0 or t >= MIN_TEMPERATURE)
+    ):
         raise ValueError(f"{what}={t!r}: expected 0 (greedy) or a number ≥ {MIN_TEMPERATURE:g}")
     return float(t)
 
@@ -77,8 +83,9 @@ def check_device(device, what: str = "--device"):
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise ValueError(f"{what} {device!r}: this torch sees no CUDA device (CPU-only build or no GPU); "
-                             "expected cpu")
+            raise ValueError(
+                f"{what} {device!r}: this torch sees no CUDA device (CPU-only build or no GPU); expected cpu"
+            )
         if dev.index is not None and dev.index >= n:
             raise ValueError(f"{what} {device!r}: only {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
         return dev
@@ -96,12 +103,15 @@ def check_finite(tensors, what: str) -> None:
     for name, t in tensors.items():
         if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
-            raise ValueError(f"{what}: tensor {name} has {bad} non-finite value(s) (NaN or inf); refusing to write "
-                             "or use a model that is not finite")
+            raise ValueError(
+                f"{what}: tensor {name} has {bad} non-finite value(s) (NaN or inf); refusing to write "
+                "or use a model that is not finite"
+            )
 
 
 def no_duplicate_keys(where: str):
     """A json ``object_pairs_hook`` that refuses a key given twice, naming it and ``where``."""
+
     def hook(pairs):
         out = {}
         for k, v in pairs:
@@ -109,6 +119,7 @@ def no_duplicate_keys(where: str):
                 raise ValueError(f"{where}: key {k!r} appears twice; expected each key once")
             out[k] = v
         return out
+
     return hook
 
 
@@ -151,11 +162,13 @@ def arg_type(kind, ok, expected: str):
         try:
             v = strict_number(text, kind)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}; "
-                                             f"expected {expected}") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}; expected {expected}"
+            ) from None
         if not (math.isfinite(v) and ok(v)):
             raise argparse.ArgumentTypeError(f"{text} is out of range; expected {expected}")
         return v
+
     parse.__name__ = expected  # argparse shows it in "invalid <name> value" messages
     return parse
 
@@ -179,8 +192,9 @@ open_fraction = arg_type(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
 weight_floor = arg_type(float, lambda v: 0 <= v < 1, "a weight in [0, 1)")
 seed_arg = arg_type(int, lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**63 - 1]")
 token_count_arg = arg_type(int, lambda v: 1 <= v <= MAX_NEW_TOKENS, f"an integer in [1, {MAX_NEW_TOKENS:,}]")
-temperature_arg = arg_type(float, lambda v: v == 0 or v >= MIN_TEMPERATURE,
-                           f"0 (greedy) or a number ≥ {MIN_TEMPERATURE:g}")
+temperature_arg = arg_type(
+    float, lambda v: v == 0 or v >= MIN_TEMPERATURE, f"0 (greedy) or a number ≥ {MIN_TEMPERATURE:g}"
+)
 
 
 def check_fields(values: dict, cls, where: str) -> dict:
@@ -198,10 +212,12 @@ def check_fields(values: dict, cls, where: str) -> dict:
             out[f.name] = v
             continue
         base = ann.split("|")[0].strip()
-        ok = {"bool": lambda x: isinstance(x, bool),
-              "int": lambda x: isinstance(x, int) and not isinstance(x, bool),
-              "float": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x),
-              "str": lambda x: isinstance(x, str)}.get(base)
+        ok = {
+            "bool": lambda x: isinstance(x, bool),
+            "int": lambda x: isinstance(x, int) and not isinstance(x, bool),
+            "float": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x),
+            "str": lambda x: isinstance(x, str),
+        }.get(base)
         if ok is not None and not ok(v):
             raise ValueError(f"{where}: {f.name}={v!r} ({type(v).__name__}); expected {base}")
         out[f.name] = float(v) if base == "float" else v
@@ -240,5 +256,7 @@ def check_out_file(out, flag: str, inputs: dict | None = None) -> None:
     real = p.resolve()
     for name, path in (inputs or {}).items():
         if path and os.path.exists(path) and (real == Path(path).resolve() or Path(path).resolve() in real.parents):
-            raise FileExistsError(f"{flag} {out} would replace {'' if real == Path(path).resolve() else 'a file of '}"
-                                  f"the input {name} {path}; expected a new file name or one outside the inputs")
+            raise FileExistsError(
+                f"{flag} {out} would replace {'' if real == Path(path).resolve() else 'a file of '}"
+                f"the input {name} {path}; expected a new file name or one outside the inputs"
+            )

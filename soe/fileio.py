@@ -17,7 +17,6 @@ from typing import Any
 
 from soe.checks import no_duplicate_keys
 
-
 FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space left, over the file size limit, over quota
 
 

@@ -22,8 +22,15 @@ def write_shard(root: Path, domain: str, split: str, tokens: np.ndarray) -> None
     tokens.tofile(path)
 
 
-def make_prepared(root: Path, k: int = 3, vocab: int = 64, n_train: int = 6000, n_val: int = 1500,
-                  seed: int = 0, sizes: list[int] | None = None) -> Path:
+def make_prepared(
+    root: Path,
+    k: int = 3,
+    vocab: int = 64,
+    n_train: int = 6000,
+    n_val: int = 1500,
+    seed: int = 0,
+    sizes: list[int] | None = None,
+) -> Path:
     """k domains, each a different noisy affine Markov chain over the vocabulary, so they are learnable
     and distinguishable. Writes meta.json, a stand-in tokenizer.json (its hash is what readers check)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -45,8 +52,14 @@ def make_prepared(root: Path, k: int = 3, vocab: int = 64, n_train: int = 6000, 
             t[rng.random(n) < 0.01] = 0  # EOS = 0 between "documents"
             write_shard(root, name, split, t.astype(np.uint16))
             tokens[name][split] = n
-    Meta(domains=names, vocab_size=vocab, tokenizer_sha256=sha256_file(root / "tokenizer.json"), eos_id=0,
-         tokens=tokens, domain_source={"method": "labels"}).save(root)
+    Meta(
+        domains=names,
+        vocab_size=vocab,
+        tokenizer_sha256=sha256_file(root / "tokenizer.json"),
+        eos_id=0,
+        tokens=tokens,
+        domain_source={"method": "labels"},
+    ).save(root)
     return root
 
 

@@ -33,6 +33,7 @@ class _Writer:
         def half():
             self._f.write(data[: len(data) // 2])
             self._f.flush()
+
         self._inj.tick("write", self._path, half)
         return self._f.write(data)
 
@@ -72,8 +73,13 @@ class Injector:
     def install(self) -> None:
         import safetensors.torch as st
 
-        real_open, real_os_open, real_replace, real_rename, real_save = io.open, os.open, os.replace, os.rename, \
-            st.save_file
+        real_open, real_os_open, real_replace, real_rename, real_save = (
+            io.open,
+            os.open,
+            os.replace,
+            os.rename,
+            st.save_file,
+        )
 
         def open_(file, mode="r", *args, **kwargs):
             f = real_open(file, mode, *args, **kwargs)
@@ -93,23 +99,31 @@ class Injector:
                 if self.inside(src) or self.inside(dst):
                     self.tick(name, dst)
                 return real(src, dst, *args, **kwargs)
+
             return move
 
         def save_file(tensors, filename, *args, **kwargs):
             if self.inside(filename):
+
                 def half():
                     real_save(tensors, filename, *args, **kwargs)
                     os.truncate(filename, os.path.getsize(filename) // 2)
+
                 self.tick("save_file", filename, half)
             return real_save(tensors, filename, *args, **kwargs)
 
         builtins.open = io.open = open_
-        os.open, os.replace, os.rename, st.save_file = os_open, mover(real_replace, "replace"), \
-            mover(real_rename, "rename"), save_file
+        os.open, os.replace, os.rename, st.save_file = (
+            os_open,
+            mover(real_replace, "replace"),
+            mover(real_rename, "rename"),
+            save_file,
+        )
 
 
-def run_killed(entry: str, argv: list[str], root: Path, at: int, timeout: float = 120.0,
-               tempdir: str | None = None) -> tuple[int, list[str]]:
+def run_killed(
+    entry: str, argv: list[str], root: Path, at: int, timeout: float = 120.0, tempdir: str | None = None
+) -> tuple[int, list[str]]:
     """Run ``entry argv`` in a forked child killed at its ``at``-th file operation under ``root``.
     Returns (exit status, or -9 if killed; the operations done, for ``at`` = 0). ``tempdir``: the child's
     system temporary directory (another file system shows writers that copy instead of renaming)."""

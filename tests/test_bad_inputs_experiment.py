@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from bad_inputs import assert_refused
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,14 +27,34 @@ ROWS = [
     ("boolean for an integer", {"bootstrap": True}, [], "bootstrap: expected integer"),
     ("too few resamples", {"bootstrap": 10}, [], "bootstrap: expected an integer ≥ 100"),
     ("learning rate out of range", {"finetune_lr": 5}, [], "finetune_lr: expected a learning rate in (0, 1)"),
-    ("YAML 1.1 reads 3e-4 as a string", "RAW:finetune_lr: 3e-4\n", [], "finetune_lr: expected number, got '3e-4' (YAML reads 3e-4 as text: write it with a dot, e.g. 3.0e-04)"),
+    (
+        "YAML 1.1 reads 3e-4 as a string",
+        "RAW:finetune_lr: 3e-4\n",
+        [],
+        "finetune_lr: expected number, got '3e-4' (YAML reads 3e-4 as text: write it with a dot, e.g. 3.0e-04)",
+    ),
     ("budgets not increasing", {"budgets": [3, 2]}, [], "budgets: expected a list of positive, strictly increasing"),
     ("budget not below max_steps", {"budgets": [2, 4]}, [], "budgets: expected step counts below max_steps=4"),
-    ("budget not below the config's steps", {"max_steps": None, "budgets": [40]}, [], "exp.yaml: budgets: expected step counts below the runs' 40 steps"),
-    ("overrides not a list", {"overrides": "--trainer.max_steps=3"}, [], "overrides: expected a list of strings, got '--trainer.max_steps=3'"),
+    (
+        "budget not below the config's steps",
+        {"max_steps": None, "budgets": [40]},
+        [],
+        "exp.yaml: budgets: expected step counts below the runs' 40 steps",
+    ),
+    (
+        "overrides not a list",
+        {"overrides": "--trainer.max_steps=3"},
+        [],
+        "overrides: expected a list of strings, got '--trainer.max_steps=3'",
+    ),
     ("override without --", {"soe_overrides": ["model.soup.n_experts=2"]}, [], "starting with '--'"),
     ("override train.py refuses", {"overrides": ["--model.net.d_modl=3"]}, [], "train.py would refuse"),
-    ("missing data_dir", {"data_dir": "/nonexistent/prepared"}, [], "data_dir: /nonexistent/prepared is not a prepared"),
+    (
+        "missing data_dir",
+        {"data_dir": "/nonexistent/prepared"},
+        [],
+        "data_dir: /nonexistent/prepared is not a prepared",
+    ),
     ("missing soe_config", {"soe_config": "/nonexistent/soe.yaml"}, [], "soe_config: training config /nonexistent"),
     ("--out is a file", {}, ["--out", "FILE"], "exists and is not a directory"),
     ("--runs missing", {}, ["--runs", "/nonexistent/runs"], "--runs /nonexistent/runs is not a directory"),
@@ -43,14 +62,22 @@ ROWS = [
 
 
 @pytest.mark.parametrize("case, config, extra, expect", ROWS, ids=[r[0] for r in ROWS])
-def test_bad_experiment_input_is_refused_before_training(fixture_prepared, tmp_path, capsys, case, config, extra,
-                                                         expect):
+def test_bad_experiment_input_is_refused_before_training(
+    fixture_prepared, tmp_path, capsys, case, config, extra, expect
+):
     cfg_dir, out = tmp_path / "cfg", tmp_path / "out"
     cfg_dir.mkdir()
     path = cfg_dir / "exp.yaml"
-    base = {"data_dir": str(fixture_prepared), "soe_config": TINY, "generic_config": TINY, "max_steps": 4,
-            "eval_windows": 4, "dedicated": False, "refine": False,
-            "overrides": ["--trainer.enable_progress_bar=false", "--model.net.n_layer=1"]}
+    base = {
+        "data_dir": str(fixture_prepared),
+        "soe_config": TINY,
+        "generic_config": TINY,
+        "max_steps": 4,
+        "eval_windows": 4,
+        "dedicated": False,
+        "refine": False,
+        "overrides": ["--trainer.enable_progress_bar=false", "--model.net.n_layer=1"],
+    }
     if config == "DIR":
         path.mkdir()
     elif isinstance(config, str) and config.startswith("RAW:"):  # a line added to the valid config, as typed
@@ -76,7 +103,11 @@ def test_debug_raises_with_the_traceback(tmp_path):
 ABLATION_ROWS = [
     ("no variants", {"variants": []}, "variants: expected a non-empty list"),
     ("duplicate variant names", {"variants": [{"name": "a"}, {"name": "a"}]}, "names must be unique"),
-    ("variant name with a slash", {"variants": [{"name": "../x"}]}, "variants[0]: name: expected a non-empty directory"),
+    (
+        "variant name with a slash",
+        {"variants": [{"name": "../x"}]},
+        "variants[0]: name: expected a non-empty directory",
+    ),
     ("unknown variant key", {"variants": [{"name": "a", "override": ["--x"]}]}, "variants[0]: expected a mapping"),
     ("bad experiment field", {"experiment": {"eval_windows": -1}}, "experiment: eval_windows: expected a positive"),
 ]
@@ -86,7 +117,11 @@ ABLATION_ROWS = [
 def test_bad_ablation_config_is_refused(tmp_path, capsys, case, patch, expect):
     from soe.experiments.ablate import main
 
-    cfg = {"out": str(tmp_path / "out"), "experiment": {"soe_config": TINY, "generic_config": TINY}, "variants": [{"name": "a"}]}
+    cfg = {
+        "out": str(tmp_path / "out"),
+        "experiment": {"soe_config": TINY, "generic_config": TINY},
+        "variants": [{"name": "a"}],
+    }
     path = tmp_path / "ablate.yaml"
     path.write_text(yaml.safe_dump({**cfg, **patch}))
     assert main(["--config", str(path), "--table", str(tmp_path / "t.md")]) == 2

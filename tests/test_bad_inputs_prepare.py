@@ -12,23 +12,31 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from bad_inputs import assert_refused
 
-GOOD_LOCK = {"packages": [{"name": "toy-doc", "kind": "deb", "version": "1.0-1", "sha256": "a" * 64,
-                           "file": "toy-doc_1.0-1_all.deb"}]}
+GOOD_LOCK = {
+    "packages": [
+        {"name": "toy-doc", "kind": "deb", "version": "1.0-1", "sha256": "a" * 64, "file": "toy-doc_1.0-1_all.deb"}
+    ]
+}
 
 
 def spec(d: Path, offline: bool = False) -> dict:
     """A valid config; sources and output under ``d``."""
     for name in ("a", "b"):
         (d / "in" / f"{name}.jsonl").write_text(
-            "".join(json.dumps({"text": f"{name} document {i} " + f"{name}{i % 5} " * 12}) + "\n" for i in range(30)))
-    cfg = {"out": str(d / "out"),
-           "sources": [{"name": "a", "path": str(d / "in/a.jsonl"), "domain": "alpha"},
-                       {"name": "b", "path": str(d / "in/b.jsonl"), "domain": "beta"}],
-           "tokenizer": {"vocab_size": 300}, "domains": {"embedder": {"kind": "tfidf", "svd_dim": 4}},
-           "shards": {"val_every": 3}}
+            "".join(json.dumps({"text": f"{name} document {i} " + f"{name}{i % 5} " * 12}) + "\n" for i in range(30))
+        )
+    cfg = {
+        "out": str(d / "out"),
+        "sources": [
+            {"name": "a", "path": str(d / "in/a.jsonl"), "domain": "alpha"},
+            {"name": "b", "path": str(d / "in/b.jsonl"), "domain": "beta"},
+        ],
+        "tokenizer": {"vocab_size": 300},
+        "domains": {"embedder": {"kind": "tfidf", "svd_dim": 4}},
+        "shards": {"val_every": 3},
+    }
     if offline:
         cfg["offline_corpus"] = {"out": str(d / "corpus"), "cache": str(d / "cache")}
     return cfg
@@ -36,6 +44,7 @@ def spec(d: Path, offline: bool = False) -> dict:
 
 def with_cfg(edit=None, offline=False, text=None, extra=()):
     """A row's setup: write the (edited) spec as in/c.yaml (or raw ``text``); argv = --config it + ``extra``."""
+
     def setup(d: Path) -> list[str]:
         cfg = spec(d, offline)
         if edit:
@@ -46,35 +55,42 @@ def with_cfg(edit=None, offline=False, text=None, extra=()):
         else:
             path.write_text(yaml.safe_dump(cfg))
         return ["--config", str(path), *[a.format(d=d) for a in extra]]
+
     return setup
 
 
 def write(rel: str, content):
     """An edit that also writes an input file ``in/<rel>``."""
+
     def edit(cfg, d):
         p = d / "in" / rel
         p.write_text(content if isinstance(content, str) else json.dumps(content))
+
     return edit
 
 
 def sets(path: str, value):
     """An edit setting ``cfg[a][b]...`` (dotted path, list indices as numbers); ``value`` may be fn(tmp dir)."""
+
     def edit(cfg, d):
         *keys, last = path.split(".")
         node = cfg
         for k in keys:
             node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
         node[last] = value(d) if callable(value) else value
+
     return edit
 
 
 def tree(rel: str, files: dict):
     """An edit that writes a directory ``in/<rel>`` holding ``files`` (name -> text or JSON-able)."""
+
     def edit(cfg, d):
         root = d / "in" / rel
         for name, content in files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_text(content if isinstance(content, str) else json.dumps(content))
+
     return edit
 
 
@@ -97,40 +113,92 @@ ROWS = [
     ("vocab-too-large", with_cfg(sets("tokenizer.vocab_size", 10**9)), "tokenizer.vocab_size=1000000000", True),
     ("seed-too-large", with_cfg(sets("seed", 2**64)), "seed=18446744073709551616", True),
     ("duplicate-top-key", with_cfg(text="sources: []\nseed: 1\nseed: 2\n"), "'seed' appears twice", True),
-    ("duplicate-nested-key", with_cfg(text="tokenizer: {vocab_size: 300, vocab_size: 400}\nsources: []\n"),
-     "'vocab_size' appears twice", True),
+    (
+        "duplicate-nested-key",
+        with_cfg(text="tokenizer: {vocab_size: 300, vocab_size: 400}\nsources: []\n"),
+        "'vocab_size' appears twice",
+        True,
+    ),
     ("val-every-one", with_cfg(sets("shards.val_every", 1)), "shards.val_every=1", True),
     ("bad-method", with_cfg(sets("domains.method", "lda")), "expected 'labels' or 'kmeans'", True),
-    ("source-missing-file", with_cfg(sets("sources.1.path", lambda d: str(d / "in/gone.jsonl"))), "matches no readable file", True),
+    (
+        "source-missing-file",
+        with_cfg(sets("sources.1.path", lambda d: str(d / "in/gone.jsonl"))),
+        "matches no readable file",
+        True,
+    ),
     ("source-path-and-hub", with_cfg(sets("sources.0.hub", "x/y")), "exactly one of 'path'", True),
     ("duplicate-source-name", with_cfg(sets("sources.1.name", "a")), "name must be unique", True),
-    ("out-is-a-file", with_cfg(write("taken", "x"), extra=["--out={d}/in/taken"]), "exists and is not a directory",
-     True),
-    ("out-not-written-by-prepare", with_cfg(tree("mine", FOREIGN), extra=["--out={d}/in/mine"]),
-     "was not written by data_prep.prepare", True),
-    ("out-not-ours-even-with-overwrite", with_cfg(tree("mine", FOREIGN), extra=["--out={d}/in/mine", "--overwrite",
-                                                                             "--force"]), "(no prepare.json", True),
+    (
+        "out-is-a-file",
+        with_cfg(write("taken", "x"), extra=["--out={d}/in/taken"]),
+        "exists and is not a directory",
+        True,
+    ),
+    (
+        "out-not-written-by-prepare",
+        with_cfg(tree("mine", FOREIGN), extra=["--out={d}/in/mine"]),
+        "was not written by data_prep.prepare",
+        True,
+    ),
+    (
+        "out-not-ours-even-with-overwrite",
+        with_cfg(tree("mine", FOREIGN), extra=["--out={d}/in/mine", "--overwrite", "--force"]),
+        "(no prepare.json",
+        True,
+    ),
     ("out-parent-is-a-file", with_cfg(write("taken", "x"), extra=["--out={d}/in/taken/sub"]), "its parent", True),
-    ("out-other-config", with_cfg(tree("prep", OTHER_CFG), extra=["--out={d}/in/prep"]),
-     "prepared from another config", True),
-    ("out-marker-not-ours", with_cfg(tree("prep", {"prepare.json": {"tool": "x"}, "a": "b"}),
-                                     extra=["--out={d}/in/prep"]), "is not a data_prep.prepare marker", True),
+    (
+        "out-other-config",
+        with_cfg(tree("prep", OTHER_CFG), extra=["--out={d}/in/prep"]),
+        "prepared from another config",
+        True,
+    ),
+    (
+        "out-marker-not-ours",
+        with_cfg(tree("prep", {"prepare.json": {"tool": "x"}, "a": "b"}), extra=["--out={d}/in/prep"]),
+        "is not a data_prep.prepare marker",
+        True,
+    ),
     ("lock-without-offline-stage", with_cfg(write("l.json", GOOD_LOCK), extra=[LOCK]), "offline_corpus stage", True),
     ("lock-missing", with_cfg(offline=True, extra=[LOCK]), "l.json not found", True),
-    ("lock-corrupt-json", with_cfg(write("l.json", "{\"packages\": [}"), offline=True, extra=[LOCK]),
-     "not valid JSON", True),
-    ("lock-wrong-schema", with_cfg(write("l.json", {"packages": [{"name": "x", "kind": "rpm"}]}), offline=True,
-                                   extra=[LOCK]), "packages[0]", True),
-    ("lock-id-tampered", with_cfg(write("l.json", {**GOOD_LOCK, "id": "0123456789ab"}), offline=True,
-                                  extra=[LOCK]), "does not match its packages", True),
-    ("lock-in-config-missing", with_cfg(sets("offline_corpus.lock", "/nonexistent/demo.lock.json"), offline=True),
-     "demo.lock.json not found", True),
-    ("allow-changed-not-bool", with_cfg(sets("offline_corpus.allow_changed", "yes"), offline=True),
-     "allow_changed='yes'", True),
+    (
+        "lock-corrupt-json",
+        with_cfg(write("l.json", '{"packages": [}'), offline=True, extra=[LOCK]),
+        "not valid JSON",
+        True,
+    ),
+    (
+        "lock-wrong-schema",
+        with_cfg(write("l.json", {"packages": [{"name": "x", "kind": "rpm"}]}), offline=True, extra=[LOCK]),
+        "packages[0]",
+        True,
+    ),
+    (
+        "lock-id-tampered",
+        with_cfg(write("l.json", {**GOOD_LOCK, "id": "0123456789ab"}), offline=True, extra=[LOCK]),
+        "does not match its packages",
+        True,
+    ),
+    (
+        "lock-in-config-missing",
+        with_cfg(sets("offline_corpus.lock", "/nonexistent/demo.lock.json"), offline=True),
+        "demo.lock.json not found",
+        True,
+    ),
+    (
+        "allow-changed-not-bool",
+        with_cfg(sets("offline_corpus.allow_changed", "yes"), offline=True),
+        "allow_changed='yes'",
+        True,
+    ),
     ("text-field-absent", with_cfg(sets("sources.0.text_field", "body")), "text_field 'body'", False),
-    ("k-larger-than-data", with_cfg(sets("domains", {"method": "kmeans", "k": 500, "embedder": {"kind": "tfidf",
-                                                                                             "svd_dim": 4}})),
-     "k=500", False),
+    (
+        "k-larger-than-data",
+        with_cfg(sets("domains", {"method": "kmeans", "k": 500, "embedder": {"kind": "tfidf", "svd_dim": 4}})),
+        "k=500",
+        False,
+    ),
 ]
 
 
@@ -150,6 +218,7 @@ def test_rows_are_distinct():
 def test_debug_shows_the_traceback(tmp_path):
     from data_prep.config import ConfigError
     from data_prep.prepare import main
+
     with pytest.raises(ConfigError):
         main(["--config", str(tmp_path / "nope.yaml"), "--debug"])
 
@@ -158,6 +227,7 @@ def test_own_directory_is_continued_and_replaced_only_with_overwrite(tmp_path, c
     """Same config: every stage skipped (demo.py re-runs prepare); another config: refused without --overwrite
     (nothing changes), replaced with it; an older prepare's directory (no marker) is adopted."""
     from data_prep.prepare import main
+
     (tmp_path / "in").mkdir()
     argv = with_cfg()(tmp_path)
     assert main(argv) == 0

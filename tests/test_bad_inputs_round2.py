@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-
 from bad_inputs import assert_refused
-from soe.cli import main
 from specialize_helpers import text_env
+
+from soe.cli import main
 
 pytest.importorskip("transformers")
 
@@ -27,8 +27,9 @@ def w(tmp_path_factory):
     prepared, ckpt = text_env(tmp_path_factory)
     root = tmp_path_factory.mktemp("round2")
     for dom in ("cooking", "law"):
-        assert main(["instantiate", str(ckpt), "--data", str(prepared), "--weights", dom, "--out",
-                     str(root / dom)]) == 0
+        assert (
+            main(["instantiate", str(ckpt), "--data", str(prepared), "--weights", dom, "--out", str(root / dom)]) == 0
+        )
     bad = root / "bad"
     bad.mkdir()
 
@@ -52,21 +53,26 @@ def w(tmp_path_factory):
         for i in range(400):
             vocab[f"zzextra{i}"] = len(vocab)
         (d / "tokenizer.json").write_text(json.dumps(tok))
+
     variant("big_tokenizer", big_tokenizer)
 
     def nan_model(d: Path) -> None:
         from safetensors.torch import load_file, save_file
+
         st = load_file(str(d / "model.safetensors"))
         name = sorted(st)[0]
         st[name] = torch.full_like(st[name], float("nan"))
         save_file(st, str(d / "model.safetensors"), metadata={"format": "pt"})
+
     variant("nan_model", nan_model)
     # checkpoints with incomplete or mistyped hyper-parameters
     state = torch.load(ckpt, weights_only=True)
-    for name, edit in (("no_domains", lambda hp: hp.pop("domain_names")),
-                       ("domains_int", lambda hp: hp.__setitem__("domain_names", 3)),
-                       ("prior_short", lambda hp: hp.__setitem__("prior", [1.0])),
-                       ("eps_string_ckpt", lambda hp: hp["net"].__setitem__("norm_eps", "1e-5"))):
+    for name, edit in (
+        ("no_domains", lambda hp: hp.pop("domain_names")),
+        ("domains_int", lambda hp: hp.__setitem__("domain_names", 3)),
+        ("prior_short", lambda hp: hp.__setitem__("prior", [1.0])),
+        ("eps_string_ckpt", lambda hp: hp["net"].__setitem__("norm_eps", "1e-5")),
+    ):
         s = {**state, "hyper_parameters": json.loads(json.dumps(state["hyper_parameters"]))}
         edit(s["hyper_parameters"])
         torch.save(s, bad / f"{name}.ckpt")
@@ -76,22 +82,36 @@ def w(tmp_path_factory):
     m = [{"model": str(root / "cooking")}, {"model": str(root / "law")}]
 
     def merge_cfg(name, text=None, **raw):
-        (bad / name).write_text(text if text is not None else yaml.safe_dump({"merge_method": "linear", "models": m,
-                                                                              **raw}))
+        (bad / name).write_text(
+            text if text is not None else yaml.safe_dump({"merge_method": "linear", "models": m, **raw})
+        )
+
     merge_cfg("inf_weight.yaml", models=[{**m[0], "parameters": {"weight": float("inf")}}, m[1]])
     merge_cfg("huge_weights.yaml", models=[{**x, "parameters": {"weight": 1e308}} for x in m])
-    merge_cfg("inf_lambda.yaml", merge_method="task_arithmetic", base_model=str(root / "law"),
-              parameters={"lambda": float("inf")}, models=m[:1])
-    merge_cfg("overflow_lambda.yaml", merge_method="task_arithmetic", base_model=str(root / "law"),
-              parameters={"lambda": 1e308}, models=m[:1])
+    merge_cfg(
+        "inf_lambda.yaml",
+        merge_method="task_arithmetic",
+        base_model=str(root / "law"),
+        parameters={"lambda": float("inf")},
+        models=m[:1],
+    )
+    merge_cfg(
+        "overflow_lambda.yaml",
+        merge_method="task_arithmetic",
+        base_model=str(root / "law"),
+        parameters={"lambda": 1e308},
+        models=m[:1],
+    )
     merge_cfg("ok.yaml")
     merge_cfg("twice.yaml", models=[m[0], m[0]])
     merge_cfg("twice_link.yaml", models=[m[0], {"model": str(root / "cooking") + "/"}])
     merge_cfg("dup_key.yaml", text=f"merge_method: linear\nmerge_method: ties\nmodels: [{root / 'cooking'}]\n")
-    merge_cfg("dup_param.yaml", text=f"merge_method: linear\nmodels:\n  - model: {root / 'cooking'}\n"
-                                     "    parameters: {weight: 1, weight: 2}\n")
-    return SimpleNamespace(prepared=prepared, ckpt=ckpt, root=root, bad=bad, cooking=root / "cooking",
-                           law=root / "law")
+    merge_cfg(
+        "dup_param.yaml",
+        text=f"merge_method: linear\nmodels:\n  - model: {root / 'cooking'}\n"
+        "    parameters: {weight: 1, weight: 2}\n",
+    )
+    return SimpleNamespace(prepared=prepared, ckpt=ckpt, root=root, bad=bad, cooking=root / "cooking", law=root / "law")
 
 
 def gen(*extra, model="{law}"):
@@ -107,8 +127,16 @@ def mrg(cfg, *extra, out="{out}/m"):
 
 
 def ev(spec, *extra):
-    return ["evaluate", "--specialist", spec, "--texts", "{prepared}/specialists/legalfood/inhouse.jsonl",
-            "--windows", "2", *extra]
+    return [
+        "evaluate",
+        "--specialist",
+        spec,
+        "--texts",
+        "{prepared}/specialists/legalfood/inhouse.jsonl",
+        "--windows",
+        "2",
+        *extra,
+    ]
 
 
 ROWS = {  # id -> (argv of `soe`, fragment of the error line)
@@ -157,7 +185,10 @@ ROWS = {  # id -> (argv of `soe`, fragment of the error line)
     "evaluate_sets_empty": (["evaluate", "--specialist", "{law}", "--data", "{prepared}", "--sets", ",,,"], "--sets"),
     "evaluate_sets_unknown": (["evaluate", "--specialist", "{law}", "--data", "{prepared}", "--sets", "vall"], "vall"),
     "evaluate_json_in_a_file": (ev("{law}", "--json", "{bad}/short.txt/x.json"), "short.txt"),
-    "evaluate_too_few_tokens": (["evaluate", "--specialist", "{law}", "--texts", "{bad}/short.txt"], "evaluation set short: 4 tokens"),
+    "evaluate_too_few_tokens": (
+        ["evaluate", "--specialist", "{law}", "--texts", "{bad}/short.txt"],
+        "evaluation set short: 4 tokens",
+    ),
     # merge
     "merge_weight_inf": (mrg("inf_weight.yaml"), "not finite"),
     "merge_weights_overflow": (mrg("huge_weights.yaml"), "sum to inf"),
@@ -167,7 +198,10 @@ ROWS = {  # id -> (argv of `soe`, fragment of the error line)
     "merge_model_twice_spelled_otherwise": (mrg("twice_link.yaml"), "again"),
     "merge_duplicate_key": (mrg("dup_key.yaml"), "'merge_method' appears twice"),
     "merge_duplicate_param": (mrg("dup_param.yaml"), "'weight' appears twice"),
-    "merge_out_is_an_input": (mrg("ok.yaml", "--overwrite", out="{cooking}"), "is (or contains, or is inside) models[0]"),
+    "merge_out_is_an_input": (
+        mrg("ok.yaml", "--overwrite", out="{cooking}"),
+        "is (or contains, or is inside) models[0]",
+    ),
     "merge_out_contains_an_input": (mrg("ok.yaml", "--overwrite", out="{root}"), "models[0]"),
     "merge_out_parent_is_a_file": (mrg("ok.yaml", out="{bad}/short.txt/m"), "short.txt is a file"),
 }

@@ -15,13 +15,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from bad_inputs import assert_refused
 from conftest import make_prepared
+from specialize_helpers import make_docs, text_env
+
 from soe.cli import main
 from soe.core import weights as core
 from soe.train import trainer_checks as T
-from specialize_helpers import make_docs, text_env
 
 pytest.importorskip("transformers")
 DOMAINS = ["cooking", "law", "space"]
@@ -31,23 +31,60 @@ DOMAINS = ["cooking", "law", "space"]
 def w(tmp_path_factory):
     prepared, ckpt = text_env(tmp_path_factory)
     root = tmp_path_factory.mktemp("round3")
-    assert main(["instantiate", str(ckpt), "--data", str(prepared), "--weights", "law", "--out", str(root / "law")]) == 0
+    assert (
+        main(["instantiate", str(ckpt), "--data", str(prepared), "--weights", "law", "--out", str(root / "law")]) == 0
+    )
     bad = root / "bad"
     bad.mkdir()
     (bad / "file.txt").write_text("not a directory")
     shutil.copyfile(prepared / "specialists" / "legalfood" / "inhouse.jsonl", bad / "texts.jsonl")
     shutil.copyfile(ckpt, bad / "last.ckpt")
     (bad / "cooking.txt").write_text("\n\n".join(make_docs("cooking", 60, seed=7)))
-    assert main(["finetune", f"{ckpt}@cooking", "--texts", str(bad / "cooking.txt"), "--out", str(root / "ft"),
-                 "--steps", "2", "--eval-every", "2", "--first-checkpoint", "2", "--batch-size", "2", "--warmup", "1",
-                 "--lora-rank", "2", "--keep-adapter"]) == 0
-    for name, edit in (("rank0", {"r": 0}), ("rank_string", {"r": "2"}), ("rank_other", {"r": 3}),
-                       ("alpha0", {"lora_alpha": 0}), ("no_rank", {"r": None})):
+    assert (
+        main(
+            [
+                "finetune",
+                f"{ckpt}@cooking",
+                "--texts",
+                str(bad / "cooking.txt"),
+                "--out",
+                str(root / "ft"),
+                "--steps",
+                "2",
+                "--eval-every",
+                "2",
+                "--first-checkpoint",
+                "2",
+                "--batch-size",
+                "2",
+                "--warmup",
+                "1",
+                "--lora-rank",
+                "2",
+                "--keep-adapter",
+            ]
+        )
+        == 0
+    )
+    for name, edit in (
+        ("rank0", {"r": 0}),
+        ("rank_string", {"r": "2"}),
+        ("rank_other", {"r": 3}),
+        ("alpha0", {"lora_alpha": 0}),
+        ("no_rank", {"r": None}),
+    ):
         d = shutil.copytree(root / "ft" / "last", bad / name)
         cfg = json.loads((d / "adapter_config.json").read_text())
         (d / "adapter_config.json").write_text(json.dumps({k: v for k, v in {**cfg, **edit}.items() if v is not None}))
-    return SimpleNamespace(prepared=prepared, ckpt=ckpt, root=root, bad=bad, law=root / "law", adapter=root / "ft" / "last",
-                           ids=make_prepared(root / "ids"))
+    return SimpleNamespace(
+        prepared=prepared,
+        ckpt=ckpt,
+        root=root,
+        bad=bad,
+        law=root / "law",
+        adapter=root / "ft" / "last",
+        ids=make_prepared(root / "ids"),
+    )
 
 
 def serve(spec):  # an address no server can bind: a row accepted by mistake fails instead of serving forever
@@ -80,16 +117,39 @@ ROWS = {  # id -> (argv of `soe`, fragment of the error line)
     "generate_ckpt_weights_spaced_duplicate": (gen_ckpt("law=1, law =2"), "'law' is given twice"),
     "generate_ckpt_weights_no_number": (gen_ckpt("law=heavy"), "domain=number"),
     # output files checked before any work: parent, kind, not an input
-    "evaluate_json_parent_is_a_file": (ev("--json", "{bad}/file.txt/x.json"), "--json {bad}/file.txt/x.json: {bad}/file.txt is a file"),
+    "evaluate_json_parent_is_a_file": (
+        ev("--json", "{bad}/file.txt/x.json"),
+        "--json {bad}/file.txt/x.json: {bad}/file.txt is a file",
+    ),
     "evaluate_md_parent_is_a_file": (ev("--md", "{bad}/file.txt/sub/x.md"), "--md {bad}/file.txt/sub/x.md"),
     "evaluate_md_is_a_directory": (ev("--md", "{bad}"), "--md {bad} is a directory"),
     "evaluate_json_is_the_texts": (ev("--json", "{bad}/texts.jsonl"), "would replace the input --texts[0]"),
-    "evaluate_json_is_the_ckpt": (["evaluate", "--ckpt", "{bad}/last.ckpt", "--data", "{prepared}", "--sets", "val",
-                                   "--windows", "1", "--json", "{bad}/last.ckpt"], "would replace the input --ckpt"),
-    "evaluate_md_inside_a_specialist": (ev("--md", "{law}/config.json"), "would replace a file of the input --specialist[0]"),
+    "evaluate_json_is_the_ckpt": (
+        [
+            "evaluate",
+            "--ckpt",
+            "{bad}/last.ckpt",
+            "--data",
+            "{prepared}",
+            "--sets",
+            "val",
+            "--windows",
+            "1",
+            "--json",
+            "{bad}/last.ckpt",
+        ],
+        "would replace the input --ckpt",
+    ),
+    "evaluate_md_inside_a_specialist": (
+        ev("--md", "{law}/config.json"),
+        "would replace a file of the input --specialist[0]",
+    ),
     "evaluate_json_and_md_the_same": (ev("--json", "{out}.json", "--md", "{out}.json"), "the same file"),
     "estimate_out_is_a_directory": (est("--out", "{bad}"), "--out {bad} is a directory"),
-    "estimate_out_parent_is_a_file": (est("--out", "{bad}/file.txt/w.json"), "--out {bad}/file.txt/w.json: {bad}/file.txt is a file"),
+    "estimate_out_parent_is_a_file": (
+        est("--out", "{bad}/file.txt/w.json"),
+        "--out {bad}/file.txt/w.json: {bad}/file.txt is a file",
+    ),
     "estimate_out_is_the_texts": (est("--out", "{bad}/texts.jsonl"), "would replace the input --texts"),
     "estimate_out_is_the_checkpoint": (est("--out", "{bad}/last.ckpt"), "would replace the input SOURCE"),
     "estimate_out_in_the_data": (est("--out", "{prepared}/meta.json"), "would replace a file of the input --data"),
@@ -116,12 +176,20 @@ def test_bad_input_is_refused(w, row, capsys, tmp_path, snapshot_dirs):
     assert not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.parametrize("spec, expect", [
-    ("law=1,law=0", "domain 'law' is given twice"), (" law=1 , law = 0", "domain 'law' is given twice"),
-    ("law=1_0", "'_' is not allowed"), ("law=0x10", "domain=number"), ("=1", "domain=number"),
-    ("law", None), ("law=1,space=3", None), ("weights.json", "weights.json not found"),
-    ("my.weights", "weights file my.weights not found"),
-])
+@pytest.mark.parametrize(
+    "spec, expect",
+    [
+        ("law=1,law=0", "domain 'law' is given twice"),
+        (" law=1 , law = 0", "domain 'law' is given twice"),
+        ("law=1_0", "'_' is not allowed"),
+        ("law=0x10", "domain=number"),
+        ("=1", "domain=number"),
+        ("law", None),
+        ("law=1,space=3", None),
+        ("weights.json", "weights.json not found"),
+        ("my.weights", "weights file my.weights not found"),
+    ],
+)
 def test_the_core_parser_is_strict(spec, expect):
     """soe.core.weights itself (what serve, merge configs and experiments call) refuses what the CLI refuses."""
     if expect is None:
@@ -151,10 +219,18 @@ def test_serve_catalog_refuses_a_domain_twice():
 
 
 def _train(w, root: Path, *extra) -> list[str]:
-    return ["fit", "--config", str(Path(__file__).resolve().parents[1] / "configs/tiny.yaml"), f"--data.data_dir={w.ids}",
-            "--model.net.vocab_size=64", "--trainer.max_steps=2", "--trainer.enable_progress_bar=false",
-            f"--trainer.logger.init_args.save_dir={root / 'runs'}", f"--trainer.callbacks.init_args.dirpath={root / 'ck'}",
-            *extra]
+    return [
+        "fit",
+        "--config",
+        str(Path(__file__).resolve().parents[1] / "configs/tiny.yaml"),
+        f"--data.data_dir={w.ids}",
+        "--model.net.vocab_size=64",
+        "--trainer.max_steps=2",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={root / 'runs'}",
+        f"--trainer.callbacks.init_args.dirpath={root / 'ck'}",
+        *extra,
+    ]
 
 
 TRAIN_ROWS = {  # train.py's own settings (soe/train/trainer_checks.py); devices > 1 only as unit checks below
@@ -166,7 +242,10 @@ TRAIN_ROWS = {  # train.py's own settings (soe/train/trainer_checks.py); devices
     "max_steps_underscore": (["--trainer.max_steps=1_0"], "--trainer.max_steps='1_0'"),
     "accelerator_unknown": (["--trainer.accelerator=tpu9"], "trainer.accelerator='tpu9': expected one of auto, cpu"),
     "accelerator_tpu": (["--trainer.accelerator=tpu"], "soe does not train on TPUs"),
-    "accelerator_cuda_without_cuda": (["--trainer.accelerator=cuda"], "trainer.accelerator='cuda': this torch sees no CUDA"),
+    "accelerator_cuda_without_cuda": (
+        ["--trainer.accelerator=cuda"],
+        "trainer.accelerator='cuda': this torch sees no CUDA",
+    ),
     "accelerator_gpu_without_cuda": (["--trainer.accelerator=gpu"], "trainer.accelerator='gpu'"),
     "devices_zero": (["--trainer.devices=0"], "trainer.devices='0': expected 'auto', a number of devices ≥ 1"),
     "devices_negative": (["--trainer.devices=-5"], "trainer.devices='-5'"),
@@ -188,16 +267,31 @@ def test_device_counts_are_checked_without_starting_processes(monkeypatch):
     """trainer.devices larger than the machine (99 on 2 CPU cores once started 99 DDP processes)."""
     cores = os.cpu_count() or 1
     monkeypatch.setattr(T, "_cuda_count", lambda: 0)
-    for devices, acc, expect in ((cores + 1, "cpu", f"expected at most {cores}"), (str(cores + 1), "cpu", "at most"),
-                                 (cores + 1, "auto", "at most"), (-1, "auto", "-1 only with a GPU"),
-                                 ([0, 1], "cpu", "needs a GPU accelerator"), (True, "cpu", "expected 'auto'")):
+    for devices, acc, expect in (
+        (cores + 1, "cpu", f"expected at most {cores}"),
+        (str(cores + 1), "cpu", "at most"),
+        (cores + 1, "auto", "at most"),
+        (-1, "auto", "-1 only with a GPU"),
+        ([0, 1], "cpu", "needs a GPU accelerator"),
+        (True, "cpu", "expected 'auto'"),
+    ):
         with pytest.raises(ValueError, match=expect):
             T.check_devices(devices, acc)
     T.check_devices(1, "cpu"), T.check_devices("auto", "cpu"), T.check_devices(None, "cpu")
     monkeypatch.setattr(T, "_cuda_count", lambda: 2)
-    T.check_devices(-1, "cuda"), T.check_devices([0, 1], "cuda"), T.check_devices("0,1", "cuda"), T.check_devices(2, "cuda")
-    for devices, expect in ((3, "only 2 CUDA"), ([0, 0], "distinct GPU indices"), ([2], r"indices 0\.\.1"),
-                            ("0,5", "only 2 CUDA"), (-2, "expected 'auto'")):
+    (
+        T.check_devices(-1, "cuda"),
+        T.check_devices([0, 1], "cuda"),
+        T.check_devices("0,1", "cuda"),
+        T.check_devices(2, "cuda"),
+    )
+    for devices, expect in (
+        (3, "only 2 CUDA"),
+        ([0, 0], "distinct GPU indices"),
+        ([2], r"indices 0\.\.1"),
+        ("0,5", "only 2 CUDA"),
+        (-2, "expected 'auto'"),
+    ):
         with pytest.raises(ValueError, match=expect):
             T.check_devices(devices, "cuda")
     T.check_devices(-1, "auto"), T.check_devices(2, "auto")
@@ -233,13 +327,32 @@ def test_export_to_a_full_disk_subprocess(w, tmp_path):
     (tmp_path / "prev").mkdir()
     prev = shutil.copytree(w.law, tmp_path / "prev" / "out")
     before = {p.name: p.read_bytes() for p in prev.iterdir()}
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (50000, 50000)); from soe.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (50000, 50000)); from soe.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
     for out, extra in ((tmp_path / "new" / "out", []), (prev, ["--overwrite"])):
         out.parent.mkdir(exist_ok=True)
-        r = subprocess.run([sys.executable, "-c", code, "instantiate", str(w.ckpt), "--data", str(w.prepared),
-                            "--weights", "cooking", "--out", str(out), *extra], capture_output=True, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                code,
+                "instantiate",
+                str(w.ckpt),
+                "--data",
+                str(w.prepared),
+                "--weights",
+                "cooking",
+                "--out",
+                str(out),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            timeout=300,
+        )
         last = r.stderr.strip().splitlines()[-1]
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
         assert last.startswith("soe: error: output ") and f"{out} (--out): cannot be written (File too large)" in last
@@ -260,11 +373,19 @@ def test_disk_full_while_writing_tensors_or_a_json_file(w, tmp_path, capsys, mon
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     out = tmp_path / "spec"
-    last = assert_refused(capsys, "soe", ["instantiate", str(w.ckpt), "--data", str(w.prepared), "--weights", "law",
-                                          "--out", str(out)], f"output {out} (--out): cannot be written (No space left")
+    last = assert_refused(
+        capsys,
+        "soe",
+        ["instantiate", str(w.ckpt), "--data", str(w.prepared), "--weights", "law", "--out", str(out)],
+        f"output {out} (--out): cannot be written (No space left",
+    )
     assert "nothing was written" in last and not out.exists() and _leftovers(tmp_path) == []
     monkeypatch.setattr(soe.fileio.os, "fsync", full)
     js = tmp_path / "eval.json"
-    assert_refused(capsys, "soe", [a.format(**vars(w)) for a in ev("--json", str(js))],
-                   f"{js}: cannot be written (No space left on device)")
+    assert_refused(
+        capsys,
+        "soe",
+        [a.format(**vars(w)) for a in ev("--json", str(js))],
+        f"{js}: cannot be written (No space left on device)",
+    )
     assert not js.exists() and _leftovers(tmp_path) == []

@@ -14,13 +14,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from bad_inputs import assert_refused
+from specialize_helpers import text_env, train_checkpoint
 
 import soe
-from bad_inputs import assert_refused
 from soe.cli import main
 from soe.core.weights import parse_weights
 from soe.specialists.export import SOE_FILE
-from specialize_helpers import text_env, train_checkpoint
 
 pytest.importorskip("transformers")
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +43,11 @@ def w(tmp_path_factory):
     (bad / "corrupt.json").write_text('{"law": 0.5,')
     (bad / "file_out").write_text("not a directory")
     shutil.copytree(prepared, bad / "data")  # a prepared directory an --overwrite must never delete
-    for name, broken, content in (("meta", SOE_FILE, b"{not json"), ("st", "model.safetensors", None),
-                                  ("tok", "tokenizer.json", b"garbage")):
+    for name, broken, content in (
+        ("meta", SOE_FILE, b"{not json"),
+        ("st", "model.safetensors", None),
+        ("tok", "tokenizer.json", b"garbage"),
+    ):
         d = shutil.copytree(export, bad / f"export_{name}")
         f = d / broken
         f.write_bytes(content if content is not None else f.read_bytes()[:100])
@@ -87,28 +90,73 @@ ROWS = {  # id -> (argv of the `soe` entry point, fragment the error line must c
     "top_k_negative": (lambda w: gen(w, "--top-k", "-2"), "--top-k"),
     "export_corrupt_tokenizer": (lambda w: ["generate", w.bad / "export_tok"], "tokenizer.json"),
     "windows_zero": (lambda w: ["evaluate", "--specialist", w.export, "--windows", "0"], "--windows"),
-    "eval_max_docs_zero": (lambda w: ["evaluate", "--specialist", w.export, "--texts", w.bad / "x.jsonl",
-                                      "--max-docs", "0"], "--max-docs"),
-    "export_corrupt_metadata": (lambda w: ["evaluate", "--specialist", w.bad / "export_meta", "--texts",
-                                           w.prepared / "specialists" / "legalfood" / "inhouse.jsonl"], SOE_FILE),
-    "export_truncated_safetensors": (lambda w: ["evaluate", "--specialist", w.bad / "export_st", "--data",
-                                                w.prepared], "model.safetensors"),
+    "eval_max_docs_zero": (
+        lambda w: ["evaluate", "--specialist", w.export, "--texts", w.bad / "x.jsonl", "--max-docs", "0"],
+        "--max-docs",
+    ),
+    "export_corrupt_metadata": (
+        lambda w: [
+            "evaluate",
+            "--specialist",
+            w.bad / "export_meta",
+            "--texts",
+            w.prepared / "specialists" / "legalfood" / "inhouse.jsonl",
+        ],
+        SOE_FILE,
+    ),
+    "export_truncated_safetensors": (
+        lambda w: ["evaluate", "--specialist", w.bad / "export_st", "--data", w.prepared],
+        "model.safetensors",
+    ),
     "weights_boolean": (lambda w: inst(w, "--weights", w.bad / "bool.json"), "'law' is True"),
     "weights_null_in_list": (lambda w: inst(w, "--weights", w.bad / "null_list.json"), "'law' is None"),
     "weights_corrupt_file": (lambda w: inst(w, "--weights", w.bad / "corrupt.json"), "corrupt.json"),
-    "ckpt_garbage": (lambda w: ["instantiate", w.bad / "junk.ckpt", "--data", w.prepared, "--out", w.out / "new",
-                                "--weights", "law"], "junk.ckpt"),
-    "ckpt_truncated": (lambda w: ["instantiate", w.bad / "truncated.ckpt", "--data", w.prepared, "--out",
-                                  w.out / "new", "--weights", "law"], "truncated.ckpt"),
-    "ckpt_url_scheme": (lambda w: ["instantiate", "s3://bucket/last.ckpt", "--out", w.out / "new", "--weights", "law"],
-                        "unsupported URL scheme"),
-    "ckpt_url_missing": (lambda w: ["instantiate", (w.bad / "gone.ckpt").as_uri(), "--out", w.out / "new",
-                                    "--weights", "law"], "could not download"),
-    "data_not_prepared": (lambda w: ["instantiate", w.ckpt, "--data", w.bad, "--out", w.out / "new",
-                                     "--weights", "law"], "meta.json"),
-    "overwrite_prepared_data": (lambda w: inst(w, "--weights", "law", "--overwrite", out=w.bad / "data"),
-                                "not written by soe"),
-    "overwrite_a_file": (lambda w: inst(w, "--weights", "law", "--overwrite", out=w.bad / "file_out"), "not a directory"),
+    "ckpt_garbage": (
+        lambda w: [
+            "instantiate",
+            w.bad / "junk.ckpt",
+            "--data",
+            w.prepared,
+            "--out",
+            w.out / "new",
+            "--weights",
+            "law",
+        ],
+        "junk.ckpt",
+    ),
+    "ckpt_truncated": (
+        lambda w: [
+            "instantiate",
+            w.bad / "truncated.ckpt",
+            "--data",
+            w.prepared,
+            "--out",
+            w.out / "new",
+            "--weights",
+            "law",
+        ],
+        "truncated.ckpt",
+    ),
+    "ckpt_url_scheme": (
+        lambda w: ["instantiate", "s3://bucket/last.ckpt", "--out", w.out / "new", "--weights", "law"],
+        "unsupported URL scheme",
+    ),
+    "ckpt_url_missing": (
+        lambda w: ["instantiate", (w.bad / "gone.ckpt").as_uri(), "--out", w.out / "new", "--weights", "law"],
+        "could not download",
+    ),
+    "data_not_prepared": (
+        lambda w: ["instantiate", w.ckpt, "--data", w.bad, "--out", w.out / "new", "--weights", "law"],
+        "meta.json",
+    ),
+    "overwrite_prepared_data": (
+        lambda w: inst(w, "--weights", "law", "--overwrite", out=w.bad / "data"),
+        "not written by soe",
+    ),
+    "overwrite_a_file": (
+        lambda w: inst(w, "--weights", "law", "--overwrite", out=w.bad / "file_out"),
+        "not a directory",
+    ),
     "existing_export": (lambda w: inst(w, "--weights", "space", out=w.export), "already exists"),
 }
 
@@ -117,8 +165,7 @@ ROWS = {  # id -> (argv of the `soe` entry point, fragment the error line must c
 def test_bad_input_is_refused(w, row, capsys, tmp_path):
     argv, expect = ROWS[row]
     w = SimpleNamespace(**{**vars(w), "out": tmp_path / "outputs"})  # where a wrongly accepted input would write
-    assert_refused(capsys, "soe", [str(a) for a in argv(w)], expect,
-                   watch=(w.prepared, w.ckpt.parent, w.export, w.bad))
+    assert_refused(capsys, "soe", [str(a) for a in argv(w)], expect, watch=(w.prepared, w.ckpt.parent, w.export, w.bad))
     assert not w.out.exists() and not [p for p in w.root.iterdir() if p.name.startswith(".")]
 
 
@@ -151,8 +198,13 @@ def test_weights_that_are_not_numbers_are_refused(tmp_path, value, form):
 def test_dense_checkpoint_is_never_labelled_with_an_h(w, tmp_path, capsys):
     dense = train_checkpoint(w.prepared, tmp_path / "dense", steps=2, n_experts=0)
     argv = ["instantiate", dense, "--data", w.prepared, "--out", tmp_path / "d", "--format", "soe"]
-    assert_refused(capsys, "soe", [str(a) for a in argv + ["--weights", "law"]], "dense checkpoint",
-                   watch=(tmp_path / "dense", w.prepared))
+    assert_refused(
+        capsys,
+        "soe",
+        [str(a) for a in argv + ["--weights", "law"]],
+        "dense checkpoint",
+        watch=(tmp_path / "dense", w.prepared),
+    )
     assert main([str(a) for a in argv + ["--weights", "prior"]]) == 0
     out = capsys.readouterr().out
     assert "dense model" in out and "(weights: " not in out
@@ -167,8 +219,13 @@ def test_dense_checkpoint_is_never_labelled_with_an_h(w, tmp_path, capsys):
 def test_overwrite_refuses_a_directory_soe_did_not_write(w, tmp_path, capsys):
     data = shutil.copytree(w.prepared, tmp_path / "fixture")  # `--out data/fixture --overwrite`
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
-    assert_refused(capsys, "soe", [str(a) for a in inst(w, "--weights", "law", "--overwrite", out=data)],
-                   "not written by soe", watch=(data,))
+    assert_refused(
+        capsys,
+        "soe",
+        [str(a) for a in inst(w, "--weights", "law", "--overwrite", out=data)],
+        "not written by soe",
+        watch=(data,),
+    )
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
 
 
@@ -202,8 +259,13 @@ def test_export_killed_between_the_two_renames_recovers(w, tmp_path, then):
     out = tmp_path / "spec"
     soup = soe.load(w.ckpt, data=w.prepared, device="cpu")
     soup.instantiate("law", out, fmt="soe")
-    r = subprocess.run([sys.executable, "-c", CRASH, str(w.ckpt), str(w.prepared), str(out)], cwd=REPO,
-                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, "-c", CRASH, str(w.ckpt), str(w.prepared), str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 17, r.stderr
     assert not out.exists()  # killed between out -> .spec.old-* and .spec.tmp-* -> out
     expected = "law" if then == "load" else "space"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from bad_inputs import assert_refused
 from conftest import make_prepared
+
 from soe.train.checkpoint import prepared_data
 from soe.train.cli import cli_main, main
 
@@ -22,10 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def base(prepared: Path, ckpt_dir: Path, runs: Path, steps: int = 2) -> list[str]:
-    return ["fit", "--config", str(ROOT / "configs/tiny.yaml"), f"--data.data_dir={prepared}", "--model.net.vocab_size=64",
-            f"--trainer.max_steps={steps}", "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={runs}",
-            f"--trainer.callbacks.init_args.dirpath={ckpt_dir}", "--trainer.callbacks.init_args.every_n_train_steps=2"]
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs/tiny.yaml"),
+        f"--data.data_dir={prepared}",
+        "--model.net.vocab_size=64",
+        f"--trainer.max_steps={steps}",
+        "--trainer.val_check_interval=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={runs}",
+        f"--trainer.callbacks.init_args.dirpath={ckpt_dir}",
+        "--trainer.callbacks.init_args.every_n_train_steps=2",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +56,10 @@ def env(tmp_path_factory):
 
     broken("garbage_meta", lambda d: (d / "meta.json").write_text("{oops"))
     broken("no_shard", lambda d: (d / "dom1" / "train.bin").unlink())
-    broken("truncated_shard", lambda d: (d / "dom0" / "train.bin").write_bytes((d / "dom0" / "train.bin").read_bytes()[:1001]))
+    broken(
+        "truncated_shard",
+        lambda d: (d / "dom0" / "train.bin").write_bytes((d / "dom0" / "train.bin").read_bytes()[:1001]),
+    )
     broken("garbage_shard", lambda d: np.full(1500, 60000, np.uint16).tofile(d / "dom2" / "val.bin"))
     make_prepared(bad / "other_prior", sizes=[6000, 4000, 3000])  # the same tokenizer and domains, other counts
     (bad / "truncated.ckpt").write_bytes(ckpt.read_bytes()[:3000])
@@ -75,30 +88,48 @@ ROWS = {  # name: (extra train.py arguments, expected fragment of the error line
     "beta_out_of_range": (["--model.optim.beta2=1.5"], "model.optim.beta2=1.5"),
     "unknown_router_output": (["--model.soup.router_output=sigmoid"], "model.soup.router_output='sigmoid'"),
     "unknown_soup_option": (["--model.soup.n_exprts=4"], "unrecognized arguments: --model.soup.n_exprts=4"),
-    "not_an_int": (["--model.net.d_model=wide"], '"model.net.d_model": Expected a <class \'int\'>'),
+    "not_an_int": (["--model.net.d_model=wide"], "\"model.net.d_model\": Expected a <class 'int'>"),
     "bad_mixture": (["--data.mixture.concentration=-1"], "data.mixture.concentration=-1.0"),
     "negative_max_steps": (["--trainer.max_steps=-5"], "max_steps"),
     "endless_max_steps": (["--trainer.max_steps=-1"], "trainer.max_steps=-1: the cosine schedule needs a positive"),
-    "missing_data_dir": (["--data.data_dir={bad}/nowhere"], "data.data_dir={bad}/nowhere: {bad}/nowhere/meta.json not found"),
+    "missing_data_dir": (
+        ["--data.data_dir={bad}/nowhere"],
+        "data.data_dir={bad}/nowhere: {bad}/nowhere/meta.json not found",
+    ),
     "garbage_meta": (["--data.data_dir={bad}/garbage_meta"], "garbage_meta/meta.json: corrupt prepared-data metadata"),
     "missing_shard": (["--data.data_dir={bad}/no_shard"], "no_shard/dom1/train.bin for domain 'dom1' is missing"),
     "truncated_shard": (["--data.data_dir={bad}/truncated_shard"], "truncated_shard/dom0/train.bin: 1001 bytes"),
     "garbage_shard": (["--data.data_dir={bad}/garbage_shard"], "dom2/val.bin holds token id 60000 >= vocab_size=64"),
-    "vocab_mismatch": (["--model.net.vocab_size=100"], "vocab_size=64 in meta.json, but the model expects vocab_size=100"),
+    "vocab_mismatch": (
+        ["--model.net.vocab_size=100"],
+        "vocab_size=64 in meta.json, but the model expects vocab_size=100",
+    ),
     "seq_len_too_long": (["--data.seq_len=4000", "--model.net.max_seq_len=4000"], "data.seq_len=4000"),
     "missing_ckpt": (["--ckpt_path={bad}/nope.ckpt"], "--ckpt_path {bad}/nope.ckpt: no such checkpoint file"),
     "truncated_ckpt": (["--ckpt_path={bad}/truncated.ckpt"], "truncated.ckpt: not a readable checkpoint"),
     "garbage_ckpt": (["--ckpt_path={bad}/garbage.ckpt"], "garbage.ckpt: not a readable checkpoint"),
     "foreign_ckpt": (["--ckpt_path={bad}/foreign.ckpt"], "not a soe training checkpoint"),
     "reshaped_ckpt": (["--ckpt_path={bad}/reshaped.ckpt"], "soup.router.net.0.weight has shape (32, 2)"),
-    "pickled_code_ckpt": (["--ckpt_path={bad}/pickled_code.ckpt"], "refused: checkpoints are loaded with weights_only=True"),
-    "pickled_code_url": (["--ckpt_path=file://{bad}/pickled_code.ckpt"], "file://{bad}/pickled_code.ckpt: holds pickled"),
+    "pickled_code_ckpt": (
+        ["--ckpt_path={bad}/pickled_code.ckpt"],
+        "refused: checkpoints are loaded with weights_only=True",
+    ),
+    "pickled_code_url": (
+        ["--ckpt_path=file://{bad}/pickled_code.ckpt"],
+        "file://{bad}/pickled_code.ckpt: holds pickled",
+    ),
     "unreachable_url": (["--ckpt_path=file://{bad}/gone.ckpt"], "could not download it"),
     "unsafe_load": (["--ckpt_path={ckpt}", "--weights_only=false"], "--weights_only=false: train.py reads"),
     "remote_scheme": (["--ckpt_path=s3://bucket/last.ckpt"], "only local files and http(s)/ftp/file URLs"),
-    "resume_other_data_seed": (["--ckpt_path={ckpt}", "--data.seed=7"], "data.seed: 7 on the command line/config, 1234 in the checkpoint"),
+    "resume_other_data_seed": (
+        ["--ckpt_path={ckpt}", "--data.seed=7"],
+        "data.seed: 7 on the command line/config, 1234 in the checkpoint",
+    ),
     "resume_other_data": (["--ckpt_path={ckpt}", "--data.data_dir={bad}/other_prior"], "model.prior: [0.4615"),
-    "resume_other_soup": (["--ckpt_path=last", "--model.soup.n_experts=2"], "model.soup.n_experts: 2 on the command line/config, 4"),
+    "resume_other_soup": (
+        ["--ckpt_path=last", "--model.soup.n_experts=2"],
+        "model.soup.n_experts: 2 on the command line/config, 4",
+    ),
 }
 
 
@@ -112,18 +143,26 @@ def test_bad_input_is_refused(name, env, tmp_path, capsys):
 
 def test_resume_with_other_model_settings_is_refused(env, tmp_path):
     """Issue 14, harmful case 2: this trained the checkpoint's d_model=64 model, exited 0, and said nothing."""
-    args = base(env.prepared, env.ckpt_dir, tmp_path / "runs", steps=4) + ["--model.net.d_model=128",
-                                                                           "--model.optim.lr=0.01", f"--ckpt_path={env.ckpt}"]
-    with pytest.raises(ValueError, match=r"model\.net\.d_model: 128 on the command line/config, 64 in the checkpoint; "
-                                         r"model\.optim\.lr: 0\.01 on the command line/config, 0\.003 in the checkpoint"):
+    args = base(env.prepared, env.ckpt_dir, tmp_path / "runs", steps=4) + [
+        "--model.net.d_model=128",
+        "--model.optim.lr=0.01",
+        f"--ckpt_path={env.ckpt}",
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"model\.net\.d_model: 128 on the command line/config, 64 in the checkpoint; "
+        r"model\.optim\.lr: 0\.01 on the command line/config, 0\.003 in the checkpoint",
+    ):
         main(args)
 
 
 def test_take_from_checkpoint_resumes_with_its_settings(env, tmp_path, capsys):
     ckpt_dir = tmp_path / "ck"
     shutil.copytree(env.ckpt_dir, ckpt_dir)
-    cli = main(base(env.prepared, ckpt_dir, tmp_path / "runs", steps=3)
-               + ["--model.net.d_model=128", "--ckpt_path=last", "--take_from_checkpoint=true"])
+    cli = main(
+        base(env.prepared, ckpt_dir, tmp_path / "runs", steps=3)
+        + ["--model.net.d_model=128", "--ckpt_path=last", "--take_from_checkpoint=true"]
+    )
     assert "model.net.d_model=64 (config: 128)" in capsys.readouterr().err
     assert cli.model.net_cfg.d_model == 64 and cli.trainer.global_step == 3
     saved = yaml.safe_load(next((tmp_path / "runs").rglob("config.yaml")).read_text())
@@ -134,9 +173,16 @@ def test_resume_may_change_steps_logging_and_loading_from_a_url(env, tmp_path):
     """Settings that do not define the model or its data stream are not refused; a file:// URL is downloaded
     to a temporary file and read with weights_only=True."""
     ckpt_dir = tmp_path / "ck"
-    cli = main(base(env.prepared, ckpt_dir, tmp_path / "runs", steps=3)
-               + ["--trainer.log_every_n_steps=1", "--data.num_workers=0", "--data.val_windows=2",
-                  "--model.optim.warmup_steps=1", f"--ckpt_path={env.ckpt.as_uri()}"])
+    cli = main(
+        base(env.prepared, ckpt_dir, tmp_path / "runs", steps=3)
+        + [
+            "--trainer.log_every_n_steps=1",
+            "--data.num_workers=0",
+            "--data.val_windows=2",
+            "--model.optim.warmup_steps=1",
+            f"--ckpt_path={env.ckpt.as_uri()}",
+        ]
+    )
     assert cli.trainer.global_step == 3
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 3
 
@@ -162,8 +208,12 @@ def test_checkpoint_finds_its_data_from_elsewhere(env, tmp_path, monkeypatch):
     in; `soe` run from another directory finds the data, or says what it tried."""
     data_hp = torch.load(env.ckpt, weights_only=True)["datamodule_hyper_parameters"]
     assert data_hp["data_dir_resolved"] == str(env.prepared.resolve()) and data_hp["trained_in"]
-    hp = dict(torch.load(env.ckpt, weights_only=True)["hyper_parameters"], data_dir="prepared",
-              data_dir_resolved=str(env.prepared), trained_in=str(env.prepared.parent))
+    hp = dict(
+        torch.load(env.ckpt, weights_only=True)["hyper_parameters"],
+        data_dir="prepared",
+        data_dir_resolved=str(env.prepared),
+        trained_in=str(env.prepared.parent),
+    )
     monkeypatch.chdir(tmp_path)  # "prepared" does not exist here
     assert prepared_data("prepared", hp, env.ckpt)[0] == env.prepared
     hp["data_dir_resolved"] = str(tmp_path / "moved")
@@ -199,6 +249,7 @@ def test_a_second_fit_on_one_checkpoint_directory_is_refused_until_the_first_end
     import signal
     import subprocess
     import sys
+
     ck = tmp_path / "ck"
     first = subprocess.Popen([sys.executable, "-c", HOLD, str(ck)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -216,6 +267,7 @@ def test_a_second_fit_on_one_checkpoint_directory_is_refused_until_the_first_end
 
 def test_the_lock_is_released_when_fit_fails_and_leaves_no_directory(env, tmp_path, capsys):
     from soe.train.runlock import RunLock
+
     ck = tmp_path / "new_ck"
     argv = base(env.prepared, ck, tmp_path / "runs") + ["--model.net.vocab_size=100"]  # refused in setup
     assert_refused(capsys, "train", argv, "vocab_size=64 in meta.json")

@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import make_prepared  # noqa: E402
-from test_distributed import B, NET, STEPS, Record, full_state, make_module, single_process_on_global_batch, trainer_kw  # noqa: E402
+from test_distributed import NET, STEPS, B, Record, full_state, make_module, single_process_on_global_batch, trainer_kw  # noqa: E402
+
 from soe.data.datamodule import SoupDataModule  # noqa: E402
 
 N = 4  # experts (make_module's default)
@@ -42,16 +43,32 @@ class Bytes(L.Callback):
 def worker(args) -> None:
     torch.set_num_threads(1)
     L.seed_everything(0)
-    dm = SoupDataModule(args.data, seq_len=NET.max_seq_len, batch_size=B, seed=7, val_windows=2,
-                        val_batch_size=2, rank_h=args.rank_h, h_per_step=args.h_per_step)
+    dm = SoupDataModule(
+        args.data,
+        seq_len=NET.max_seq_len,
+        batch_size=B,
+        seed=7,
+        val_windows=2,
+        val_batch_size=2,
+        rank_h=args.rank_h,
+        h_per_step=args.h_per_step,
+    )
     module = make_module(dm, bank_update="factored")
     rec, nbytes = Record(), Bytes()
     strategy = L.pytorch.strategies.DDPStrategy(process_group_backend="gloo")
     tr = L.Trainer(devices=2, strategy=strategy, callbacks=[rec, nbytes], **trainer_kw(Path(args.out)))
     tr.fit(module, dm)
-    torch.save({"batches": rec.batches, "losses": rec.losses, "bytes": nbytes.per_step, "gathered": nbytes.gathered,
-                "bank_grads": [E.grad for E in module.soup.bank.values()], "state": full_state(module)},
-               Path(args.out) / f"rank{tr.global_rank}.pt")
+    torch.save(
+        {
+            "batches": rec.batches,
+            "losses": rec.losses,
+            "bytes": nbytes.per_step,
+            "gathered": nbytes.gathered,
+            "bank_grads": [E.grad for E in module.soup.bank.values()],
+            "state": full_state(module),
+        },
+        Path(args.out) / f"rank{tr.global_rank}.pt",
+    )
 
 
 def launch(tmp_path: Path, rank_h: str, h_per_step: int) -> list[dict]:
@@ -59,8 +76,18 @@ def launch(tmp_path: Path, rank_h: str, h_per_step: int) -> list[dict]:
     out = tmp_path / "run"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--data", str(data), "--out", str(out),
-           "--rank-h", rank_h, "--h-per-step", str(h_per_step)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--rank-h",
+        rank_h,
+        "--h-per-step",
+        str(h_per_step),
+    ]
     r = subprocess.run(cmd, env=env, cwd=str(out), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
@@ -109,10 +136,17 @@ def test_per_rank_h_falls_back_to_gathering_the_factors(tmp_path):
     ranks = launch(tmp_path, "per_rank", 1)
     assert any(not torch.equal(ranks[0]["batches"][t]["h"], ranks[1]["batches"][t]["h"]) for t in range(STEPS))
     L.seed_everything(0)
-    module = make_module(SoupDataModule(str(tmp_path / "data"), seq_len=NET.max_seq_len, batch_size=B, seed=7),
-                         bank_update="factored")
-    batches = [{"h": torch.stack([r["batches"][t]["h"] for r in ranks]),
-                "tokens": torch.cat([r["batches"][t]["tokens"] for r in ranks]), "index": t} for t in range(STEPS)]
+    module = make_module(
+        SoupDataModule(str(tmp_path / "data"), seq_len=NET.max_seq_len, batch_size=B, seed=7), bank_update="factored"
+    )
+    batches = [
+        {
+            "h": torch.stack([r["batches"][t]["h"] for r in ranks]),
+            "tokens": torch.cat([r["batches"][t]["tokens"] for r in ranks]),
+            "index": t,
+        }
+        for t in range(STEPS)
+    ]
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     L.Trainer(devices=1, **trainer_kw(tmp_path / "single")).fit(module, train_dataloaders=loader)
     for name, p in full_state(module).items():

@@ -22,8 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_bank_ddp import N, Bytes  # noqa: E402
-from test_distributed import B, NET, STEPS, Record, full_state, launch, make_module, single_process_on_global_batch, trainer_kw  # noqa: E402
+from test_bank_ddp import Bytes, N  # noqa: E402
+from test_distributed import (  # noqa: E402
+    NET,
+    STEPS,
+    B,
+    Record,
+    full_state,
+    launch,
+    make_module,
+    single_process_on_global_batch,
+    trainer_kw,
+)
+
 from soe.data.datamodule import SoupDataModule  # noqa: E402
 
 W = 2
@@ -45,6 +56,7 @@ class Counts(Bytes):
             total = clip(max_norm)
             self.norms.append(float(total))
             return total
+
         opt.clip_grad_norm_ = recorded
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -54,11 +66,20 @@ class Counts(Bytes):
 
 def fit(args, out: Path, callbacks=(), ckpt_path=None, save=False) -> tuple[L.Trainer, object]:
     L.seed_everything(0)
-    dm = SoupDataModule(args.data, seq_len=NET.max_seq_len, batch_size=B, seed=7, val_windows=2,
-                        val_batch_size=2, rank_h=args.rank_h, h_per_step=args.h_per_step)
+    dm = SoupDataModule(
+        args.data,
+        seq_len=NET.max_seq_len,
+        batch_size=B,
+        seed=7,
+        val_windows=2,
+        val_batch_size=2,
+        rank_h=args.rank_h,
+        h_per_step=args.h_per_step,
+    )
     module = make_module(dm, bank_update="factored")
-    strategy = L.pytorch.strategies.ModelParallelStrategy(data_parallel_size=W, tensor_parallel_size=1,
-                                                          process_group_backend="gloo")
+    strategy = L.pytorch.strategies.ModelParallelStrategy(
+        data_parallel_size=W, tensor_parallel_size=1, process_group_backend="gloo"
+    )
     kw = {**trainer_kw(out), "enable_checkpointing": save}
     tr = L.Trainer(devices=W, strategy=strategy, callbacks=list(callbacks), **kw)
     tr.fit(module, dm, ckpt_path=ckpt_path)
@@ -73,20 +94,40 @@ def worker(args) -> None:
     ckpt = ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=2, save_top_k=-1)
     tr, module = fit(args, out, [rec, counts, ckpt], save=True)
     opt = tr.optimizers[0]
-    bank = {g: {"E": E.to_local().shape, "m": opt.state[E]["exp_avg"].to_local().shape,
-                "v": opt.state[E]["exp_avg_sq"].to_local().shape, "full": E.shape,
-                "grad": None if E.grad is None else E.grad.to_local().clone(),
-                "rows": opt.reducer.rows(E)} for g, E in module.soup.bank.items()}
+    bank = {
+        g: {
+            "E": E.to_local().shape,
+            "m": opt.state[E]["exp_avg"].to_local().shape,
+            "v": opt.state[E]["exp_avg_sq"].to_local().shape,
+            "full": E.shape,
+            "grad": None if E.grad is None else E.grad.to_local().clone(),
+            "rows": opt.reducer.rows(E),
+        }
+        for g, E in module.soup.bank.items()
+    }
     local = sum(p.to_local().numel() * p.element_size() for p in module.soup.parameters())
     state = full_state(module)
     step2 = sorted((out / "ckpt").glob("*step=2*"))
     assert len(step2) == 1, list((out / "ckpt").iterdir())
     rec2 = Record()
     _, resumed = fit(args, out / "resumed", [rec2], ckpt_path=str(step2[0]))
-    torch.save({"batches": rec.batches, "losses": rec.losses, "bytes": counts.per_step, "gathered": counts.gathered,
-                "gather": counts.gather, "norms": counts.norms, "bank": bank, "local_bytes": local,
-                "total_bytes": sum(t.numel() * t.element_size() for t in state.values()), "state": state,
-                "resumed": full_state(resumed), "resumed_steps": [b["index"] for b in rec2.batches]}, out / f"rank{tr.global_rank}.pt")
+    torch.save(
+        {
+            "batches": rec.batches,
+            "losses": rec.losses,
+            "bytes": counts.per_step,
+            "gathered": counts.gathered,
+            "gather": counts.gather,
+            "norms": counts.norms,
+            "bank": bank,
+            "local_bytes": local,
+            "total_bytes": sum(t.numel() * t.element_size() for t in state.values()),
+            "state": state,
+            "resumed": full_state(resumed),
+            "resumed_steps": [b["index"] for b in rec2.batches],
+        },
+        out / f"rank{tr.global_rank}.pt",
+    )
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["h_per_step1", "h_per_step2"])
@@ -139,8 +180,11 @@ def expected_bytes(tmp: Path, M: int) -> tuple[int, int, int]:
     souped = sum(E.shape[1] for E in soup.bank.values())
     bank = sum(pad(E) for E in soup.bank.values())
     assert soup.lowrank is None and soup.n == N and len(soup.bank) == 2 and N % W == 0
-    return (4 * (shared + router + M * souped + len(soup.bank) * 2 * M * N), 4 * (shared + router + bank),
-            4 * (shared + router + bank) // W)
+    return (
+        4 * (shared + router + M * souped + len(soup.bank) * 2 * M * N),
+        4 * (shared + router + bank),
+        4 * (shared + router + bank) // W,
+    )
 
 
 @pytest.mark.slow

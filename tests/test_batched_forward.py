@@ -12,8 +12,9 @@ from soe.core.soup import SoupConfig, SoupOfExperts
 
 K = 3  # domains
 TIED = ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, max_seq_len=16)
-UNTIED_GQA = ModelConfig(vocab_size=64, n_layer=1, n_head=4, n_kv_head=2, d_model=32, max_seq_len=16,
-                         tie_embeddings=False)
+UNTIED_GQA = ModelConfig(
+    vocab_size=64, n_layer=1, n_head=4, n_kv_head=2, d_model=32, max_seq_len=16, tie_embeddings=False
+)
 TOL = dict(rtol=1e-5, atol=1e-6)  # fp32: summation order differs (bmm vs mm), nothing else
 
 
@@ -23,17 +24,31 @@ def loop_forward(soup, idx, h, targets=None):
     M = h.shape[0]
     rows = {g: theta.unbind(0) for g, theta in soup.flat(h).items()}
     ys = targets.chunk(M) if targets is not None else [None] * M
-    outs = [functional_call(soup._template, soup._named({g: r[m] for g, r in rows.items()}),
-                            (x,) if y is None else (x, y), strict=True)
-            for m, (x, y) in enumerate(zip(idx.chunk(M), ys))]
+    outs = [
+        functional_call(
+            soup._template, soup._named({g: r[m] for g, r in rows.items()}), (x,) if y is None else (x, y), strict=True
+        )
+        for m, (x, y) in enumerate(zip(idx.chunk(M), ys))
+    ]
     if targets is None:
         return torch.cat(outs)
     return torch.cat([o[0] for o in outs]), torch.stack([o[1] for o in outs]).mean()
 
 
 def make_soup(net=TIED, rank=0, souped=("*",)):
-    return SoupOfExperts(net, K, SoupConfig(n_experts=4, router_hidden=8, router_depth=1, expert_init="normal",
-                                            expert_rank=rank, souped=list(souped), init_seed=5))
+    return SoupOfExperts(
+        net,
+        K,
+        SoupConfig(
+            n_experts=4,
+            router_hidden=8,
+            router_depth=1,
+            expert_init="normal",
+            expert_rank=rank,
+            souped=list(souped),
+            init_seed=5,
+        ),
+    )
 
 
 def data(M, net=TIED, per_group=2, T=9):
@@ -114,8 +129,8 @@ def test_stacked_parameters_run_each_group_by_its_own_model():
         for m in range(3):
             net = LlamaLM(UNTIED_GQA)
             net.load_state_dict({nm: t[m] for nm, t in stacked.items()})
-            lg, ls = net(x[2 * m:2 * m + 2], y[2 * m:2 * m + 2])
-            torch.testing.assert_close(logits[2 * m:2 * m + 2], lg, **TOL)
+            lg, ls = net(x[2 * m : 2 * m + 2], y[2 * m : 2 * m + 2])
+            torch.testing.assert_close(logits[2 * m : 2 * m + 2], lg, **TOL)
         with pytest.raises(ValueError, match="cannot be split into 3 equal groups"):
             functional_call(soup._template, stacked, (x[:4],), strict=True)
 
@@ -130,8 +145,9 @@ def test_seed_phase_and_params_paths_unchanged():
         lg, loss = soup(x, h=h, targets=y, experts=False)
         torch.testing.assert_close(lg, dense(x), rtol=0, atol=0)
         params = soup.instantiate(h[0])
-        torch.testing.assert_close(soup(x, targets=y, params=params)[1],
-                                   functional_call(soup._template, params, (x, y))[1], rtol=0, atol=0)
+        torch.testing.assert_close(
+            soup(x, targets=y, params=params)[1], functional_call(soup._template, params, (x, y))[1], rtol=0, atol=0
+        )
 
 
 @pytest.mark.slow
@@ -144,5 +160,6 @@ def test_compiled_batched_forward_matches_eager():
     _, loss_c, gr_c, _ = run(soup, lambda: compiled(x, h=h, targets=y), False)
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
     for nm in gr_e:
-        torch.testing.assert_close(gr_c[nm], gr_e[nm], rtol=1e-4, atol=1e-6 * max(gr_e[nm].abs().max().item(), 1.0),
-                                   msg=nm)
+        torch.testing.assert_close(
+            gr_c[nm], gr_e[nm], rtol=1e-4, atol=1e-6 * max(gr_e[nm].abs().max().item(), 1.0), msg=nm
+        )

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from specialize_helpers import strip_data_dir, text_env
 
 from soe.cli import main
 from soe.data.shards import load_meta, sha256_file
-from specialize_helpers import strip_data_dir, text_env
 
 pytest.importorskip("transformers")
 
@@ -30,8 +30,22 @@ def test_end_to_end(env, tmp_path, capsys):
     prepared, ckpt = env
     inhouse = prepared / "specialists" / "legalfood" / "inhouse.jsonl"
     w = tmp_path / "weights.json"
-    code, out, err = run(["estimate-weights", ckpt, "--data", prepared, "--texts", inhouse, "--out", w, "--refine",
-                          "--refine-steps", "10"], capsys)
+    code, out, err = run(
+        [
+            "estimate-weights",
+            ckpt,
+            "--data",
+            prepared,
+            "--texts",
+            inhouse,
+            "--out",
+            w,
+            "--refine",
+            "--refine-steps",
+            "10",
+        ],
+        capsys,
+    )
     assert code == 0, err
     weights = json.loads(w.read_text())
     assert list(weights) == ["cooking", "law", "space"] and max(weights, key=weights.get) == "law"
@@ -41,12 +55,36 @@ def test_end_to_end(env, tmp_path, capsys):
     code, out, err = run(["instantiate", ckpt, "--data", prepared, "--weights", w, "--out", spec], capsys)
     assert code == 0, err
     assert "instantiated Θ(h)" in out and " ms" in out
-    assert {p.name for p in spec.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json",
-                                                "tokenizer_config.json", "soe_specialist.json"}
+    assert {p.name for p in spec.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "soe_specialist.json",
+    }
 
     js, md = tmp_path / "eval.json", tmp_path / "eval.md"
-    code, out, err = run(["evaluate", "--specialist", spec, "--ckpt", ckpt, "--data", prepared, "--weights", "law",
-                          "--prior", "--json", js, "--md", md, "--windows", "32"], capsys)
+    code, out, err = run(
+        [
+            "evaluate",
+            "--specialist",
+            spec,
+            "--ckpt",
+            ckpt,
+            "--data",
+            prepared,
+            "--weights",
+            "law",
+            "--prior",
+            "--json",
+            js,
+            "--md",
+            md,
+            "--windows",
+            "32",
+        ],
+        capsys,
+    )
     assert code == 0, err
     rows = json.loads(js.read_text())
     assert {r["model"] for r in rows} == {"spec", "soup@law", "soup@prior"}
@@ -59,8 +97,23 @@ def test_end_to_end(env, tmp_path, capsys):
     assert code == 0, err
     assert out.count("The court") == 2 and "--- sample 2" in out
 
-    code, out, err = run(["generate", ckpt, "--data", prepared, "--weights", "space", "--temperature", "0",
-                          "--max-tokens", "5", "--prompt", "Orbit"], capsys)
+    code, out, err = run(
+        [
+            "generate",
+            ckpt,
+            "--data",
+            prepared,
+            "--weights",
+            "space",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "5",
+            "--prompt",
+            "Orbit",
+        ],
+        capsys,
+    )
     assert code == 0 and out.startswith("Orbit")
 
 
@@ -97,9 +150,26 @@ def other_tokenizer(prepared, tmp_path):
     return other
 
 
-@pytest.mark.parametrize("case", ["unknown_domain", "unknown_in_file", "negative", "nan", "all_zero", "empty_inhouse",
-                                  "unreadable_inhouse", "missing_inhouse", "other_tokenizer", "existing_out",
-                                  "missing_ckpt", "not_a_ckpt", "no_data", "refine_without_ckpt", "eval_nothing"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown_domain",
+        "unknown_in_file",
+        "negative",
+        "nan",
+        "all_zero",
+        "empty_inhouse",
+        "unreadable_inhouse",
+        "missing_inhouse",
+        "other_tokenizer",
+        "existing_out",
+        "missing_ckpt",
+        "not_a_ckpt",
+        "no_data",
+        "refine_without_ckpt",
+        "eval_nothing",
+    ],
+)
 def test_user_errors_exit_2_with_a_clear_message(env, tmp_path, capsys, case):
     prepared, ckpt = env
     out = tmp_path / "out"
@@ -118,16 +188,24 @@ def test_user_errors_exit_2_with_a_clear_message(env, tmp_path, capsys, case):
         "empty_inhouse": (est + [tmp_path / "empty.jsonl"], "no non-empty texts"),
         "unreadable_inhouse": (est + [tmp_path / "bad.jsonl"], "not UTF-8"),
         "missing_inhouse": (est + [tmp_path / "missing.jsonl"], "not found"),
-        "other_tokenizer": (["instantiate", ckpt, "--data", other_tokenizer(prepared, tmp_path), "--out", out,
-                             "--weights", "law"], "another tokenizer"),
+        "other_tokenizer": (
+            ["instantiate", ckpt, "--data", other_tokenizer(prepared, tmp_path), "--out", out, "--weights", "law"],
+            "another tokenizer",
+        ),
         "existing_out": (inst + ["law"], "already exists"),
-        "missing_ckpt": (["instantiate", tmp_path / "nope.ckpt", "--data", prepared, "--out", out, "--weights", "law"],
-                         "not found"),
-        "not_a_ckpt": (["instantiate", tmp_path / "junk.ckpt", "--data", prepared, "--out", out, "--weights", "law"],
-                       "not a readable checkpoint"),
+        "missing_ckpt": (
+            ["instantiate", tmp_path / "nope.ckpt", "--data", prepared, "--out", out, "--weights", "law"],
+            "not found",
+        ),
+        "not_a_ckpt": (
+            ["instantiate", tmp_path / "junk.ckpt", "--data", prepared, "--out", out, "--weights", "law"],
+            "not a readable checkpoint",
+        ),
         "no_data": (["instantiate", tmp_path / "old.ckpt", "--out", out, "--weights", "law"], "--data"),
-        "refine_without_ckpt": (["estimate-weights", prepared, "--texts", tmp_path / "empty.jsonl", "--refine"],
-                                "--refine needs a checkpoint"),
+        "refine_without_ckpt": (
+            ["estimate-weights", prepared, "--texts", tmp_path / "empty.jsonl", "--refine"],
+            "--refine needs a checkpoint",
+        ),
         "eval_nothing": (["evaluate", "--data", prepared], "nothing to evaluate"),
     }[case]
     if case == "no_data":  # a checkpoint that does not record its data directory
@@ -148,8 +226,21 @@ def test_user_errors_exit_2_with_a_clear_message(env, tmp_path, capsys, case):
 
 
 def test_module_entry_point_exits_nonzero_without_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "soe", "instantiate", str(tmp_path / "nope.ckpt"), "--weights", "law",
-                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "soe",
+            "instantiate",
+            str(tmp_path / "nope.ckpt"),
+            "--weights",
+            "law",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "soe: error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", "soe", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "estimate-weights" in r.stdout and "instantiate" in r.stdout
@@ -159,8 +250,9 @@ def test_checkpoint_from_a_url_is_downloaded_once_into_the_hub_cache(env, tmp_pa
     prepared, ckpt = env
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     out = tmp_path / "spec"
-    code, stdout, err = run(["instantiate", ckpt.as_uri(), "--data", prepared, "--weights", "law", "--out", out,
-                             "--format", "soe"], capsys)
+    code, stdout, err = run(
+        ["instantiate", ckpt.as_uri(), "--data", prepared, "--weights", "law", "--out", out, "--format", "soe"], capsys
+    )
     assert code == 0, err
     cached = list((tmp_path / "torch_home" / "hub" / "checkpoints").iterdir())
     assert len(cached) == 1 and cached[0].name.endswith("-last.ckpt") and cached[0].read_bytes() == ckpt.read_bytes()

@@ -21,10 +21,21 @@ def test_fixture_end_to_end(tmp_path, monkeypatch, capsys):
     data = tmp_path / "fixture"
     assert prepare(["--config", "data_prep/configs/fixture.yaml", "--out", str(data)]) == 0
     vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
-    train(["fit", "--config", "configs/tiny.yaml", f"--data.data_dir={data}", f"--model.net.vocab_size={vocab}",
-           "--trainer.max_steps=10", "--trainer.val_check_interval=10", "--trainer.enable_progress_bar=false",
-           f"--trainer.logger.init_args.save_dir={tmp_path}/runs", f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck",
-           "--trainer.callbacks.init_args.every_n_train_steps=10"])
+    train(
+        [
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            f"--data.data_dir={data}",
+            f"--model.net.vocab_size={vocab}",
+            "--trainer.max_steps=10",
+            "--trainer.val_check_interval=10",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
+            f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck",
+            "--trainer.callbacks.init_args.every_n_train_steps=10",
+        ]
+    )
     ckpt = tmp_path / "ck" / "last.ckpt"
     capsys.readouterr()
 
@@ -34,8 +45,25 @@ def test_fixture_end_to_end(tmp_path, monkeypatch, capsys):
     weights = json.loads(w.read_text())
     assert max(weights, key=weights.get) == "math", weights  # metamath proofs look like the math domain
     assert soe_main(["instantiate", str(ckpt), "--data", str(data), "--weights", str(w), "--out", str(spec)]) == 0
-    assert soe_main(["evaluate", "--specialist", str(spec), "--ckpt", str(ckpt), "--data", str(data), "--prior",
-                     "--windows", "16", "--json", str(tmp_path / "eval.json")]) == 0
+    assert (
+        soe_main(
+            [
+                "evaluate",
+                "--specialist",
+                str(spec),
+                "--ckpt",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--prior",
+                "--windows",
+                "16",
+                "--json",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "eval.json").read_text())
     assert {"austen", "go", "metamath", "math"} <= {r["set"] for r in rows}
     assert all(r["bits_per_byte"] is not None and r["bits_per_byte"] > 0 for r in rows)
@@ -52,5 +80,6 @@ def test_fixture_end_to_end(tmp_path, monkeypatch, capsys):
     ids = tok(text)["input_ids"]
     assert tok.decode(ids) == text
     with torch.no_grad():
-        torch.testing.assert_close(hf(input_ids=torch.tensor([ids])).logits, ours.model(torch.tensor([ids])),
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            hf(input_ids=torch.tensor([ids])).logits, ours.model(torch.tensor([ids])), rtol=1e-4, atol=1e-4
+        )

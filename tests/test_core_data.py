@@ -23,8 +23,9 @@ def test_batches_are_a_function_of_seed_and_index(prepared):
 
 
 def test_fixed_prior_and_validation_windows(prepared):
-    dm = SoupDataModule(str(prepared), seq_len=16, batch_size=4, mixture=MixtureConfig(fixed_h="prior"),
-                        val_windows=6, val_batch_size=4)
+    dm = SoupDataModule(
+        str(prepared), seq_len=16, batch_size=4, mixture=MixtureConfig(fixed_h="prior"), val_windows=6, val_batch_size=4
+    )
     dm.setup()
     assert np.allclose(dm.train_batch(0)["h"].numpy(), dm.prior)
     loaders = dm.val_dataloader()
@@ -88,8 +89,9 @@ def test_dtype_rules():
 def test_several_h_per_step(prepared):
     """h_per_step = M: M independent h per batch, group m of the batch drawn from mix(h_m) only."""
     one = SoupDataModule(str(prepared), seq_len=16, batch_size=6, seed=3, mixture=MixtureConfig(support_size=1))
-    dm = SoupDataModule(str(prepared), seq_len=16, batch_size=6, seed=3, mixture=MixtureConfig(support_size=1),
-                        h_per_step=3)
+    dm = SoupDataModule(
+        str(prepared), seq_len=16, batch_size=6, seed=3, mixture=MixtureConfig(support_size=1), h_per_step=3
+    )
     one.setup(), dm.setup()
     b = dm.train_batch(7)
     assert b["h"].shape == (3, 3) and b["tokens"].shape == (6, 17) and torch.equal(b["h"][0], one.train_batch(7)["h"])
@@ -103,11 +105,17 @@ def test_several_h_per_step(prepared):
 
     for m in range(3):  # one-hot h (support 1): every sequence of group m comes from domain argmax(h_m)
         d = int(b["h"][m].argmax())
-        assert all(occurs(row.numpy(), shards[d]) for row in b["tokens"][2 * m:2 * m + 2])
+        assert all(occurs(row.numpy(), shards[d]) for row in b["tokens"][2 * m : 2 * m + 2])
 
 
-@pytest.mark.parametrize("kw,msg", [({"batch_size": 0}, "data.batch_size=0"), ({"rank_h": "each"}, "rank_h"),
-                                    ({"batch_size": 4, "h_per_step": 3}, "h_per_step=3 must be positive and divide")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"batch_size": 0}, "data.batch_size=0"),
+        ({"rank_h": "each"}, "rank_h"),
+        ({"batch_size": 4, "h_per_step": 3}, "h_per_step=3 must be positive and divide"),
+    ],
+)
 def test_bad_data_args(prepared, kw, msg):
     with pytest.raises(ValueError, match=msg):
         SoupDataModule(str(prepared), **kw)

@@ -73,9 +73,16 @@ def test_same_generator_same_batch():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("kw,msg", [({"support_size": -1}, "support_size"), ({"concentration": 0}, "concentration"),
-                                    ({"domain_sampling": "zipf"}, "domain_sampling"), ({"fixed_h": "natural"}, "fixed_h"),
-                                    ({"full_support_prob": 2.0}, "full_support_prob")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"support_size": -1}, "support_size"),
+        ({"concentration": 0}, "concentration"),
+        ({"domain_sampling": "zipf"}, "domain_sampling"),
+        ({"fixed_h": "natural"}, "fixed_h"),
+        ({"full_support_prob": 2.0}, "full_support_prob"),
+    ],
+)
 def test_bad_mixture_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
         MixtureConfig(**kw)
@@ -98,6 +105,8 @@ def test_fixed_h_with_many_rounded_weights_samples():
     h = [0.135736, 0.0106845, 0.0, 0.0, 0.0125933, 0.559414, 0.132015, 0.138137, 0.0114207]
     pi = MetaDistribution(MixtureConfig(fixed_h=h), 9, np.full(9, 1 / 9))
     arrays = [np.arange(100, dtype=np.int64) + 100 * i for i in range(9)]
-    tokens, domains = MixtureSampler(arrays, 8).sample(pi.sample(np.random.default_rng(0)), 64, np.random.default_rng(1))
+    tokens, domains = MixtureSampler(arrays, 8).sample(
+        pi.sample(np.random.default_rng(0)), 64, np.random.default_rng(1)
+    )
     assert tokens.shape == (64, 9) and set(domains.tolist()) <= {0, 1, 4, 5, 6, 7, 8}
     assert abs(pi.sample(np.random.default_rng(0)).sum() - 1) < 1e-12  # π's fixed h is normalised in float64 itself

@@ -18,7 +18,9 @@ def reference_forward(sd: dict, cfg: ModelConfig, idx: torch.Tensor) -> torch.Te
 
     def rope(x):  # x: (B, h, T, hd); pairs (i, i + hd/2) rotate by angle pos·θ^(-2i/hd)
         half = hd // 2
-        ang = torch.arange(T, dtype=torch.float64)[:, None] * cfg.rope_theta ** (-torch.arange(half, dtype=torch.float64) * 2 / hd)
+        ang = torch.arange(T, dtype=torch.float64)[:, None] * cfg.rope_theta ** (
+            -torch.arange(half, dtype=torch.float64) * 2 / hd
+        )
         c, s = torch.cos(ang).to(x.dtype), torch.sin(ang).to(x.dtype)
         a, b = x[..., :half], x[..., half:]
         return torch.cat([a * c - b * s, a * s + b * c], dim=-1)
@@ -61,15 +63,32 @@ def test_matches_independent_reference(tie, kv):
 
 def test_matches_hugging_face_llama():
     transformers = pytest.importorskip("transformers")
-    cfg = ModelConfig(vocab_size=101, n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=32,
-                      tie_embeddings=False, rope_theta=500.0)
+    cfg = ModelConfig(
+        vocab_size=101,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        d_model=32,
+        max_seq_len=32,
+        tie_embeddings=False,
+        rope_theta=500.0,
+    )
     net = LlamaLM(cfg)
     net.reset_parameters(torch.Generator().manual_seed(0))
     hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ff_dim,
-        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads,
-        max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-        tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False)
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.ff_dim,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+    )
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
     missing, unexpected = hf.load_state_dict(net.state_dict(), strict=False)
     assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
@@ -86,8 +105,10 @@ def test_param_count_and_flops():
     assert tied.flops_per_token() > 6 * tied.num_params(non_embedding=True)
 
 
-@pytest.mark.parametrize("kw,msg", [({"d_model": 30, "n_head": 4}, "divisible"), ({"n_kv_head": 3}, "n_kv_head"),
-                                    ({"vocab_size": 0}, "vocab_size")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [({"d_model": 30, "n_head": 4}, "divisible"), ({"n_kv_head": 3}, "n_kv_head"), ({"vocab_size": 0}, "vocab_size")],
+)
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
         ModelConfig(**kw)

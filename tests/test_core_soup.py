@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from numerics import directional_derivative
+
 from soe.core.model import LlamaLM, ModelConfig
 from soe.core.soup import SoupConfig, SoupOfExperts
 from soe.core.weights import check_h
@@ -37,10 +37,10 @@ def test_instantiate_equals_explicit_sum():
         off = 0
         for name, shape in soup.layout[g]:
             n = shape.numel()
-            t = soup.shared[g][off:off + n].view(shape).clone()
+            t = soup.shared[g][off : off + n].view(shape).clone()
             if off < soup.n_souped[g]:
                 for j in range(soup.n):
-                    t += alpha[j] * soup.bank[g][j, off:off + n].view(shape)
+                    t += alpha[j] * soup.bank[g][j, off : off + n].view(shape)
             base[name] = t
             off += n
     assert params.keys() == base.keys() == dict(LlamaLM(CFG).named_parameters()).keys()
@@ -66,16 +66,32 @@ def test_specialist_matches_soup_forward():
 
 @pytest.mark.parametrize("output", ["none", "softmax", "scaled"])
 def test_gradients_match_finite_differences(output):
-    soup = SoupOfExperts(CFG, 3, SoupConfig(n_experts=2, expert_init="normal", router_hidden=4, router_depth=1,
-                                            router_output=output, souped=["*proj*", "*norm*"])).double()
+    soup = SoupOfExperts(
+        CFG,
+        3,
+        SoupConfig(
+            n_experts=2,
+            expert_init="normal",
+            router_hidden=4,
+            router_depth=1,
+            router_output=output,
+            souped=["*proj*", "*norm*"],
+        ),
+    ).double()
     h = torch.tensor([0.6, 0.1, 0.3], dtype=torch.float64)
     x, y = idx_and_targets(2)
     loss = soup(x, h=h, targets=y)[1]
     params = dict(soup.named_parameters())
     grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
     gen = torch.Generator().manual_seed(0)
-    for name in ("shared.decay", "shared.no_decay", "bank.decay", "bank.no_decay", "router.net.0.weight",
-                 "router.net.2.bias"):
+    for name in (
+        "shared.decay",
+        "shared.no_decay",
+        "bank.decay",
+        "bank.no_decay",
+        "router.net.0.weight",
+        "router.net.2.bias",
+    ):
         p = params[name]
         for _ in range(2):  # directional derivative along random directions
             v = torch.randn(p.shape, generator=gen, dtype=torch.float64)
@@ -95,8 +111,15 @@ def test_bank_gradient_is_rank_one():
     torch.testing.assert_close(gE, torch.outer(alpha, gS), rtol=1e-5, atol=1e-8)  # ∂E_j = α_j ∂S
 
 
-@pytest.mark.parametrize("h,msg", [([0.5, 0.5], r"shape \(2,\); expected \(3,\)"), ([0.5, float("nan"), 0.5], "NaN"),
-                                   ([1.0, -0.5, 0.5], "negative"), ([0.0, 0.0, 0.0], "positive total")])
+@pytest.mark.parametrize(
+    "h,msg",
+    [
+        ([0.5, 0.5], r"shape \(2,\); expected \(3,\)"),
+        ([0.5, float("nan"), 0.5], "NaN"),
+        ([1.0, -0.5, 0.5], "negative"),
+        ([0.0, 0.0, 0.0], "positive total"),
+    ],
+)
 def test_bad_h(h, msg):
     with pytest.raises(ValueError, match=msg):
         check_h(h, 3)
@@ -109,8 +132,15 @@ def test_check_h_normalises():
     torch.testing.assert_close(check_h([1.0, 3.0], 2), torch.tensor([0.25, 0.75]))
 
 
-@pytest.mark.parametrize("kw,msg", [({"router_output": "relu"}, "router_output"), ({"n_experts": -1}, "n_experts"),
-                                    ({"expert_init": "ones"}, "expert_init"), ({"souped": ["*nothing*"]}, "matches no")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"router_output": "relu"}, "router_output"),
+        ({"n_experts": -1}, "n_experts"),
+        ({"expert_init": "ones"}, "expert_init"),
+        ({"souped": ["*nothing*"]}, "matches no"),
+    ],
+)
 def test_bad_soup_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
         SoupOfExperts(CFG, 3, SoupConfig(**kw))
@@ -131,7 +161,7 @@ def test_several_h_per_step_equal_gradient_accumulation(rank):
     accum = SoupOfExperts(CFG, 3, cfg)
     ref_loss, ref_logits = 0.0, []
     for m in range(3):
-        lg, lm = accum(x[2 * m:2 * m + 2], h=H[m], targets=y[2 * m:2 * m + 2])
+        lg, lm = accum(x[2 * m : 2 * m + 2], h=H[m], targets=y[2 * m : 2 * m + 2])
         (lm / 3).backward()
         ref_loss, ref_logits = ref_loss + lm.item() / 3, ref_logits + [lg]
     assert torch.allclose(loss, torch.tensor(ref_loss), atol=1e-6)
@@ -140,6 +170,8 @@ def test_several_h_per_step_equal_gradient_accumulation(rank):
     for name, p in batched.named_parameters():
         assert torch.allclose(p.grad, grads[name].grad, atol=1e-6, rtol=1e-4), name
     *_, alpha = batched(x, h=H, targets=y, return_alpha=True)  # α of the step, returned (no attribute left behind)
-    assert alpha.shape == (3, 3) and torch.allclose(alpha, batched.coefficients(H)) and not hasattr(batched, "last_alpha")
+    assert (
+        alpha.shape == (3, 3) and torch.allclose(alpha, batched.coefficients(H)) and not hasattr(batched, "last_alpha")
+    )
     with pytest.raises(ValueError, match="cannot be split into 3 equal groups"):
         batched(x[:4], h=H, targets=y[:4])

@@ -8,12 +8,12 @@ import pytest
 import torch
 import yaml
 
-from soe.train.cli import main as train_main
-from soe.data.datamodule import SoupDataModule
 from soe.core.model import ModelConfig
+from soe.core.soup import SoupConfig
+from soe.data.datamodule import SoupDataModule
+from soe.train.cli import main as train_main
 from soe.train.module import SoupModule
 from soe.train.optim import OptimConfig
-from soe.core.soup import SoupConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NET = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=32)
@@ -31,18 +31,35 @@ class RecordLoss(L.Callback):
 
 
 def make(prepared, n_experts=2, seed=0, h_per_step=1, bank_update="dense"):
-    dm = SoupDataModule(str(prepared), seq_len=32, batch_size=8, seed=seed, val_windows=4, val_batch_size=4,
-                        h_per_step=h_per_step)
-    model = SoupModule(net=NET, soup=SoupConfig(n_experts=n_experts, router_hidden=8, router_depth=1),
-                       optim=OptimConfig(lr=1e-2, warmup_steps=2, bank_update=bank_update), n_domains=dm.num_domains,
-                       domain_names=dm.domain_names, prior=dm.prior, tokenizer_sha256=dm.tokenizer_sha256)
+    dm = SoupDataModule(
+        str(prepared), seq_len=32, batch_size=8, seed=seed, val_windows=4, val_batch_size=4, h_per_step=h_per_step
+    )
+    model = SoupModule(
+        net=NET,
+        soup=SoupConfig(n_experts=n_experts, router_hidden=8, router_depth=1),
+        optim=OptimConfig(lr=1e-2, warmup_steps=2, bank_update=bank_update),
+        n_domains=dm.num_domains,
+        domain_names=dm.domain_names,
+        prior=dm.prior,
+        tokenizer_sha256=dm.tokenizer_sha256,
+    )
     return dm, model
 
 
 def trainer(tmp_path, max_steps, callbacks, **kw):
-    return L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, val_check_interval=5, check_val_every_n_epoch=None,
-                     num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=tmp_path, **kw)
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=5,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("n_experts,h_per_step", [(0, 1), (2, 1), (2, 4)])
@@ -63,7 +80,9 @@ def test_resume_is_exact(prepared, tmp_path, h_per_step, bank_update):
     trainer(tmp_path / "a", 12, [full], enable_checkpointing=False).fit(*make(prepared, **kw)[::-1])
 
     L.seed_everything(0)
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=3, save_last=True, save_top_k=0)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ck", every_n_train_steps=3, save_last=True, save_top_k=0
+    )
     part = RecordLoss(stop_at=6)
     trainer(tmp_path / "b", 12, [part, ckpt]).fit(*make(prepared, **kw)[::-1])
     assert max(part.losses) == 6
@@ -108,10 +127,19 @@ def test_checkpoint_loads_weights_only(prepared, tmp_path):
 
 
 def test_cli_trains_logs_and_resumes(prepared, tmp_path):
-    args = ["fit", "--config", str(ROOT / "configs/tiny.yaml"), f"--data.data_dir={prepared}",
-            "--model.net.vocab_size=64", "--trainer.max_steps=7", "--trainer.val_check_interval=3",
-            "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
-            f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck", "--trainer.callbacks.init_args.every_n_train_steps=3"]
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs/tiny.yaml"),
+        f"--data.data_dir={prepared}",
+        "--model.net.vocab_size=64",
+        "--trainer.max_steps=7",
+        "--trainer.val_check_interval=3",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck",
+        "--trainer.callbacks.init_args.every_n_train_steps=3",
+    ]
     meta = json.loads((prepared / "meta.json").read_text())  # data built from a locked corpus
     (prepared / "meta.json").write_text(json.dumps({**meta, "corpus_lock": {"id": "0123456789ab", "packages": []}}))
     cli = train_main(args)
@@ -121,11 +149,19 @@ def test_cli_trains_logs_and_resumes(prepared, tmp_path):
     events = list((tmp_path / "runs").rglob("events.out.tfevents*"))
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ("loss/train", "loss/val/dom0", "loss/val_prior/dom2", "loss/val_prior/mixture", "lr/shared",
-                "throughput/tokens_per_s", "alpha/norm"):
+    for tag in (
+        "loss/train",
+        "loss/val/dom0",
+        "loss/val_prior/dom2",
+        "loss/val_prior/mixture",
+        "lr/shared",
+        "throughput/tokens_per_s",
+        "alpha/norm",
+    ):
         assert tag in tags, (tag, tags)
     cli = train_main([a.replace("max_steps=7", "max_steps=9") for a in args] + ["--ckpt_path=last"])
     assert cli.trainer.global_step == 9
@@ -133,8 +169,15 @@ def test_cli_trains_logs_and_resumes(prepared, tmp_path):
 
 def test_cli_rejects_unknown_keys(prepared, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train_main(["fit", "--config", str(ROOT / "configs/tiny.yaml"), f"--data.data_dir={prepared}",
-                  "--model.net.n_layers=3"])
+        train_main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/tiny.yaml"),
+                f"--data.data_dir={prepared}",
+                "--model.net.n_layers=3",
+            ]
+        )
     assert "n_layers" in capsys.readouterr().err
 
 

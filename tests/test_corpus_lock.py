@@ -27,7 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def rec(name, version, sha="a", kind="deb", file=None):
-    return {"name": name, "kind": kind, "version": version, "sha256": sha * 64, "file": file or f"{name}_{version}_all.deb"}
+    return {
+        "name": name,
+        "kind": kind,
+        "version": version,
+        "sha256": sha * 64,
+        "file": file or f"{name}_{version}_all.deb",
+    }
 
 
 def test_lock_id_is_deterministic_and_order_independent():
@@ -71,8 +77,9 @@ class FakeArchive:
             (Path(cwd) / f"{name}_{quote(version, safe='')}_all.deb").write_text(content)
             return ok()
         if cmd[:2] == ["apt-cache", "policy"]:
-            return ok(f"{cmd[2]}:\n  Installed: (none)\n  Candidate: {self.debs[cmd[2]][0]}\n" if cmd[2] in self.debs
-                      else "")  # apt-cache prints nothing for a package it does not know
+            return ok(
+                f"{cmd[2]}:\n  Installed: (none)\n  Candidate: {self.debs[cmd[2]][0]}\n" if cmd[2] in self.debs else ""
+            )  # apt-cache prints nothing for a package it does not know
         if cmd[0] == "dpkg-deb":
             dest = Path(cmd[3]) / "usr/share/toy"
             dest.mkdir(parents=True)
@@ -130,8 +137,9 @@ def test_build_records_versions_and_a_locked_rebuild_asks_for_them(tmp_path, arc
     assert not list((tmp_path / "c2").glob("*.jsonl"))
 
     # with --allow-changed it goes on with the available version and records it (and the change)
-    new = boc.build(tmp_path / "c2", tmp_path / "cache2", None, 4096, False, lock=tmp_path / "l.json",
-                    allow_changed=True)
+    new = boc.build(
+        tmp_path / "c2", tmp_path / "cache2", None, 4096, False, lock=tmp_path / "l.json", allow_changed=True
+    )
     assert {p["name"]: p["version"] for p in new["packages"]}["toy-doc"] == "1.0-2" and new["id"] != lock["id"]
     assert new["requested_lock"] == lock["id"]
     assert [(c["name"], c["locked"], c["available"]) for c in new["changed"]] == [("toy-doc", "1.0-1", "1.0-2")]
@@ -176,20 +184,24 @@ def test_no_package_lists_is_not_reported_as_a_version_change(tmp_path, archive)
     (tmp_path / "l.json").write_text(json.dumps(lock))
     archive.debs.clear()
     with pytest.raises(boc.MissingError) as e:
-        boc.build(tmp_path / "c2", tmp_path / "cache2", None, 4096, False, lock=tmp_path / "l.json",
-                  allow_changed=True)
+        boc.build(tmp_path / "c2", tmp_path / "cache2", None, 4096, False, lock=tmp_path / "l.json", allow_changed=True)
     assert "apt-get update" in str(e.value) and "['toy-doc']" in str(e.value) and "lock" not in str(e.value)
 
 
 def test_prepare_records_the_lock_in_meta_and_a_new_lock_reruns_ingest(tmp_path, archive, capsys):
     beta = tmp_path / "beta.jsonl"
     beta.write_text("".join(json.dumps({"text": f"beta text {i} " + f"b{i % 5} " * 12}) + "\n" for i in range(30)))
-    cfg = {"out": str(tmp_path / "prep"), "offline_corpus": {"out": str(tmp_path / "corpus"),
-                                                             "cache": str(tmp_path / "cache")},
-           "sources": [{"name": "toy", "path": str(tmp_path / "corpus/toy.jsonl"), "domain": "alpha"},
-                       {"name": "b", "path": str(beta), "domain": "beta"}],
-           "tokenizer": {"vocab_size": 300}, "domains": {"embedder": {"kind": "tfidf", "svd_dim": 4}},
-           "shards": {"val_every": 3}}
+    cfg = {
+        "out": str(tmp_path / "prep"),
+        "offline_corpus": {"out": str(tmp_path / "corpus"), "cache": str(tmp_path / "cache")},
+        "sources": [
+            {"name": "toy", "path": str(tmp_path / "corpus/toy.jsonl"), "domain": "alpha"},
+            {"name": "b", "path": str(beta), "domain": "beta"},
+        ],
+        "tokenizer": {"vocab_size": 300},
+        "domains": {"embedder": {"kind": "tfidf", "svd_dim": 4}},
+        "shards": {"val_every": 3},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert prepare_main(["--config", str(tmp_path / "c.yaml")]) == 0
     meta = load_meta(tmp_path / "prep")
@@ -202,8 +214,12 @@ def test_prepare_records_the_lock_in_meta_and_a_new_lock_reruns_ingest(tmp_path,
     archive.debs["toy-doc"] = ("1.0-2", "deb two")
     shutil.rmtree(tmp_path / "cache/_debs")
     capsys.readouterr()
-    assert prepare_main(["--config", str(tmp_path / "c.yaml"), "--lock", str(tmp_path / "l.json"),
-                         "--allow-changed", "--overwrite"]) == 0  # another lock: another config, replaced
+    assert (
+        prepare_main(
+            ["--config", str(tmp_path / "c.yaml"), "--lock", str(tmp_path / "l.json"), "--allow-changed", "--overwrite"]
+        )
+        == 0
+    )  # another lock: another config, replaced
     out, err = capsys.readouterr()
     assert "CHANGED toy-doc: locked 1.0-1 -> available 1.0-2" in err
     assert "[1/4] ingest\n" in out and "ingest: complete, skipped" not in out
@@ -223,17 +239,25 @@ def test_fixture_has_no_lock_and_old_meta_loads(tmp_path, fixture_prepared):
 
 def test_demo_prints_the_lock_and_names_what_moved(tmp_path, fixture_prepared):
     import demo
-    assert demo.lock_lines(str(fixture_prepared)) == ["corpus lock: none (no packages: a committed fixture or local files)"]
+
+    assert demo.lock_lines(str(fixture_prepared)) == [
+        "corpus lock: none (no packages: a committed fixture or local files)"
+    ]
     ref = L.read_lock(REPO / demo.DEMO_LOCK)
     meta = load_meta(fixture_prepared)
     meta.corpus_lock = {**ref, "lock_file": "data/offline_corpus/corpus.lock.json"}
     meta.save(tmp_path)
     lines = demo.lock_lines(str(tmp_path))
-    assert lines[0] == f"corpus lock {ref['id']}: {len(ref['packages'])} packages (data/offline_corpus/corpus.lock.json)"
+    assert (
+        lines[0] == f"corpus lock {ref['id']}: {len(ref['packages'])} packages (data/offline_corpus/corpus.lock.json)"
+    )
     assert "the committed demo corpus" in lines[1]
     moved = [dict(p) for p in ref["packages"]]
     moved[0]["version"] += "+deb12u9"
     meta.corpus_lock = L.make_lock(moved)
     meta.save(tmp_path)
     warning = demo.lock_lines(str(tmp_path))[-1]
-    assert "WARNING" in warning and f"{moved[0]['name']} {ref['packages'][0]['version']} -> {moved[0]['version']}" in warning
+    assert (
+        "WARNING" in warning
+        and f"{moved[0]['name']} {ref['packages'][0]['version']} -> {moved[0]['version']}" in warning
+    )

@@ -14,8 +14,8 @@ from tokenizers import Tokenizer
 from data_prep import config as C
 from data_prep.prepare import run
 from data_prep.text import Deduper, pack
-from soe.data.text import chunk_text
 from soe.data.shards import check_tokenizer, load_meta, open_shard
+from soe.data.text import chunk_text
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_CFG = REPO / "data_prep" / "configs" / "fixture.yaml"
@@ -85,6 +85,7 @@ def test_specialists_and_centroids(fixture_run):
     assert not austen & pre, "held-out text must not reach the pretraining shards"
     # centroids + embedder rebuilt from meta.json: most val documents land on their own domain
     from soe.data.embed import build_embedder, nearest_centroid
+
     src = meta.domain_source
     assert src["method"] == "labels" and src["k"] == len(meta.domains) and src["chunk_chars"] == 2000
     cents = np.load(out / src["centroids_file"], allow_pickle=False)
@@ -99,6 +100,7 @@ def test_specialists_and_centroids(fixture_run):
 
 def test_hf_tokenizer_loads(fixture_run):
     from transformers import PreTrainedTokenizerFast
+
     out, meta, _ = fixture_run
     hf = PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
     text = "def f(x):\n    return x  # café ünïcode"
@@ -127,10 +129,14 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def tiny_config(tmp_path: Path, sources: list[dict], **sections) -> C.PrepareConfig:
-    raw = {"out": str(tmp_path / "out"), "sources": sources,
-           "tokenizer": {"vocab_size": 300, "sample_chunks_per_group": 200},
-           "domains": {"embedder": {"kind": "tfidf", "svd_dim": 8}, "centroid_sample": 16},
-           "shards": {"val_every": 3}, "specialists": {"inhouse_docs": 2, "eval_docs": 2}}
+    raw = {
+        "out": str(tmp_path / "out"),
+        "sources": sources,
+        "tokenizer": {"vocab_size": 300, "sample_chunks_per_group": 200},
+        "domains": {"embedder": {"kind": "tfidf", "svd_dim": 8}, "centroid_sample": 16},
+        "shards": {"val_every": 3},
+        "specialists": {"inhouse_docs": 2, "eval_docs": 2},
+    }
     for k, v in sections.items():
         raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
     return C.from_dict(raw)
@@ -142,6 +148,7 @@ def test_eos_literal_and_local_formats(tmp_path):
 
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     docs = [f"line {i} with <|endoftext|> inside and ünïcode {i * 7}" for i in range(12)]
     write_jsonl(tmp_path / "a.jsonl", [{"body": d} for d in docs])
     with gzip.open(tmp_path / "b.jsonl.gz", "wt", encoding="utf-8") as f:
@@ -150,11 +157,15 @@ def test_eos_literal_and_local_formats(tmp_path):
         (tmp_path / "txt").mkdir(exist_ok=True)
         (tmp_path / "txt" / f"{i}.txt").write_text(f"plain file {i}\n" * 5)
     pq.write_table(pa.table({"text": [f"parquet row {i} " * 9 for i in range(6)]}), tmp_path / "c.parquet")
-    cfg = tiny_config(tmp_path, [
-        {"name": "a", "path": str(tmp_path / "a.jsonl"), "text_field": "body", "domain": "one"},
-        {"name": "b", "path": str(tmp_path / "b.jsonl.gz"), "domain": "two"},
-        {"name": "c", "path": str(tmp_path / "txt" / "*.txt"), "domain": "two"},
-        {"name": "d", "path": str(tmp_path / "c.parquet"), "domain": "three"}])
+    cfg = tiny_config(
+        tmp_path,
+        [
+            {"name": "a", "path": str(tmp_path / "a.jsonl"), "text_field": "body", "domain": "one"},
+            {"name": "b", "path": str(tmp_path / "b.jsonl.gz"), "domain": "two"},
+            {"name": "c", "path": str(tmp_path / "txt" / "*.txt"), "domain": "two"},
+            {"name": "d", "path": str(tmp_path / "c.parquet"), "domain": "three"},
+        ],
+    )
     meta = run(cfg, log=lambda *_: None)
     out = Path(cfg.out)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
@@ -167,21 +178,39 @@ def test_hub_path_with_local_dataset(tmp_path, monkeypatch):
     """`hub:` goes through datasets.load_dataset(name, streaming=True); a local dataset repo folder
     stands in for the hub, with the hub switched off so nothing can reach the network."""
     import datasets
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     repo = tmp_path / "my_dataset"
     (repo / "data").mkdir(parents=True)
-    rows = {"content": [f"{'alpha' if i % 2 else 'omega'} record {i} " * 10 for i in range(40)],
-            "topic": ["alpha" if i % 2 else "omega" for i in range(40)]}
+    rows = {
+        "content": [f"{'alpha' if i % 2 else 'omega'} record {i} " * 10 for i in range(40)],
+        "topic": ["alpha" if i % 2 else "omega" for i in range(40)],
+    }
     datasets.Dataset.from_dict(rows).to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
-    cfg = tiny_config(tmp_path, [{"name": "hubsrc", "hub": str(repo), "split": "train", "streaming": True,
-                                  "text_field": "content", "domain_field": "topic"}])
+    cfg = tiny_config(
+        tmp_path,
+        [
+            {
+                "name": "hubsrc",
+                "hub": str(repo),
+                "split": "train",
+                "streaming": True,
+                "text_field": "content",
+                "domain_field": "topic",
+            }
+        ],
+    )
     meta = run(cfg, log=lambda *_: None)
     assert meta.domains == ["alpha", "omega"]
     assert sum(meta.documents["alpha"].values()) == 20
     tok = Tokenizer.from_file(str(Path(cfg.out) / "tokenizer.json"))
-    got = decode_docs(Path(cfg.out), meta, "omega", "train", tok) + decode_docs(Path(cfg.out), meta, "omega", "val", tok)
-    assert sorted(got) == sorted(t.strip() for t, d in zip(rows["content"], rows["topic"]) if d == "omega")  # chunks are stripped
+    got = decode_docs(Path(cfg.out), meta, "omega", "train", tok) + decode_docs(
+        Path(cfg.out), meta, "omega", "val", tok
+    )
+    assert sorted(got) == sorted(
+        t.strip() for t, d in zip(rows["content"], rows["topic"]) if d == "omega"
+    )  # chunks are stripped
 
 
 def planted_mixture(tmp_path: Path, k: int = 4, n: int = 60, seed: int = 0) -> list[dict]:
@@ -191,8 +220,11 @@ def planted_mixture(tmp_path: Path, k: int = 4, n: int = 60, seed: int = 0) -> l
     own = [[f"w{j}x{i}" for i in range(40)] for j in range(k)]
     group = [[f"g{j}y{i}" for i in range(40)] for j in range(k // 2)]
     common = ["the", "and", "of", "a", "to"]
-    recs = [{"text": " ".join(rng.choice(own[j] + group[j // 2] + common) for _ in range(80)), "label": f"d{j}"}
-            for j in range(k) for _ in range(n)]
+    recs = [
+        {"text": " ".join(rng.choice(own[j] + group[j // 2] + common) for _ in range(80)), "label": f"d{j}"}
+        for j in range(k)
+        for _ in range(n)
+    ]
     rng.shuffle(recs)
     return recs
 
@@ -200,10 +232,14 @@ def planted_mixture(tmp_path: Path, k: int = 4, n: int = 60, seed: int = 0) -> l
 @pytest.mark.parametrize("hierarchy", [None, {"k1": 2, "k2": 2}])
 def test_kmeans_recovers_planted_domains(tmp_path, hierarchy):
     from sklearn.metrics import adjusted_rand_score
+
     recs = planted_mixture(tmp_path)
     write_jsonl(tmp_path / "mix.jsonl", recs)
-    cfg = tiny_config(tmp_path, [{"name": "mix", "path": str(tmp_path / "mix.jsonl")}],
-                      domains={"method": "kmeans", "k": 4, "hierarchy": hierarchy, "fit_sample": 120})
+    cfg = tiny_config(
+        tmp_path,
+        [{"name": "mix", "path": str(tmp_path / "mix.jsonl")}],
+        domains={"method": "kmeans", "k": 4, "hierarchy": hierarchy, "fit_sample": 120},
+    )
     meta = run(cfg, log=lambda *_: None)
     out = Path(cfg.out)
     assert meta.domains == ["c0", "c1", "c2", "c3"] and meta.domain_source["method"] == "kmeans"
@@ -215,6 +251,7 @@ def test_kmeans_recovers_planted_domains(tmp_path, hierarchy):
     # estimation path: the embedder rebuilt from meta.json + centroids.npy puts *new* text of planted
     # domain j into the cluster that holds most of domain j's corpus chunks
     from soe.data.embed import build_embedder, nearest_centroid
+
     emb = build_embedder(meta.domain_source["embedder"], root=out)
     labels = np.array([r["label"] for r in recs])
     majority = {lab: np.bincount(assign[labels == lab]).argmax() for lab in set(labels)}
@@ -223,6 +260,7 @@ def test_kmeans_recovers_planted_domains(tmp_path, hierarchy):
     assert np.mean([g == majority[r["label"]] for g, r in zip(got, new)]) > 0.95
     # and `soe estimate-weights` on an in-house file of one planted domain puts its weight on that cluster
     from soe.specialists.estimate import estimate_weights
+
     inhouse = tmp_path / "inhouse.jsonl"
     write_jsonl(inhouse, [r for r in new if r["label"] == "d2"])
     est = estimate_weights(out, str(inhouse))

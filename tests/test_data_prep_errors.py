@@ -29,11 +29,17 @@ def cfg_for(tmp_path: Path, sources: list[dict] | None = None, **sections) -> di
     if sources is None:
         write_jsonl(tmp_path / "a.jsonl", docs("alpha"))
         write_jsonl(tmp_path / "b.jsonl", docs("beta"))
-        sources = [{"name": "a", "path": str(tmp_path / "a.jsonl"), "domain": "alpha"},
-                   {"name": "b", "path": str(tmp_path / "b.jsonl"), "domain": "beta"}]
-    raw = {"out": str(tmp_path / "out"), "sources": sources,
-           "tokenizer": {"vocab_size": 300}, "domains": {"embedder": {"kind": "tfidf", "svd_dim": 4}},
-           "shards": {"val_every": 3}}
+        sources = [
+            {"name": "a", "path": str(tmp_path / "a.jsonl"), "domain": "alpha"},
+            {"name": "b", "path": str(tmp_path / "b.jsonl"), "domain": "beta"},
+        ]
+    raw = {
+        "out": str(tmp_path / "out"),
+        "sources": sources,
+        "tokenizer": {"vocab_size": 300},
+        "domains": {"embedder": {"kind": "tfidf", "svd_dim": 4}},
+        "shards": {"val_every": 3},
+    }
     for k, v in sections.items():
         raw[k] = {**raw.get(k, {}), **v}
     return raw
@@ -112,7 +118,7 @@ def test_label_not_in_order(tmp_path):
 
 def test_uint16_forced_with_large_vocab(tmp_path):
     raw = cfg_for(tmp_path, tokenizer={"vocab_size": 70000}, shards={"dtype": "uint16"})
-    msg = assert_fails(tmp_path, raw, C.ConfigError, "70000", "uint16", "uint32")
+    assert_fails(tmp_path, raw, C.ConfigError, "70000", "uint16", "uint32")
     assert not Path(raw["out"]).exists(), "config errors are raised before anything is written"
 
 
@@ -128,9 +134,15 @@ def test_a_cluster_too_small_for_train_and_val_is_named(tmp_path, monkeypatch, h
     import numpy as np
 
     from data_prep import domains as D
+
     real = D._kmeans
+
     def far_leaf(x, k, seed):  # the last centroid is far from every chunk (the top level of 1 is left alone)
-        return real(x, k, seed) if k < 3 else np.concatenate([real(x, k - 1, seed), np.full((1, x.shape[1]), 1e3, np.float32)])
+        return (
+            real(x, k, seed)
+            if k < 3
+            else np.concatenate([real(x, k - 1, seed), np.full((1, x.shape[1]), 1e3, np.float32)])
+        )
 
     monkeypatch.setattr(D, "_kmeans", far_leaf)
     raw = cfg_for(tmp_path, domains={"method": "kmeans", "k": 3, "hierarchy": hierarchy, "fit_sample": 60})
@@ -152,6 +164,7 @@ def test_hierarchy_mismatch_and_unknown_keys(tmp_path):
 
 def test_cli_reports_error(tmp_path, capsys):
     import yaml
+
     raw = cfg_for(tmp_path)
     raw["sources"][0]["text_field"] = "nope"
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
@@ -189,6 +202,7 @@ def test_interrupted_shards_leave_nothing_finished(tmp_path, monkeypatch):
 
 def test_interrupted_ingest_is_redone(tmp_path, monkeypatch):
     from data_prep import ingest as ing
+
     raw = cfg_for(tmp_path)
     real = ing.chunk_text
     monkeypatch.setattr(ing, "chunk_text", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -214,6 +228,7 @@ def test_offline_corpus_says_what_is_missing(tmp_path, monkeypatch):
 def test_offline_corpus_source_chunks_dedupes_records_licence(tmp_path):
     from data_prep.offline_sources import Source, _b64num, _r_strings
     from data_prep.text import Deduper
+
     src = Source("toy", "misc", (), (), "CC0-1.0", lambda root: iter(["para one\n" * 50, "para one\n" * 50, "x"]))
     m = boc.write_source(src, tmp_path, tmp_path, 100, Deduper())
     recs = [json.loads(x) for x in open(tmp_path / "toy.jsonl")]
@@ -222,6 +237,7 @@ def test_offline_corpus_source_chunks_dedupes_records_licence(tmp_path):
     assert all(r["domain"] == "misc" and r["source"] == "toy" and len(r["text"]) <= 100 for r in recs)
     assert _b64num("B") == 1 and _b64num("BA") == 64
     import struct
+
     payload = b"X\n" + struct.pack(">iii", 2, 0, 0) + struct.pack(">ii", 16, 2)
     payload += struct.pack(">ii", 9, 3) + b"abc" + struct.pack(">ii", 9, -1)
     assert _r_strings(payload) == ["abc", ""]

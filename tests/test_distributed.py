@@ -9,7 +9,6 @@ concatenated, the shared h) in one process with the same module, then compares p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,21 +23,27 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import make_prepared  # noqa: E402
-from soe.data.datamodule import SoupDataModule  # noqa: E402
+
 from soe.core.model import ModelConfig  # noqa: E402
-from soe.train.module import SoupModule
-from soe.train.optim import OptimConfig  # noqa: E402
 from soe.core.soup import SoupConfig  # noqa: E402
+from soe.data.datamodule import SoupDataModule  # noqa: E402
+from soe.train.module import SoupModule  # noqa: E402
+from soe.train.optim import OptimConfig  # noqa: E402
 
 NET = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=16)
 STEPS, B = 4, 4
 
 
 def make_module(dm: SoupDataModule, n_experts: int = 4, bank_update: str = "dense") -> SoupModule:
-    return SoupModule(net=NET, soup=SoupConfig(n_experts=n_experts, router_hidden=8, router_depth=1,
-                                               expert_init="normal", init_seed=3),
-                      optim=OptimConfig(lr=1e-2, warmup_steps=1, bank_update=bank_update), n_domains=dm.num_domains,
-                      domain_names=dm.domain_names, prior=dm.prior, tokenizer_sha256=dm.tokenizer_sha256)
+    return SoupModule(
+        net=NET,
+        soup=SoupConfig(n_experts=n_experts, router_hidden=8, router_depth=1, expert_init="normal", init_seed=3),
+        optim=OptimConfig(lr=1e-2, warmup_steps=1, bank_update=bank_update),
+        n_domains=dm.num_domains,
+        domain_names=dm.domain_names,
+        prior=dm.prior,
+        tokenizer_sha256=dm.tokenizer_sha256,
+    )
 
 
 class Record(L.Callback):
@@ -53,9 +58,18 @@ class Record(L.Callback):
 
 
 def trainer_kw(tmp: Path) -> dict:
-    return dict(max_steps=STEPS, accelerator="cpu", logger=False, enable_progress_bar=False,
-                enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
-                num_sanity_val_steps=0, gradient_clip_val=1.0, default_root_dir=str(tmp))
+    return dict(
+        max_steps=STEPS,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        default_root_dir=str(tmp),
+    )
 
 
 def full_state(module: SoupModule) -> dict[str, torch.Tensor]:
@@ -71,43 +85,73 @@ def worker(args) -> None:
     """One rank of a 2-process run (launched via this file's __main__)."""
     torch.set_num_threads(1)
     L.seed_everything(0)
-    dm = SoupDataModule(args.data, seq_len=NET.max_seq_len, batch_size=B, seed=7, val_windows=2,
-                        val_batch_size=2, rank_h=args.rank_h, h_per_step=args.h_per_step)
+    dm = SoupDataModule(
+        args.data,
+        seq_len=NET.max_seq_len,
+        batch_size=B,
+        seed=7,
+        val_windows=2,
+        val_batch_size=2,
+        rank_h=args.rank_h,
+        h_per_step=args.h_per_step,
+    )
     module = make_module(dm)
     rec = Record()
     if args.strategy == "ddp":
         strategy = L.pytorch.strategies.DDPStrategy(process_group_backend="gloo")
     else:
-        strategy = L.pytorch.strategies.ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
-                                                              process_group_backend="gloo")
+        strategy = L.pytorch.strategies.ModelParallelStrategy(
+            data_parallel_size=2, tensor_parallel_size=1, process_group_backend="gloo"
+        )
     tr = L.Trainer(devices=2, strategy=strategy, callbacks=[rec], **trainer_kw(Path(args.out)))
     tr.fit(module, dm)
     # per-rank parameter bytes actually held (local shards for FSDP2)
-    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size()
-                for p in module.soup.parameters())
+    local = sum(
+        (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size() for p in module.soup.parameters()
+    )
     state = full_state(module)
-    torch.save({"batches": rec.batches, "losses": rec.losses, "local_bytes": local,
-                "total_bytes": sum(t.numel() * t.element_size() for t in state.values()),
-                "state": state if tr.global_rank == 0 else None},
-               Path(args.out) / f"rank{tr.global_rank}.pt")
+    torch.save(
+        {
+            "batches": rec.batches,
+            "losses": rec.losses,
+            "local_bytes": local,
+            "total_bytes": sum(t.numel() * t.element_size() for t in state.values()),
+            "state": state if tr.global_rank == 0 else None,
+        },
+        Path(args.out) / f"rank{tr.global_rank}.pt",
+    )
 
 
-def launch(tmp_path: Path, strategy: str, rank_h: str = "shared", h_per_step: int = 1,
-           script: str = __file__) -> list[dict]:
+def launch(
+    tmp_path: Path, strategy: str, rank_h: str = "shared", h_per_step: int = 1, script: str = __file__
+) -> list[dict]:
     """Run ``script``'s worker (this file's, or another test's taking the same arguments) on 2 ranks."""
     data = make_prepared(tmp_path / "data", k=3, vocab=NET.vocab_size)
     out = tmp_path / f"run_{strategy}_{rank_h}_{h_per_step}"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(Path(script).resolve()), "--data", str(data), "--out", str(out),
-           "--strategy", strategy, "--rank-h", rank_h, "--h-per-step", str(h_per_step)]
+    cmd = [
+        sys.executable,
+        str(Path(script).resolve()),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--strategy",
+        strategy,
+        "--rank-h",
+        rank_h,
+        "--h-per-step",
+        str(h_per_step),
+    ]
     r = subprocess.run(cmd, env=env, cwd=str(out), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
 
 
-def single_process_on_global_batch(tmp_path: Path, ranks: list[dict], M: int = 1,
-                                   bank_update: str = "dense") -> tuple[dict, list[float]]:
+def single_process_on_global_batch(
+    tmp_path: Path, ranks: list[dict], M: int = 1, bank_update: str = "dense"
+) -> tuple[dict, list[float]]:
     """Replay the global batch (ranks' sequences concatenated group by group, rank 0's h) in one process."""
     L.seed_everything(0)
     dm = SoupDataModule(str(tmp_path / "data"), seq_len=NET.max_seq_len, batch_size=B, seed=7)
@@ -166,6 +210,7 @@ class _FakeTrainer:
 @pytest.mark.parametrize("rank_h", ["shared", "per_rank"])
 def test_rank_streams_are_deterministic_and_resumable(prepared, rank_h):
     """Batch t of rank r is a pure function of (seed, t, r): a resumed rank redraws it exactly."""
+
     def batch(rank, index, seed=1):
         dm = SoupDataModule(str(prepared), seq_len=16, batch_size=4, seed=seed, rank_h=rank_h)
         dm.trainer = _FakeTrainer(rank)

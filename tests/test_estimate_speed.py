@@ -5,6 +5,7 @@ estimate-weights reports progress (embedding rate/ETA, refinement steps) on stde
 
 import pytest
 import torch
+from specialize_helpers import make_docs, text_env
 
 import soe
 from soe.cli import main
@@ -14,7 +15,6 @@ from soe.data.text import read_texts, token_stream
 from soe.data.windows import eval_windows
 from soe.specialists.estimate import embed_blocks, estimate_weights
 from soe.specialists.evaluate import mean_loss
-from specialize_helpers import make_docs, text_env
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_bfgs_refinement_reaches_the_reference(env):
     (hl_ref, _, _), _ = reference_refine(soup.model, soup.weights(start), stream, steps=200, eval_every=10, patience=5)
     r = soup.refine(texts, start, bf16=False, method="bfgs")
     assert r.improved and r.evaluations <= 25  # vs 200 × 16-window Adam steps
-    held = eval_windows(stream[int(len(stream) * 0.8):], soup.model.net_cfg.max_seq_len, max_windows=256)
+    held = eval_windows(stream[int(len(stream) * 0.8) :], soup.model.net_cfg.max_seq_len, max_windows=256)
     h = soup.weights(r.weights)
     with torch.no_grad():  # the same held-out windows as the reference, recomputed independently
         params = soup.model.instantiate(h)
@@ -108,8 +108,10 @@ def test_bfgs_never_worse_in_sample_than_the_start(env):
     prepared, ckpt = env
     soup = soe.load(ckpt, data=prepared, device="cpu")
     texts = prepared / "specialists" / "legalfood" / "inhouse.jsonl"
-    for start, kw in (({"cooking": 0.0, "law": 1.0, "space": 0.0}, dict(steps=3)),
-                      ({"cooking": 0.3, "law": 0.4, "space": 0.3}, dict(fit_windows=1, steps=4))):
+    for start, kw in (
+        ({"cooking": 0.0, "law": 1.0, "space": 0.0}, dict(steps=3)),
+        ({"cooking": 0.3, "law": 0.4, "space": 0.3}, dict(fit_windows=1, steps=4)),
+    ):
         r = soup.refine(texts, start, method="bfgs", **kw)
         assert r.fit_loss <= r.fit_loss_start and r.holdout_loss <= r.holdout_loss_start
         assert all(e["fit"] <= r.fit_loss_start for e in r.history if e["holdout"] == r.holdout_loss) or not r.improved
@@ -121,22 +123,74 @@ def test_progress_lines(env, tmp_path, capsys):
     prepared, ckpt = env
     texts = prepared / "specialists" / "legalfood" / "inhouse.jsonl"
     lines = []
-    embed_blocks(type("E", (), {"encode": lambda self, c: torch.zeros(len(c), 2).numpy()})(), ["x"] * 10,
-                 lines.append, block=4)
-    assert [ln.split(",")[0] for ln in lines] == ["embedding: 4/10 chunks", "embedding: 8/10 chunks",
-                                                 "embedding: 10/10 chunks"] and "ETA" in lines[-1]
+    embed_blocks(
+        type("E", (), {"encode": lambda self, c: torch.zeros(len(c), 2).numpy()})(), ["x"] * 10, lines.append, block=4
+    )
+    assert [ln.split(",")[0] for ln in lines] == [
+        "embedding: 4/10 chunks",
+        "embedding: 8/10 chunks",
+        "embedding: 10/10 chunks",
+    ] and "ETA" in lines[-1]
     est = estimate_weights(prepared, make_docs("law", 5, seed=3), progress=lines.append)
     assert est.n_docs == 5  # few chunks: one block, no line needed
     out = tmp_path / "w.json"
-    assert main(["estimate-weights", str(ckpt), "--data", str(prepared), "--texts", str(texts), "--refine",
-                 "--refine-steps", "20", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "estimate-weights",
+                str(ckpt),
+                "--data",
+                str(prepared),
+                "--texts",
+                str(texts),
+                "--refine",
+                "--refine-steps",
+                "20",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     assert "refine: start fit" in cap.err and "refine: step 10/20 batch" in cap.err and "held-out" in cap.err
     assert "refine:" not in cap.out and "refinement (" in cap.out  # stdout keeps only the result
-    main(["estimate-weights", str(ckpt), "--data", str(prepared), "--texts", str(texts), "--refine",
-          "--refine-steps", "5", "--out", str(out), "--quiet"])
+    main(
+        [
+            "estimate-weights",
+            str(ckpt),
+            "--data",
+            str(prepared),
+            "--texts",
+            str(texts),
+            "--refine",
+            "--refine-steps",
+            "5",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert "refine:" not in capsys.readouterr().err
-    assert main(["estimate-weights", str(ckpt), "--data", str(prepared), "--texts", str(texts), "--refine",
-                 "--refine-method", "bfgs", "--refine-steps", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "estimate-weights",
+                str(ckpt),
+                "--data",
+                str(prepared),
+                "--texts",
+                str(texts),
+                "--refine",
+                "--refine-method",
+                "bfgs",
+                "--refine-steps",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     assert "refine: step 1/3 fit" in cap.err and "evaluations" in cap.err and "bfgs steps" in cap.out

@@ -42,7 +42,15 @@ def test_tiny_experiment_report(fixture_prepared, tmp_path, monkeypatch):
             ft = row[key + "_run"]
             assert 0 < row[key] < 20 and ft["steps"] == 6 and ft["holdout_loss"] <= ft["holdout_loss_start"]
     report = (out / "report.md").read_text()
-    for heading in ("Held-out specialist sets", "against the token budget", "Fine-tuned on the in-house sample", "Pretraining domains", "Training cost", "Margin over training", "Commands"):
+    for heading in (
+        "Held-out specialist sets",
+        "against the token budget",
+        "Fine-tuned on the in-house sample",
+        "Pretraining domains",
+        "Training cost",
+        "Margin over training",
+        "Commands",
+    ):
         assert heading in report
     for s in sets:
         assert f"| {s} |" in report
@@ -72,8 +80,23 @@ def test_report_losses_equal_soe_evaluate(fixture_prepared, tmp_path, monkeypatc
     (tmp_path / "h.json").write_text(json.dumps(row["h_hist"]))
     runs = tmp_path / "exp" / "runs"
     args = ["--data", str(fixture_prepared), "--windows", "5", "--json", str(tmp_path / "rows.json")]
-    assert soe_main(["evaluate", "--ckpt", str(runs / "soe"), "--weights", str(tmp_path / "h.json"),
-                     "--weights", "code", "--sets", "austen,val", *args]) == 0
+    assert (
+        soe_main(
+            [
+                "evaluate",
+                "--ckpt",
+                str(runs / "soe"),
+                "--weights",
+                str(tmp_path / "h.json"),
+                "--weights",
+                "code",
+                "--sets",
+                "austen,val",
+                *args,
+            ]
+        )
+        == 0
+    )
     got = {(r["model"], r["set"]): r["loss"] for r in json.loads((tmp_path / "rows.json").read_text())}
     h = f"soup@{tmp_path / 'h.json'}"
     assert got[(h, "austen")] == pytest.approx(row["soe_hist"], rel=1e-6)
@@ -147,11 +170,16 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
     from that checkpoint by the next experiment call, not retrained from step 0."""
     import torch
 
-    from soe.experiments.runs import budget, fit_args, train as train_run
+    from soe.experiments.runs import budget, fit_args
+    from soe.experiments.runs import train as train_run
     from soe.train.checkpoint import load_checkpoint
 
     def train(name, config, runs, cfg, extra):
-        common = [f"--data.data_dir={cfg.data_dir}", f"--seed_everything={cfg.seed}", f"--trainer.max_steps={cfg.max_steps}"]
+        common = [
+            f"--data.data_dir={cfg.data_dir}",
+            f"--seed_everything={cfg.seed}",
+            f"--trainer.max_steps={cfg.max_steps}",
+        ]
         args = fit_args(config, name, runs, common, cfg.overrides, extra)
         return train_run(name, runs, args, extra, budget(args))
 
@@ -187,7 +215,10 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
     info = json.loads((runs / "soe" / "run.json").read_text())
     shutil.copy(kept[0], ckpt)  # a genuine step-2 checkpoint where run.json promises step 3
     fourth = train("soe", cfg.soe_config, runs, cfg, [])
-    assert fourth["wall_s"] != info["wall_s"] and torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 3
+    assert (
+        fourth["wall_s"] != info["wall_s"]
+        and torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 3
+    )
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "experiments").glob("*.yaml")))
@@ -328,7 +359,10 @@ def test_report_names_the_prepared_data_and_its_corpus_lock():
     from soe.experiments.report import data_line
 
     data = {"data_dir": "data/demo", "prepared_data.meta_sha256": "ab" * 32}
-    assert data_line({"data": data}) == "Prepared data: `data/demo` (meta.json sha256 abababababab…, no corpus lock recorded)."
+    assert (
+        data_line({"data": data})
+        == "Prepared data: `data/demo` (meta.json sha256 abababababab…, no corpus lock recorded)."
+    )
     assert data_line({"data": {**data, "prepared_data.corpus_lock": "c0ffee12"}}).endswith("corpus lock c0ffee12).")
     assert data_line({}) == ""  # results.json from before the data was recorded
 

@@ -17,10 +17,25 @@ TINY = str(ROOT / "configs/tiny.yaml")
 
 
 def config(data_dir, seed: int, **kw) -> ExperimentConfig:
-    return validate(ExperimentConfig(data_dir=str(data_dir), soe_config=TINY, generic_config=TINY, max_steps=2,
-                                     dedicated=False, refine=False, finetune=False, eval_windows=4, seed=seed,
-                                     overrides=["--trainer.enable_progress_bar=false", "--trainer.val_check_interval=100",
-                                                "--model.net.n_layer=1"], **kw))
+    return validate(
+        ExperimentConfig(
+            data_dir=str(data_dir),
+            soe_config=TINY,
+            generic_config=TINY,
+            max_steps=2,
+            dedicated=False,
+            refine=False,
+            finetune=False,
+            eval_windows=4,
+            seed=seed,
+            overrides=[
+                "--trainer.enable_progress_bar=false",
+                "--trainer.val_check_interval=100",
+                "--model.net.n_layer=1",
+            ],
+            **kw,
+        )
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
@@ -41,7 +56,9 @@ def test_seeds_resolve_to_different_runs(fixture_prepared, tmp_path):
 
 
 def test_generic_overrides_reach_only_the_dense_baselines(fixture_prepared, tmp_path):
-    cfg = config(fixture_prepared, 0, generic_overrides=["--model.optim.lr=1.0e-3"], soe_overrides=["--model.optim.lr=2.0e-3"])
+    cfg = config(
+        fixture_prepared, 0, generic_overrides=["--model.optim.lr=1.0e-3"], soe_overrides=["--model.optim.lr=2.0e-3"]
+    )
     h = torch.full((9,), 1 / 9)
     runs = plan(dataclasses.replace(cfg, dedicated=True), tmp_path / "runs", "soe", {"austen": h})
     lr = {name: resolve(args).model.optim.lr for name, (args, _, _) in runs.items()}
@@ -52,6 +69,7 @@ def test_generic_overrides_reach_only_the_dense_baselines(fixture_prepared, tmp_
 def test_another_seed_trains_another_generic_model(fixture_prepared, tmp_path):
     """Two-step generic runs: seed 1 gives other weights than seed 0; seed 1 with data.seed and init_seed put
     back to 0 gives seed 0's weights (seed_everything alone changes nothing: the old behaviour)."""
+
     def weights(seed: int, name: str, extra: list[str] = ()) -> dict[str, torch.Tensor]:
         cfg = config(fixture_prepared, seed)
         cfg = dataclasses.replace(cfg, generic_overrides=list(extra))

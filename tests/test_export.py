@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
+from specialize_helpers import text_env
 
 import soe
-from soe.specialists import export
 from soe.core.model import LlamaLM, ModelConfig
 from soe.data.shards import sha256_file
-from specialize_helpers import text_env
+from soe.specialists import export
 
 transformers = pytest.importorskip("transformers")
 
@@ -57,8 +57,9 @@ def test_hf_config_values(exported):
     assert hc.num_key_value_heads == cfg.kv_heads and hc.intermediate_size == cfg.ff_dim
     assert hc.hidden_size == cfg.d_model and hc.num_hidden_layers == cfg.n_layer
     assert hc.eos_token_id == spec_eos(out) and hc.bos_token_id == spec_eos(out)
-    assert export.config_from_hf(raw) == ModelConfig(**{**cfg.to_dict(), "d_ff": cfg.ff_dim, "n_kv_head": cfg.kv_heads,
-                                                        "init_std": 0.02})
+    assert export.config_from_hf(raw) == ModelConfig(
+        **{**cfg.to_dict(), "d_ff": cfg.ff_dim, "n_kv_head": cfg.kv_heads, "init_std": 0.02}
+    )
 
 
 def spec_eos(out):
@@ -127,12 +128,27 @@ def test_failed_export_leaves_nothing_half_written(exported, tmp_path, monkeypat
 def test_tied_and_untied_gqa_models_export(tmp_path, env):
     prepared, _ = env
     for tie in (True, False):
-        cfg = ModelConfig(vocab_size=320, n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=16,
-                          tie_embeddings=tie, rope_theta=5e5, norm_eps=1e-6)
+        cfg = ModelConfig(
+            vocab_size=320,
+            n_layer=2,
+            n_head=4,
+            n_kv_head=2,
+            d_model=32,
+            max_seq_len=16,
+            tie_embeddings=tie,
+            rope_theta=5e5,
+            norm_eps=1e-6,
+        )
         net = LlamaLM(cfg)
         net.reset_parameters(torch.Generator().manual_seed(1))
-        out = export.save_specialist(tmp_path / f"m{tie}", dict(net.named_parameters()), cfg,
-                                     tokenizer_file=prepared / "tokenizer.json", eos_id=0, info={})
+        out = export.save_specialist(
+            tmp_path / f"m{tie}",
+            dict(net.named_parameters()),
+            cfg,
+            tokenizer_file=prepared / "tokenizer.json",
+            eos_id=0,
+            info={},
+        )
         hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
         idx = torch.randint(0, 320, (1, 16))
         with torch.no_grad():
@@ -147,7 +163,9 @@ def test_save_rejects_mismatched_params(tmp_path, env):
     params = dict(LlamaLM(cfg).named_parameters())
     params.pop("model.norm.weight")
     with pytest.raises(ValueError, match="missing"):
-        export.save_specialist(tmp_path / "x", params, cfg, tokenizer_file=prepared / "tokenizer.json", eos_id=0, info={})
+        export.save_specialist(
+            tmp_path / "x", params, cfg, tokenizer_file=prepared / "tokenizer.json", eos_id=0, info={}
+        )
     assert not (tmp_path / "x").exists()
 
 

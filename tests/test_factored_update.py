@@ -21,8 +21,9 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 
 
 def soup(rank=0, n=4):
-    return SoupOfExperts(NET, K, SoupConfig(n_experts=n, router_hidden=8, router_depth=1, expert_init="normal",
-                                            expert_rank=rank))
+    return SoupOfExperts(
+        NET, K, SoupConfig(n_experts=n, router_hidden=8, router_depth=1, expert_init="normal", expert_rank=rank)
+    )
 
 
 def optimizer(s, bank_update):
@@ -53,7 +54,7 @@ def train(s, bank_update, M, steps=4, clip=0.05, passes=1):
     data, norms = batches(M, steps, passes), []
     for i in range(steps):
         opt.zero_grad()
-        for h, tok in data[i * passes:(i + 1) * passes]:
+        for h, tok in data[i * passes : (i + 1) * passes]:
             (s(tok[:, :-1], h=h, targets=tok[:, 1:])[1] / passes).backward()
         if bank_update == "factored":
             assert all(E.grad is None for E in s.bank.values())  # ∂E never materialised
@@ -86,7 +87,7 @@ def test_factored_equals_adamw_on_materialised_gradient(rank, M, passes):
 def test_bank_norm_from_grams_equals_materialised(M):
     dense, fact = soup(), soup()
     opt_d, opt_f = optimizer(dense, "dense"), optimizer(fact, "factored")
-    (h, tok), = batches(M, 1, 1)
+    ((h, tok),) = batches(M, 1, 1)
     for s in (dense, fact):
         s(tok[:, :-1], h=h, targets=tok[:, 1:])[1].backward()
     want = [torch.linalg.vector_norm(E.grad) for E in dense.bank.values()]
@@ -106,8 +107,11 @@ class FreshAllocations(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
         for t in torch.utils._pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
                 self.sizes.append((t.untyped_storage().nbytes(), str(func)))
@@ -128,7 +132,9 @@ def test_no_bank_sized_allocation_per_step(bank_update):
         with seen if i else contextlib.nullcontext():
             opt.zero_grad()
             s(tok[:, :-1], h=h, targets=tok[:, 1:])[1].backward()
-            opt.clip_grad_norm_(1.0) if bank_update == "factored" else torch.nn.utils.clip_grad_norm_(s.parameters(), 1.0)
+            opt.clip_grad_norm_(1.0) if bank_update == "factored" else torch.nn.utils.clip_grad_norm_(
+                s.parameters(), 1.0
+            )
             opt.step()
     big = [(b, f) for b, f in seen.sizes if b >= bank_bytes]
     assert len(seen.sizes) > 100  # the mode saw the forward, the backward and the optimizer
@@ -144,16 +150,31 @@ def test_lightning_clipping_and_accumulation_match_dense(prepared, tmp_path, alg
     final = {}
     for bank_update in ("dense", "factored"):
         L.seed_everything(0)
-        dm = SoupDataModule(str(prepared), seq_len=16, batch_size=4, seed=0, val_windows=4, val_batch_size=4,
-                            h_per_step=2)
-        model = SoupModule(net=NET, soup=SoupConfig(n_experts=3, router_hidden=8, router_depth=1, expert_init="normal"),
-                           optim=OptimConfig(lr=1e-2, warmup_steps=2, bank_update=bank_update),
-                           n_domains=dm.num_domains, domain_names=dm.domain_names, prior=dm.prior,
-                           tokenizer_sha256=dm.tokenizer_sha256)
-        L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                  enable_checkpointing=False, limit_val_batches=0, gradient_clip_val=0.05 if algorithm == "norm" else 1e-3,
-                  gradient_clip_algorithm=algorithm, accumulate_grad_batches=2,
-                  default_root_dir=tmp_path).fit(model, dm)
+        dm = SoupDataModule(
+            str(prepared), seq_len=16, batch_size=4, seed=0, val_windows=4, val_batch_size=4, h_per_step=2
+        )
+        model = SoupModule(
+            net=NET,
+            soup=SoupConfig(n_experts=3, router_hidden=8, router_depth=1, expert_init="normal"),
+            optim=OptimConfig(lr=1e-2, warmup_steps=2, bank_update=bank_update),
+            n_domains=dm.num_domains,
+            domain_names=dm.domain_names,
+            prior=dm.prior,
+            tokenizer_sha256=dm.tokenizer_sha256,
+        )
+        L.Trainer(
+            max_steps=4,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            gradient_clip_val=0.05 if algorithm == "norm" else 1e-3,
+            gradient_clip_algorithm=algorithm,
+            accumulate_grad_batches=2,
+            default_root_dir=tmp_path,
+        ).fit(model, dm)
         final[bank_update] = {k: v.clone() for k, v in model.state_dict().items()}
         assert model.global_step == 4
     for k, v in final["dense"].items():
@@ -170,6 +191,7 @@ def test_factored_refuses_compile():
 
 def test_blocked_gram_equals_one_product():
     from soe.train.bank_update import gram
+
     G = torch.randn(4, 1003, generator=torch.Generator().manual_seed(0))
     for block in (7, 100, 501, 2000):  # ragged last block, several blocks, one call (P ≤ 2·block)
         torch.testing.assert_close(gram(G, block), G @ G.t(), rtol=1e-5, atol=1e-4)

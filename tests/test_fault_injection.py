@@ -19,17 +19,29 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-
 from bad_inputs import call
 from conftest import make_prepared
 from faults import run_killed, sample
-from soe.specialists.export import SOE_FILE, WEIGHTS_FILE, load_specialist
 from specialize_helpers import make_docs, text_env
+
+from soe.specialists.export import SOE_FILE, WEIGHTS_FILE, load_specialist
 
 pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
-FT = ["--steps", "4", "--eval-every", "2", "--first-checkpoint", "2", "--batch-size", "2", "--warmup", "1",
-      "--format", "soe"]
+FT = [
+    "--steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--first-checkpoint",
+    "2",
+    "--batch-size",
+    "2",
+    "--warmup",
+    "1",
+    "--format",
+    "soe",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,30 +49,95 @@ def env(tmp_path_factory):
     prepared, ckpt = text_env(tmp_path_factory)
     src = tmp_path_factory.mktemp("faults_src")
     for dom in ("cooking", "law"):
-        assert call("soe", ["instantiate", str(ckpt), "--data", str(prepared), "--weights", dom, "--format", "soe",
-                            "--out", str(src / dom)]) == 0
+        assert (
+            call(
+                "soe",
+                [
+                    "instantiate",
+                    str(ckpt),
+                    "--data",
+                    str(prepared),
+                    "--weights",
+                    dom,
+                    "--format",
+                    "soe",
+                    "--out",
+                    str(src / dom),
+                ],
+            )
+            == 0
+        )
     (src / "cooking.txt").write_text("\n\n".join(make_docs("cooking", 60, seed=7)))
-    (src / "merge.yaml").write_text(yaml.safe_dump({"merge_method": "linear", "models": [
-        {"model": str(src / "cooking")}, {"model": str(src / "law")}]}))
+    (src / "merge.yaml").write_text(
+        yaml.safe_dump(
+            {"merge_method": "linear", "models": [{"model": str(src / "cooking")}, {"model": str(src / "law")}]}
+        )
+    )
     return SimpleNamespace(prepared=prepared, ckpt=ckpt, src=src, ids=make_prepared(src / "ids"), traces={})
 
 
 def _train(e, root: Path) -> list[str]:
-    return ["fit", "--config", str(ROOT / "configs/tiny.yaml"), f"--data.data_dir={e.ids}", "--model.net.vocab_size=64",
-            "--trainer.max_steps=4", "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={root / 'runs'}",
-            f"--trainer.callbacks.init_args.dirpath={root / 'ck'}", "--trainer.callbacks.init_args.every_n_train_steps=2"]
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs/tiny.yaml"),
+        f"--data.data_dir={e.ids}",
+        "--model.net.vocab_size=64",
+        "--trainer.max_steps=4",
+        "--trainer.val_check_interval=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={root / 'runs'}",
+        f"--trainer.callbacks.init_args.dirpath={root / 'ck'}",
+        "--trainer.callbacks.init_args.every_n_train_steps=2",
+    ]
 
 
 # case -> (entry, argv from (env, root), whether --out exists before: the previous model an --overwrite replaces)
 CASES = {
-    "instantiate": ("soe", lambda e, r: ["instantiate", str(e.ckpt), "--data", str(e.prepared), "--weights", "law",
-                                         "--out", str(r / "out")], False),
-    "instantiate_overwrite": ("soe", lambda e, r: ["instantiate", str(e.ckpt), "--data", str(e.prepared), "--weights",
-                                                   "law", "--out", str(r / "out"), "--overwrite"], True),
+    "instantiate": (
+        "soe",
+        lambda e, r: [
+            "instantiate",
+            str(e.ckpt),
+            "--data",
+            str(e.prepared),
+            "--weights",
+            "law",
+            "--out",
+            str(r / "out"),
+        ],
+        False,
+    ),
+    "instantiate_overwrite": (
+        "soe",
+        lambda e, r: [
+            "instantiate",
+            str(e.ckpt),
+            "--data",
+            str(e.prepared),
+            "--weights",
+            "law",
+            "--out",
+            str(r / "out"),
+            "--overwrite",
+        ],
+        True,
+    ),
     "merge": ("soe", lambda e, r: ["merge", "--config", str(e.src / "merge.yaml"), "--out", str(r / "out")], False),
-    "finetune": ("soe", lambda e, r: ["finetune", str(e.src / "cooking"), "--texts", str(e.src / "cooking.txt"),
-                                      "--out", str(r / "out"), *FT], False),
+    "finetune": (
+        "soe",
+        lambda e, r: [
+            "finetune",
+            str(e.src / "cooking"),
+            "--texts",
+            str(e.src / "cooking.txt"),
+            "--out",
+            str(r / "out"),
+            *FT,
+        ],
+        False,
+    ),
     "train": ("train", _train, False),
     "train_tmp_elsewhere": ("train", _train, False),  # the system temp dir on another file system (tmpfs /tmp)
 }
@@ -107,8 +184,9 @@ def check_nothing_half_written(e, case: str, root: Path, reference: Path) -> Non
         for p in sorted(root.rglob("*.ckpt")):
             check_file(str(p), str(p))  # raises (naming it) on a truncated or empty checkpoint
         return
-    finished = [out] if case != "finetune" else [out / d.name for d in (out.iterdir() if out.is_dir() else [])
-                                                  if d.is_dir()]
+    finished = (
+        [out] if case != "finetune" else [out / d.name for d in (out.iterdir() if out.is_dir() else []) if d.is_dir()]
+    )
     if os.path.lexists(out):
         marker = out / ("finetune.json" if case == "finetune" else SOE_FILE)
         assert marker.is_file(), f"{case}: {out} exists without its marker {marker.name}: {sorted(os.listdir(out))}"
@@ -156,8 +234,9 @@ def kill_and_check(e, case: str, at: int, tmp_path: Path) -> None:
     root = tmp_path / f"kill-{at}"
     entry, argv = _fresh(e, case, root)
     code, _ = run_killed(entry, argv, root, at, tempdir=_tempdir(case, tmp_path))
-    assert code == -9 or (case.startswith("train") and code == 0), \
+    assert code == -9 or (case.startswith("train") and code == 0), (
         f"{case}: killed at operation {at} ({ops[at - 1] if at <= len(ops) else '?'}) exited {code}"
+    )
     check_nothing_half_written(e, case, root, reference)
     check_rerun(e, case, root, entry, argv, reference)
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from soe.specialists.finetune import finetune
 from soe.core.model import LlamaLM, ModelConfig
 from soe.data.windows import eval_windows
 from soe.specialists.evaluate import mean_loss
+from soe.specialists.finetune import finetune
 
 
 def _model(seed=0):
@@ -56,8 +56,9 @@ def test_finetune_is_deterministic_given_the_seed():
     assert fa.history == fb.history
 
 
-@pytest.mark.parametrize("kwargs, match", [({"holdout": 0.0}, "holdout"), ({"lr": 0.0}, "lr > 0"),
-                                           ({"steps": -1}, "steps ≥ 0")])
+@pytest.mark.parametrize(
+    "kwargs, match", [({"holdout": 0.0}, "holdout"), ({"lr": 0.0}, "lr > 0"), ({"steps": -1}, "steps ≥ 0")]
+)
 def test_finetune_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         finetune(_model(), _stream(), **kwargs)

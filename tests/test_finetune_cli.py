@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from bad_inputs import assert_refused
+from safetensors.torch import load_file
+from specialize_helpers import make_docs, text_env
+
 from soe import api
 from soe.cli import main
 from soe.specialists.finetune import geometric_steps
-from specialize_helpers import make_docs, text_env
 
 COMMON = ["--steps", "20", "--eval-every", "5", "--batch-size", "4", "--warmup", "2", "--format", "soe"]
 
@@ -49,18 +49,27 @@ def test_full_finetune_keeps_geometric_checkpoints_best_and_last(env, capsys):
     assert rec["best_step"] == best["step"] and rec["holdout_loss"] == pytest.approx(best["holdout"])
     assert rec["holdout_loss"] < rec["holdout_loss_start"]  # fine-tuning on the topic helps
     start = api.load(ckpt).specialist("cooking").model.state_dict()
-    assert not torch.equal(_w(out / "step-000004")["model.layers.0.mlp.up_proj.weight"],
-                           start["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        _w(out / "step-000004")["model.layers.0.mlp.up_proj.weight"], start["model.layers.0.mlp.up_proj.weight"]
+    )
     # rerun: refused without --overwrite, replaced with it
-    assert_refused(capsys, "soe", ["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out",
-                                   str(out), *COMMON], "already exists", watch=(out,))
+    assert_refused(
+        capsys,
+        "soe",
+        ["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out", str(out), *COMMON],
+        "already exists",
+        watch=(out,),
+    )
 
 
 def test_lora_merged_and_kept_adapter_agree_and_load_in_peft(env):
     ckpt, root = env
     args = ["--texts", str(root / "cooking.txt"), *COMMON, "--lora-rank", "2"]
     assert main(["finetune", str(ckpt), "--weights", "cooking", "--out", str(root / "lora"), *args]) == 0
-    assert main(["finetune", f"{ckpt}@cooking", "--out", str(root / "adapter"), *args, "--keep-adapter", "--format", "hf"]) == 0
+    assert (
+        main(["finetune", f"{ckpt}@cooking", "--out", str(root / "adapter"), *args, "--keep-adapter", "--format", "hf"])
+        == 0
+    )
     rec = json.loads((root / "lora" / "finetune.json").read_text())
     assert rec["holdout_loss"] < rec["holdout_loss_start"] and rec["mode"] == "LoRA r=2"  # LoRA reduces the loss
     start = api.load(ckpt).specialist("cooking").model.state_dict()
@@ -97,26 +106,37 @@ def test_an_adapter_on_another_base_is_refused(env, tmp_path, capsys):
     bad = tmp_path / "bad-adapter"
     shutil.copytree(kept, bad)
     ad = load_file(str(bad / "adapter_model.safetensors"))
-    save_file({k: torch.cat([v, v], dim=1) if ".lora_A." in k else v for k, v in ad.items()},
-              str(bad / "adapter_model.safetensors"))
-    assert_refused(capsys, "soe", ["generate", str(bad), "--max-tokens", "2"], "does not match its base weight",
-                   watch=(bad,))
+    save_file(
+        {k: torch.cat([v, v], dim=1) if ".lora_A." in k else v for k, v in ad.items()},
+        str(bad / "adapter_model.safetensors"),
+    )
+    assert_refused(
+        capsys, "soe", ["generate", str(bad), "--max-tokens", "2"], "does not match its base weight", watch=(bad,)
+    )
 
 
-@pytest.mark.parametrize("argv,expect", [
-    (["{ckpt}@cooking", "--keep-adapter"], "--keep-adapter needs --lora-rank"),
-    (["{ckpt}@nosuchdomain"], "nosuchdomain"),
-    (["{ckpt}@cooking", "--lora-rank", "0"], "--lora-rank"),
-    (["{ckpt}@cooking", "--lora-rank", "2", "--lora-targets", "qproj"], "LoRA targets"),
-    (["{ckpt}@cooking", "--holdout", "1.5"], "--holdout"),
-    (["{ckpt}@cooking", "--steps", "0"], "--steps"),
-    (["{root}/cooking.txt"], "cooking.txt"),
-])
+@pytest.mark.parametrize(
+    "argv,expect",
+    [
+        (["{ckpt}@cooking", "--keep-adapter"], "--keep-adapter needs --lora-rank"),
+        (["{ckpt}@nosuchdomain"], "nosuchdomain"),
+        (["{ckpt}@cooking", "--lora-rank", "0"], "--lora-rank"),
+        (["{ckpt}@cooking", "--lora-rank", "2", "--lora-targets", "qproj"], "LoRA targets"),
+        (["{ckpt}@cooking", "--holdout", "1.5"], "--holdout"),
+        (["{ckpt}@cooking", "--steps", "0"], "--steps"),
+        (["{root}/cooking.txt"], "cooking.txt"),
+    ],
+)
 def test_finetune_bad_inputs(env, capsys, argv, expect):
     ckpt, root = env
     argv = [a.format(ckpt=ckpt, root=root) for a in argv]
-    assert_refused(capsys, "soe", ["finetune", *argv, "--texts", str(root / "cooking.txt"), "--out", str(root / "bad")],
-                   expect, watch=(root,))
+    assert_refused(
+        capsys,
+        "soe",
+        ["finetune", *argv, "--texts", str(root / "cooking.txt"), "--out", str(root / "bad")],
+        expect,
+        watch=(root,),
+    )
     assert not (root / "bad").exists()
 
 
@@ -125,11 +145,26 @@ def test_python_api_finetune_then_merge(env, tmp_path):
     from soe.specialists.lora import LoRA
 
     ckpt, root = env
-    rec = soe.finetune(f"{ckpt}@cooking", root / "cooking.txt", tmp_path / "ft", steps=8, batch_size=4, warmup=1,
-                       eval_every=4, lora=LoRA(rank=2), fmt="soe", log=None)
+    rec = soe.finetune(
+        f"{ckpt}@cooking",
+        root / "cooking.txt",
+        tmp_path / "ft",
+        steps=8,
+        batch_size=4,
+        warmup=1,
+        eval_every=4,
+        lora=LoRA(rank=2),
+        fmt="soe",
+        log=None,
+    )
     assert [c["step"] for c in rec["checkpoints"]] == [4, 8, rec["best_step"]]
-    res = soe.merge({"merge_method": "linear", "models": [str(tmp_path / "ft" / "step-000004"),
-                                                          str(tmp_path / "ft" / "step-000008")]}, tmp_path / "m")
+    res = soe.merge(
+        {
+            "merge_method": "linear",
+            "models": [str(tmp_path / "ft" / "step-000004"), str(tmp_path / "ft" / "step-000008")],
+        },
+        tmp_path / "m",
+    )
     assert res.tensors > 0 and soe.load(tmp_path / "m").info["merge"]["method"] == "linear"
 
 
@@ -144,24 +179,36 @@ def finished(env, tmp_path_factory):
     ckpt, root = env
     d = tmp_path_factory.mktemp("finished")
     (d / "short.txt").write_text("cooking pan")
-    assert main(["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out", str(d / "run"),
-                 *FAST]) == 0
+    assert (
+        main(["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out", str(d / "run"), *FAST]) == 0
+    )
     return d
 
 
-@pytest.mark.parametrize("extra,expect", [
-    (["--texts", "{d}/short.txt"], "too small to fine-tune"),
-    (["--seed", str(2**64)], "--seed"),
-    (["--seed", "-1"], "--seed"),
-])
+@pytest.mark.parametrize(
+    "extra,expect",
+    [
+        (["--texts", "{d}/short.txt"], "too small to fine-tune"),
+        (["--seed", str(2**64)], "--seed"),
+        (["--seed", "-1"], "--seed"),
+    ],
+)
 @pytest.mark.parametrize("overwrite", [True, False])
 def test_a_refused_input_leaves_out_as_it_was(env, finished, capsys, extra, expect, overwrite):
     """Old code: --overwrite deleted the finished run before the inputs were checked; without it, an empty
     --out was left behind."""
     ckpt, root = env
     out = finished / "run" if overwrite else finished / "new"
-    argv = ["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out", str(out), *FAST,
-            *(["--overwrite"] if overwrite else [])]
+    argv = [
+        "finetune",
+        f"{ckpt}@cooking",
+        "--texts",
+        str(root / "cooking.txt"),
+        "--out",
+        str(out),
+        *FAST,
+        *(["--overwrite"] if overwrite else []),
+    ]
     argv += [a.format(d=finished) for a in extra]
     assert_refused(capsys, "soe", argv, expect, watch=(finished,))
     assert not (finished / "new").exists()
@@ -172,9 +219,25 @@ def test_overwrite_replaces_a_finished_run_whole(env, finished, tmp_path):
     ckpt, root = env
     out = tmp_path / "run"
     import shutil
+
     shutil.copytree(finished / "run", out)
-    assert main(["finetune", f"{ckpt}@cooking", "--texts", str(root / "cooking.txt"), "--out", str(out), *FAST,
-                 "--steps", "8", "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                f"{ckpt}@cooking",
+                "--texts",
+                str(root / "cooking.txt"),
+                "--out",
+                str(out),
+                *FAST,
+                "--steps",
+                "8",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     rec = json.loads((out / "finetune.json").read_text())
     assert rec["steps"] == 8 and (out / "step-000008").is_dir() and (out / "last").is_dir()
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
@@ -182,6 +245,19 @@ def test_overwrite_replaces_a_finished_run_whole(env, finished, tmp_path):
 
 def test_weights_given_twice_is_named(env, capsys, tmp_path):
     ckpt, root = env
-    assert_refused(capsys, "soe", ["finetune", f"{ckpt}@cooking", "--weights", "law", "--texts",
-                                   str(root / "cooking.txt"), "--out", str(tmp_path / "o")],
-                   "gives them again", watch=(tmp_path,))
+    assert_refused(
+        capsys,
+        "soe",
+        [
+            "finetune",
+            f"{ckpt}@cooking",
+            "--weights",
+            "law",
+            "--texts",
+            str(root / "cooking.txt"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "gives them again",
+        watch=(tmp_path,),
+    )

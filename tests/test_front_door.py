@@ -17,8 +17,17 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("prepare", "train", "estimate-weights", "instantiate", "evaluate", "generate", "finetune", "merge",
-                "serve"):
+    for cmd in (
+        "prepare",
+        "train",
+        "estimate-weights",
+        "instantiate",
+        "evaluate",
+        "generate",
+        "finetune",
+        "merge",
+        "serve",
+    ):
         assert cmd in out, cmd
 
 
@@ -36,8 +45,17 @@ def test_prepare_usage_names_soe_prepare(capsys):
 
 def test_train_overrides_any_config_field(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["train", "fit", "--config", str(ROOT / "configs/tiny.yaml"), "--model.net.d_model=96",
-              "--trainer.max_steps=3", "--print_config"])
+        main(
+            [
+                "train",
+                "fit",
+                "--config",
+                str(ROOT / "configs/tiny.yaml"),
+                "--model.net.d_model=96",
+                "--trainer.max_steps=3",
+                "--print_config",
+            ]
+        )
     assert e.value.code == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["net"]["d_model"] == 96 and cfg["trainer"]["max_steps"] == 3

@@ -38,8 +38,20 @@ def test_smoke_every_part_and_branch(tmp_path, monkeypatch):
     monkeypatch.delenv(gpu_check.FAIL_ENV, raising=False)
     monkeypatch.delenv(gpu_check.HANG_ENV, raising=False)
     out = tmp_path / "out"
-    gpu_check.main(["--smoke", "--device", "cpu", "--no-isolate", "--out", str(out), "--budget-s", "300",
-                    "--compile-backend", "aot_eager"])
+    gpu_check.main(
+        [
+            "--smoke",
+            "--device",
+            "cpu",
+            "--no-isolate",
+            "--out",
+            str(out),
+            "--budget-s",
+            "300",
+            "--compile-backend",
+            "aot_eager",
+        ]
+    )
     report, md = _read(out)
     _check_ok(report, md, ALL)
     assert report["smoke"] and report["device"] == "cpu" and not report["isolate"]
@@ -66,8 +78,20 @@ def test_failed_and_hung_parts_are_reported_and_the_others_still_run(tmp_path, m
     monkeypatch.setenv(gpu_check.FAIL_ENV, "instantiate")
     monkeypatch.setenv(gpu_check.HANG_ENV, "bf16_vs_fp32")
     out = tmp_path / "out"
-    report = gpu_check.main(["--smoke", "--device", "cpu", "--no-isolate", "--out", str(out), "--budget-s", "20",
-                             "--parts", "bf16_vs_fp32,instantiate,decode"])
+    report = gpu_check.main(
+        [
+            "--smoke",
+            "--device",
+            "cpu",
+            "--no-isolate",
+            "--out",
+            str(out),
+            "--budget-s",
+            "20",
+            "--parts",
+            "bf16_vs_fp32,instantiate,decode",
+        ]
+    )
     disk, md = _read(out)
     assert disk["parts"].keys() == report["parts"].keys()
     p = report["parts"]
@@ -82,9 +106,28 @@ def test_isolated_part_failure_is_reported(tmp_path):
     """--isolate (the default on CUDA): each part in a child process; a child's failure is that part's only."""
     out = tmp_path / "out"
     env = {**__import__("os").environ, gpu_check.FAIL_ENV: "decode", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke", "--device", "cpu", "--isolate",
-                        "--out", str(out), "--budget-s", "120", "--parts", "decode"],
-                       cwd=gpu_check.REPO, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu_check",
+            "--smoke",
+            "--device",
+            "cpu",
+            "--isolate",
+            "--out",
+            str(out),
+            "--budget-s",
+            "120",
+            "--parts",
+            "decode",
+        ],
+        cwd=gpu_check.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 1, p.stdout + p.stderr  # not every part ok
     report, md = _read(out)
     rec = report["parts"]["decode"]
@@ -98,8 +141,13 @@ def test_smoke_as_make_runs_it_isolated_with_inductor(tmp_path):
     """The smoke run exactly as `make gpu-check ARGS="--smoke --device cpu" ` runs it, but isolated and with
     inductor (gcc builds the compiled kernels): exit status 0, every part ok."""
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke", "--device", "cpu", "--isolate",
-                        "--out", str(out)], cwd=gpu_check.REPO, capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check", "--smoke", "--device", "cpu", "--isolate", "--out", str(out)],
+        cwd=gpu_check.REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     report, md = _read(out)
     _check_ok(report, md, ALL)

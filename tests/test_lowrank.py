@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
 from numerics import directional_derivative
+
 from soe.core.model import LlamaLM, ModelConfig
-from soe.train.optim import OptimConfig, make_optimizer
 from soe.core.soup import SoupConfig, SoupOfExperts
+from soe.train.optim import OptimConfig, make_optimizer
 
 CFG = ModelConfig(vocab_size=23, n_layer=2, n_head=2, d_model=8, max_seq_len=8, d_ff=12)
 
@@ -27,12 +27,12 @@ def explicit(soup, alpha):
         lr_end = ps + (soup.lowrank.numel if g == "decay" and soup.lowrank is not None else 0)
         for name, shape in soup.layout[g]:
             n = shape.numel()
-            t = soup.shared[g][off:off + n].view(shape).clone()
+            t = soup.shared[g][off : off + n].view(shape).clone()
             for j in range(soup.n):
                 if off < ps:
-                    t += alpha[j] * soup.bank[g][j, off:off + n].view(shape)
+                    t += alpha[j] * soup.bank[g][j, off : off + n].view(shape)
                 elif off < lr_end:
-                    t += alpha[j] * lr_experts[j][off - ps:off - ps + n].view(shape)
+                    t += alpha[j] * lr_experts[j][off - ps : off - ps + n].view(shape)
             out[name] = t
             off += n
     return out
@@ -52,7 +52,9 @@ def test_instantiate_equals_explicit_low_rank_sum(init, souped):
     moved = not torch.equal(params["model.layers.0.mlp.up_proj.weight"], s_only["model.layers.0.mlp.up_proj.weight"])
     assert moved == (init == "normal")  # 'zero' (LoRA-style A = 0): Θ(h) = S at init
     if souped != ["*"]:  # unsouped matrices are exactly S
-        assert torch.equal(params["model.layers.0.self_attn.q_proj.weight"], s_only["model.layers.0.self_attn.q_proj.weight"])
+        assert torch.equal(
+            params["model.layers.0.self_attn.q_proj.weight"], s_only["model.layers.0.self_attn.q_proj.weight"]
+        )
 
 
 def test_low_rank_sizes_and_full_rank_fallback():
@@ -71,8 +73,9 @@ def test_low_rank_sizes_and_full_rank_fallback():
 
 @pytest.mark.parametrize("init", ["zero", "normal"])
 def test_low_rank_gradients_match_finite_differences(init):
-    soup = SoupOfExperts(CFG, 3, SoupConfig(n_experts=2, expert_rank=2, expert_init=init, router_hidden=4,
-                                            router_depth=1)).double()
+    soup = SoupOfExperts(
+        CFG, 3, SoupConfig(n_experts=2, expert_rank=2, expert_init=init, router_hidden=4, router_depth=1)
+    ).double()
     h = torch.tensor([0.6, 0.1, 0.3], dtype=torch.float64)
     x, y = data(1)
     params = dict(soup.named_parameters())

@@ -41,8 +41,9 @@ def faults(keep: str) -> tuple[str, int]:
     return flags, int(n)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
-                    reason="glibc only")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc only"
+)
 def test_training_step_reuses_kept_memory_without_page_faults():
     flags, kept = faults("1")
     assert flags == "True True"
@@ -57,8 +58,11 @@ def test_training_step_reuses_kept_memory_without_page_faults():
 def _calls(fn) -> set[str]:
     import ast
 
-    return {n.func.id if isinstance(n.func, ast.Name) else n.func.attr for n in ast.walk(fn)
-            if isinstance(n, ast.Call) and isinstance(n.func, (ast.Name, ast.Attribute))}
+    return {
+        n.func.id if isinstance(n.func, ast.Name) else n.func.attr
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Call) and isinstance(n.func, (ast.Name, ast.Attribute))
+    }
 
 
 def test_every_entry_point_sets_the_allocator_itself():
@@ -75,6 +79,9 @@ def test_every_entry_point_sets_the_allocator_itself():
                 if "keep_freed_memory" not in _calls(fn):
                     missing.append(entries[-1])
     assert len(entries) >= 8 and not missing, missing
-    main = next(f for f in ast.walk(ast.parse((ROOT / "soe/cli/__init__.py").read_text()))
-                if isinstance(f, ast.FunctionDef) and f.name == "main")
+    main = next(
+        f
+        for f in ast.walk(ast.parse((ROOT / "soe/cli/__init__.py").read_text()))
+        if isinstance(f, ast.FunctionDef) and f.name == "main"
+    )
     assert "keep_freed_memory" in _calls(main)  # soe prepare / soe train pass through it before their own main

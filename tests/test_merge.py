@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from specialize_helpers import perturbed_specialists
 
 from soe.core.model import LlamaLM, ModelConfig
 from soe.merging import methods as M
 from soe.merging.config import load_config, parse_config
 from soe.merging.merge import merge, merge_tensors
 from soe.specialists.export import load_specialist, save_specialist
-from specialize_helpers import perturbed_specialists
 
 CFG = ModelConfig(vocab_size=48, n_layer=2, n_head=2, d_model=16, max_seq_len=32)
 
@@ -28,15 +28,26 @@ def specialists(tmp_path_factory):
 
 
 def _cfg(dirs, method, **params):
-    models = [{"model": str(dirs[u]), "parameters": {"weight": w, "density": 0.5}}
-              for u, w in (("a", 1.0), ("b", 0.5), ("c", 1.0))]
-    return parse_config({"merge_method": method, "base_model": str(dirs["base"]), "models": models,
-                         "parameters": params})
+    models = [
+        {"model": str(dirs[u]), "parameters": {"weight": w, "density": 0.5}}
+        for u, w in (("a", 1.0), ("b", 0.5), ("c", 1.0))
+    ]
+    return parse_config(
+        {"merge_method": method, "base_model": str(dirs["base"]), "models": models, "parameters": params}
+    )
 
 
-@pytest.mark.parametrize("method,params", [("linear", {}), ("task_arithmetic", {"lambda": 0.7}),
-                                           ("ties", {}), ("ties", {"trim": "model"}), ("dare_linear", {"seed": 3}),
-                                           ("dare_ties", {"rescale": "inverse"})])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("linear", {}),
+        ("task_arithmetic", {"lambda": 0.7}),
+        ("ties", {}),
+        ("ties", {"trim": "model"}),
+        ("dare_linear", {"seed": 3}),
+        ("dare_ties", {"rescale": "inverse"}),
+    ],
+)
 def test_streaming_merge_equals_the_per_tensor_rule(specialists, tmp_path, method, params):
     _, dirs = specialists
     cfg = _cfg(dirs, method, **params)
@@ -46,8 +57,10 @@ def test_streaming_merge_equals_the_per_tensor_rule(specialists, tmp_path, metho
     w = [1.0, 0.5, 1.0]
     thr = None
     if params.get("trim") == "model":
-        thr = [M.model_threshold(torch.cat([(sd[u][n] - sd["base"][n]).abs().reshape(-1) for n in sd["base"]]), 0.5)
-               for u in "abc"]
+        thr = [
+            M.model_threshold(torch.cat([(sd[u][n] - sd["base"][n]).abs().reshape(-1) for n in sd["base"]]), 0.5)
+            for u in "abc"
+        ]
     for n, t in got.items():
         b, th = sd["base"][n], [sd[u][n] for u in "abc"]
         taus = [x - b for x in th]
@@ -75,20 +88,38 @@ def test_streaming_merge_equals_the_per_tensor_rule(specialists, tmp_path, metho
 def test_merging_identical_specialists_returns_the_specialist(specialists, tmp_path):
     _, dirs = specialists
     import shutil
+
     copies = [str(shutil.copytree(dirs["a"], tmp_path / f"a{i}")) for i in range(3)]  # one path twice is refused
     for method in ("linear", "ties", "task_arithmetic"):
-        cfg = parse_config({"merge_method": method, "base_model": str(dirs["base"]),
-                            "models": copies, "parameters": {"lambda": 1 / 3} if method == "task_arithmetic" else {}})
+        cfg = parse_config(
+            {
+                "merge_method": method,
+                "base_model": str(dirs["base"]),
+                "models": copies,
+                "parameters": {"lambda": 1 / 3} if method == "task_arithmetic" else {},
+            }
+        )
         merge(cfg, tmp_path / method, log=None)
-        got, want = load_file(str(tmp_path / method / "model.safetensors")), load_file(str(dirs["a"] / "model.safetensors"))
+        got, want = (
+            load_file(str(tmp_path / method / "model.safetensors")),
+            load_file(str(dirs["a"] / "model.safetensors")),
+        )
         assert all(torch.allclose(got[n], want[n], atol=1e-6) for n in want), method
 
 
 def test_incompatible_inputs_are_refused_naming_them(specialists, tmp_path):
     root, dirs = specialists
     other = ModelConfig(vocab_size=48, n_layer=1, n_head=2, d_model=16, max_seq_len=32)
-    small = save_specialist(root / "small", {k: v.detach() for k, v in LlamaLM(other).named_parameters()}, other,
-                            tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe", overwrite=True)
+    small = save_specialist(
+        root / "small",
+        {k: v.detach() for k, v in LlamaLM(other).named_parameters()},
+        other,
+        tokenizer_file=root / "tokenizer.json",
+        eos_id=0,
+        info={},
+        fmt="soe",
+        overwrite=True,
+    )
     cfg = parse_config({"merge_method": "linear", "models": [str(dirs["a"]), str(small)]})
     with pytest.raises(ValueError, match=r"models\[1\].*small.*tensors differ"):
         merge(cfg, tmp_path / "x", log=None)
@@ -98,18 +129,30 @@ def test_incompatible_inputs_are_refused_naming_them(specialists, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-@pytest.mark.parametrize("raw,match", [
-    ({"merge_method": "soup", "models": ["a"]}, "merge_method 'soup'"),
-    ({"merge_method": "ties", "models": ["a"]}, "needs base_model"),
-    ({"merge_method": "linear", "models": []}, "non-empty list"),
-    ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": True}}]}, "weight: True is not a number"),
-    ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"density": 0}}]}, "density: 0.0 is outside"),
-    ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"densty": 0.5}}]}, "expected keys among"),
-    ({"merge_method": "ties", "base_model": "b", "models": ["a"], "parameters": {"trim": "layer"}}, "trim 'layer'"),
-    ({"merge_method": "dare_linear", "base_model": "b", "models": ["a"], "parameters": {"rescale": "l2"}}, "rescale 'l2'"),
-    ({"merge_method": "linear", "models": ["a"], "dtype": "int8"}, "dtype 'int8'"),
-    ({"merge_method": "linear", "models": ["a"], "tokenizer_source": "x"}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "raw,match",
+    [
+        ({"merge_method": "soup", "models": ["a"]}, "merge_method 'soup'"),
+        ({"merge_method": "ties", "models": ["a"]}, "needs base_model"),
+        ({"merge_method": "linear", "models": []}, "non-empty list"),
+        (
+            {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": True}}]},
+            "weight: True is not a number",
+        ),
+        (
+            {"merge_method": "linear", "models": [{"model": "a", "parameters": {"density": 0}}]},
+            "density: 0.0 is outside",
+        ),
+        ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"densty": 0.5}}]}, "expected keys among"),
+        ({"merge_method": "ties", "base_model": "b", "models": ["a"], "parameters": {"trim": "layer"}}, "trim 'layer'"),
+        (
+            {"merge_method": "dare_linear", "base_model": "b", "models": ["a"], "parameters": {"rescale": "l2"}},
+            "rescale 'l2'",
+        ),
+        ({"merge_method": "linear", "models": ["a"], "dtype": "int8"}, "dtype 'int8'"),
+        ({"merge_method": "linear", "models": ["a"], "tokenizer_source": "x"}, "unknown key"),
+    ],
+)
 def test_config_errors_name_the_key(raw, match):
     with pytest.raises(ValueError, match=match):
         parse_config(raw, "merge.yaml")
@@ -134,12 +177,17 @@ def text_specialists(tmp_path_factory):
     train_tokenizer(docs["cooking"] + docs["law"], root / "tokenizer.json")
     torch.manual_seed(1)
     base = {k: v.detach().clone() for k, v in LlamaLM(NET).named_parameters()}
-    dirs = {"base": save_specialist(root / "base", base, NET, tokenizer_file=root / "tokenizer.json", eos_id=0,
-                                    info={}, fmt="soe")}
+    dirs = {
+        "base": save_specialist(
+            root / "base", base, NET, tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe"
+        )
+    }
     for i, d in enumerate(docs):
         g = torch.Generator().manual_seed(10 + i)
         p = {k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in base.items()}
-        dirs[d] = save_specialist(root / d, p, NET, tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe")
+        dirs[d] = save_specialist(
+            root / d, p, NET, tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe"
+        )
         (root / f"{d}.txt").write_text("\n\n".join(docs[d]))
     return root, dirs
 
@@ -150,9 +198,16 @@ def test_data_aware_merge_uses_each_models_exemplar_features(text_specialists, t
     from soe.merging.features import collect, exemplar_windows
 
     root, dirs = text_specialists
-    cfg = parse_config({"merge_method": method, "base_model": str(dirs["base"]), "parameters": {"exemplar_tokens": 256},
-                        "models": [{"model": str(dirs[d]), "parameters": {"exemplars": str(root / f"{d}.txt")}}
-                                   for d in ("cooking", "law")]})
+    cfg = parse_config(
+        {
+            "merge_method": method,
+            "base_model": str(dirs["base"]),
+            "parameters": {"exemplar_tokens": 256},
+            "models": [
+                {"model": str(dirs[d]), "parameters": {"exemplars": str(root / f"{d}.txt")}} for d in ("cooking", "law")
+            ],
+        }
+    )
     merge(cfg, tmp_path / "out", log=None)
     got = load_file(str(tmp_path / "out" / "model.safetensors"))
     name = "model.layers.0.mlp.down_proj.weight"
@@ -163,9 +218,11 @@ def test_data_aware_merge_uses_each_models_exemplar_features(text_specialists, t
         thetas.append(load_file(str(dirs[d] / "model.safetensors"))[name])
     base = load_file(str(dirs["base"] / "model.safetensors"))[name]
     grams = [f.gram[name] for f in feats]
-    want = {"regmean": lambda: D.regmean(thetas, grams, 0.9),
-            "lot": lambda: D.lot_linear(base, [t - base for t in thetas], grams),
-            "cat": lambda: base + sum(D.cat_linear([t - base for t in thetas], grams, 4))}[method]()
+    want = {
+        "regmean": lambda: D.regmean(thetas, grams, 0.9),
+        "lot": lambda: D.lot_linear(base, [t - base for t in thetas], grams),
+        "cat": lambda: base + sum(D.cat_linear([t - base for t in thetas], grams, 4)),
+    }[method]()
     assert torch.allclose(got[name], want, atol=1e-5)
     assert not torch.allclose(got[name], sum(thetas) / 2, atol=1e-4)  # not plain averaging
 
@@ -175,8 +232,9 @@ def test_data_aware_merge_needs_exemplars():
         parse_config({"merge_method": "cat", "base_model": "b", "models": ["a"]}, "merge.yaml")
 
 
-@pytest.mark.parametrize("weight,match", [(-1.0, "weight: -1.0 is outside"), (float("nan"), "weight: nan is not finite"),
-                                          (0.0, "sum to 0")])
+@pytest.mark.parametrize(
+    "weight,match", [(-1.0, "weight: -1.0 is outside"), (float("nan"), "weight: nan is not finite"), (0.0, "sum to 0")]
+)
 def test_negative_nan_or_zero_weights_are_refused(weight, match):
     with pytest.raises(ValueError, match=match):
         parse_config({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": weight}}]}, "m.yaml")
@@ -191,25 +249,48 @@ def test_other_tokenizer_or_vocab_is_refused_and_nothing_written(specialists, tm
     with pytest.raises(ValueError, match=r"models\[1\].*tokenizer.json differs"):
         merge(parse_config({"merge_method": "linear", "models": [str(dirs["a"]), str(odd)]}), tmp_path / "o1", log=None)
     cfg64 = ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=32)
-    big = save_specialist(tmp_path / "vocab64", {k: v.detach() for k, v in LlamaLM(cfg64).named_parameters()}, cfg64,
-                          tokenizer_file=root / "tokenizer.json", eos_id=0, info={}, fmt="soe")
+    big = save_specialist(
+        tmp_path / "vocab64",
+        {k: v.detach() for k, v in LlamaLM(cfg64).named_parameters()},
+        cfg64,
+        tokenizer_file=root / "tokenizer.json",
+        eos_id=0,
+        info={},
+        fmt="soe",
+    )
     with pytest.raises(ValueError, match=r"base_model .* has shape|models\[0\].*has shape"):
-        merge(parse_config({"merge_method": "task_arithmetic", "base_model": str(big), "models": [str(dirs["a"])]}),
-              tmp_path / "o2", log=None)
+        merge(
+            parse_config({"merge_method": "task_arithmetic", "base_model": str(big), "models": [str(dirs["a"])]}),
+            tmp_path / "o2",
+            log=None,
+        )
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
 def test_too_few_exemplar_tokens_is_refused(text_specialists, tmp_path):
     root, dirs = text_specialists
     (tmp_path / "tiny.txt").write_text("oven")
-    cfg = parse_config({"merge_method": "regmean", "models": [
-        {"model": str(dirs["cooking"]), "parameters": {"exemplars": str(tmp_path / "tiny.txt")}},
-        {"model": str(dirs["law"]), "parameters": {"exemplars": str(root / "law.txt")}}]})
+    cfg = parse_config(
+        {
+            "merge_method": "regmean",
+            "models": [
+                {"model": str(dirs["cooking"]), "parameters": {"exemplars": str(tmp_path / "tiny.txt")}},
+                {"model": str(dirs["law"]), "parameters": {"exemplars": str(root / "law.txt")}},
+            ],
+        }
+    )
     with pytest.raises(ValueError, match="tiny.txt"):
         merge(cfg, tmp_path / "o", log=None)
-    cfg = parse_config({"merge_method": "cat", "base_model": str(dirs["base"]), "parameters": {"exemplar_tokens": 8},
-                        "models": [{"model": str(dirs[d]), "parameters": {"exemplars": str(root / f"{d}.txt")}}
-                                   for d in ("cooking", "law")]})
+    cfg = parse_config(
+        {
+            "merge_method": "cat",
+            "base_model": str(dirs["base"]),
+            "parameters": {"exemplar_tokens": 8},
+            "models": [
+                {"model": str(dirs[d]), "parameters": {"exemplars": str(root / f"{d}.txt")}} for d in ("cooking", "law")
+            ],
+        }
+    )
     with pytest.raises(ValueError, match="exemplar token budget 8 is below one window"):
         merge(cfg, tmp_path / "o", log=None)
     assert not (tmp_path / "o").exists()

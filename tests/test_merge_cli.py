@@ -6,10 +6,10 @@ import json
 
 import pytest
 import yaml
-
 from bad_inputs import assert_refused
-from soe.cli import main
 from specialize_helpers import text_env
+
+from soe.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,12 @@ def env(tmp_path_factory):
     prepared, ckpt = text_env(tmp_path_factory)
     root = tmp_path_factory.mktemp("mergecli")
     for dom in ("cooking", "law"):
-        assert main([f"instantiate", str(ckpt), "--weights", dom, "--out", str(root / dom), "--format", "hf"]) == 0
-    cfg = {"merge_method": "ties", "base_model": {"soup": str(ckpt), "h": "alpha-mean"},
-           "models": [{"model": str(root / d), "parameters": {"density": 0.5}} for d in ("cooking", "law")]}
+        assert main(["instantiate", str(ckpt), "--weights", dom, "--out", str(root / dom), "--format", "hf"]) == 0
+    cfg = {
+        "merge_method": "ties",
+        "base_model": {"soup": str(ckpt), "h": "alpha-mean"},
+        "models": [{"model": str(root / d), "parameters": {"density": 0.5}} for d in ("cooking", "law")],
+    }
     (root / "merge.yaml").write_text(yaml.safe_dump(cfg))
     (root / "bad.yaml").write_text("merge_method: ties\nmodels: [a]\n")  # no base_model
     (root / "texts.txt").write_text("the oven and the court\n\nthe rocket and the dough\n")

@@ -100,7 +100,9 @@ def test_semantic_coefficients_follow_the_model_that_changed_a_layer():
     assert s[0, 0] > 0 and s[0, 1] == 0 and s[1, 0] == 0 and s[1, 1] > 0
     c = S.layer_coefficients(s, [1.0, 1.0])
     assert torch.allclose(c, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # each layer goes to the model that changed it
-    assert torch.allclose(S.layer_coefficients(torch.zeros(2, 2), [1.0, 3.0]), torch.tensor([[0.25, 0.25], [0.75, 0.75]]))
+    assert torch.allclose(
+        S.layer_coefficients(torch.zeros(2, 2), [1.0, 3.0]), torch.tensor([[0.25, 0.25], [0.75, 0.75]])
+    )
     assert S.block_index("model.layers.1.mlp.up_proj.weight") == 1 and S.block_index("model.norm.weight") is None
     # each anchor is the least-squares preimage of its token's one-hot logits: W a_v = P e_v, so (W a_v)_v > 0
     x = S.anchors(base, 5, seed=0)

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from bad_inputs import assert_refused
+from specialize_helpers import make_docs, text_env
+
 from soe.cli import main as soe_main
 from soe.data.windows import eval_windows
 from soe.merge_experiment import __main__ as entry
@@ -20,7 +21,6 @@ from soe.merge_experiment import study as ST
 from soe.merge_experiment import teams as TM
 from soe.merge_experiment.config import load_config
 from soe.merging.stopping import greedy_checkpoints
-from specialize_helpers import make_docs, text_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
@@ -58,17 +58,32 @@ def tiny(fixture_prepared, tmp_path_factory):
 def test_report_has_every_section_with_numbers(tiny):
     cfg, out, result, _ = tiny
     text = (out / "report.md").read_text()
-    sections = ["## Predictions (written before the runs)", "## 1. Which method, which base",
-                "### LoRA fine-tunes from the soup", "### Control: full fine-tunes from the generic model",
-                "## 2. Undertraining and mergeability", "Mergeability-aware stopping", "Difficulty buckets",
-                "## 3. Sequential vs parallel: planted markers"]
+    sections = [
+        "## Predictions (written before the runs)",
+        "## 1. Which method, which base",
+        "### LoRA fine-tunes from the soup",
+        "### Control: full fine-tunes from the generic model",
+        "## 2. Undertraining and mergeability",
+        "Mergeability-aware stopping",
+        "Difficulty buckets",
+        "## 3. Sequential vs parallel: planted markers",
+    ]
     parts = re.split(r"\n(?=##)", text)
     for s in sections:
         assert s in text, s
     for part in parts[1:]:  # every section carries numbers
         assert len(NUMBER.findall(part)) >= 4, part[:80]
-    for label in ("task_arithmetic/alpha-mean", "task_arithmetic/alpha-mean+proj", "ties/mean", "cat/mean", "lot/mean",
-                  "regmean/none", "semantic/mean", "dare_ties/mean", "linear/none"):  # every method × base
+    for label in (
+        "task_arithmetic/alpha-mean",
+        "task_arithmetic/alpha-mean+proj",
+        "ties/mean",
+        "cat/mean",
+        "lot/mean",
+        "regmean/none",
+        "semantic/mean",
+        "dare_ties/mean",
+        "linear/none",
+    ):  # every method × base
         assert f"| {label} |" in text, label
     for ref in ("| individual |", "| multitask |", "| ensemble |", "| tuned TA |"):
         assert ref in text, ref
@@ -135,7 +150,7 @@ def test_markers_are_planted_whole_in_fine_tuning_windows(fixture_prepared):
     wins = eval_windows(planted, 32).tolist()
     for m in markers:  # every copy lies whole inside one window
         seq = [0] + m.prompt + m.answer + [0]
-        found = sum(any(w[i:i + len(seq)] == seq for i in range(len(w) - len(seq) + 1)) for w in wins)
+        found = sum(any(w[i : i + len(seq)] == seq for i in range(len(w) - len(seq) + 1)) for w in wins)
         assert found == 3, m.text
     with pytest.raises(ValueError, match="lower marker_copies"):
         TM.plant(tokens[:400], markers, copies=10, seq_len=32, eos_id=0, seed=1)
@@ -153,16 +168,19 @@ def test_greedy_checkpoints_finds_what_individual_stopping_misses():
         greedy_checkpoints([[4, 8]], [16], value)
 
 
-@pytest.mark.parametrize("patch,expect", [
-    ({"predictions": {"nonsense": "x"}}, "predictions: expected claim ids"),
-    ({"grids": {"task_arithmetic": [{"lambda": 1.0}], "ties": [{"density": 2.0}]}}, "grids.ties[0]"),
-    ({"grids": {"magic": [{}]}}, "grids.magic: unknown merge method"),
-    ({"grids": {"ties": [{"density": 0.5}]}}, "task_arithmetic is required"),
-    ({"teams": ["go"]}, "teams: expected a list of at least 2"),
-    ({"validation_share": 0.95}, "validation_share"),
-    ({"steps": 4, "first_checkpoint": 8}, "first_checkpoint"),
-    ({"teams": ["go", "nosuchteam"]}, "nosuchteam"),
-])
+@pytest.mark.parametrize(
+    "patch,expect",
+    [
+        ({"predictions": {"nonsense": "x"}}, "predictions: expected claim ids"),
+        ({"grids": {"task_arithmetic": [{"lambda": 1.0}], "ties": [{"density": 2.0}]}}, "grids.ties[0]"),
+        ({"grids": {"magic": [{}]}}, "grids.magic: unknown merge method"),
+        ({"grids": {"ties": [{"density": 0.5}]}}, "task_arithmetic is required"),
+        ({"teams": ["go"]}, "teams: expected a list of at least 2"),
+        ({"validation_share": 0.95}, "validation_share"),
+        ({"steps": 4, "first_checkpoint": 8}, "first_checkpoint"),
+        ({"teams": ["go", "nosuchteam"]}, "nosuchteam"),
+    ],
+)
 def test_bad_configs_are_refused_before_anything_runs(fixture_prepared, tmp_path, capsys, patch, expect):
     import yaml
 
@@ -183,14 +201,38 @@ def test_stop_for_merge_cli_merges_at_the_chosen_checkpoints(tmp_path_factory, c
     for topic, seed in (("cooking", 1), ("law", 2)):
         (root / f"{topic}.txt").write_text("\n\n".join(make_docs(topic, 40, seed=seed)))
         out = root / topic
-        assert soe_main(["finetune", f"{ckpt}@{topic}", "--texts", str(root / f"{topic}.txt"), "--out", str(out),
-                         "--steps", "8", "--eval-every", "4", "--batch-size", "2", "--warmup", "1", "--format", "soe"]) == 0
+        assert (
+            soe_main(
+                [
+                    "finetune",
+                    f"{ckpt}@{topic}",
+                    "--texts",
+                    str(root / f"{topic}.txt"),
+                    "--out",
+                    str(out),
+                    "--steps",
+                    "8",
+                    "--eval-every",
+                    "4",
+                    "--batch-size",
+                    "2",
+                    "--warmup",
+                    "1",
+                    "--format",
+                    "soe",
+                ]
+            )
+            == 0
+        )
         runs.append(out)
     base = root / "base"
     assert soe_main(["instantiate", str(ckpt), "--weights", "prior", "--out", str(base), "--format", "soe"]) == 0
     cfg = root / "merge.yaml"
-    cfg.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n" +
-                   "".join(f"  - model: {r}\n" for r in runs) + "parameters: {lambda: 0.5}\n")
+    cfg.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+        + "".join(f"  - model: {r}\n" for r in runs)
+        + "parameters: {lambda: 0.5}\n"
+    )
     merged = root / "merged"
     assert soe_main(["finetune", "--stop-for-merge", str(cfg), "--out", str(merged)]) == 0
     rec = json.loads((merged / "stop_for_merge.json").read_text())
@@ -204,8 +246,13 @@ def test_stop_for_merge_cli_merges_at_the_chosen_checkpoints(tmp_path_factory, c
     ins = [load_file(str(r / c / "model.safetensors")) for r, c in zip(runs, rec["choice"])]
     name = "model.layers.0.mlp.up_proj.weight"
     assert torch.allclose(got[name], b[name] + 0.5 * sum(t[name] - b[name] for t in ins), atol=1e-6)
-    assert_refused(capsys, "soe", ["finetune", "--stop-for-merge", str(cfg), "--texts", "x", "--out", str(root / "x")],
-                   "drop SOURCE and --texts", watch=(root,))
+    assert_refused(
+        capsys,
+        "soe",
+        ["finetune", "--stop-for-merge", str(cfg), "--texts", "x", "--out", str(root / "x")],
+        "drop SOURCE and --texts",
+        watch=(root,),
+    )
     assert_refused(capsys, "soe", ["finetune", "--out", str(root / "y")], "needs SOURCE and --texts", watch=(root,))
 
 

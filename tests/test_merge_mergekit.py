@@ -35,17 +35,26 @@ def _mergekit(raw: dict, out) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@pytest.mark.parametrize("method,density,params", [
-    ("linear", 1.0, {}),
-    ("task_arithmetic", 1.0, {"lambda": 0.7}),
-    ("ties", 0.4, {}),
-    ("ties", 0.6, {"lambda": 0.8, "normalize": False}),
-    ("dare_linear", 1.0, {}),
-])
+@pytest.mark.parametrize(
+    "method,density,params",
+    [
+        ("linear", 1.0, {}),
+        ("task_arithmetic", 1.0, {"lambda": 0.7}),
+        ("ties", 0.4, {}),
+        ("ties", 0.6, {"lambda": 0.8, "normalize": False}),
+        ("dare_linear", 1.0, {}),
+    ],
+)
 def test_same_tensors_as_mergekit(hf_models, tmp_path, method, density, params):
-    raw = {"merge_method": method, "dtype": "float32", "parameters": params,
-           "models": [{"model": str(hf_models[u]), "parameters": {"weight": w, "density": density}}
-                      for u, w in (("a", 1.0), ("b", 0.5), ("c", 1.0))]}
+    raw = {
+        "merge_method": method,
+        "dtype": "float32",
+        "parameters": params,
+        "models": [
+            {"model": str(hf_models[u]), "parameters": {"weight": w, "density": density}}
+            for u, w in (("a", 1.0), ("b", 0.5), ("c", 1.0))
+        ],
+    }
     if method != "linear":
         raw["base_model"] = str(hf_models["base"])
     ours = merge(parse_config(raw), tmp_path / "ours", log=None)

@@ -73,5 +73,7 @@ def test_dare_inverse_rescale_keeps_the_expected_sum_and_l1_keeps_the_norm():
 
 def test_tensor_seed_depends_on_name_and_model_not_order():
     assert M.tensor_seed(0, "a", 0) == M.tensor_seed(0, "a", 0)
-    assert len({M.tensor_seed(0, "a", 0), M.tensor_seed(0, "b", 0), M.tensor_seed(0, "a", 1),
-                M.tensor_seed(1, "a", 0)}) == 4
+    assert (
+        len({M.tensor_seed(0, "a", 0), M.tensor_seed(0, "b", 0), M.tensor_seed(0, "a", 1), M.tensor_seed(1, "a", 0)})
+        == 4
+    )

@@ -5,11 +5,11 @@ import lightning as L
 import pytest
 import torch
 
-from soe.data.datamodule import SoupDataModule
 from soe.core.model import ModelConfig
+from soe.core.soup import SoupConfig
+from soe.data.datamodule import SoupDataModule
 from soe.train.module import SoupModule
 from soe.train.optim import OptimConfig
-from soe.core.soup import SoupConfig
 
 NET = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=32, max_seq_len=16)
 
@@ -27,16 +27,31 @@ class Losses(L.Callback):
 def make(prepared, **optim):
     L.seed_everything(0)  # φ's init uses the global RNG (see test_lowrank.test_init_depends_only_on_init_seed)
     dm = SoupDataModule(str(prepared), seq_len=16, batch_size=4, seed=3, val_windows=2, val_batch_size=2)
-    model = SoupModule(net=NET, soup=SoupConfig(n_experts=2, router_hidden=8, router_depth=1),
-                       optim=OptimConfig(lr=1e-2, warmup_steps=2, **optim), n_domains=dm.num_domains,
-                       domain_names=dm.domain_names, prior=dm.prior)
+    model = SoupModule(
+        net=NET,
+        soup=SoupConfig(n_experts=2, router_hidden=8, router_depth=1),
+        optim=OptimConfig(lr=1e-2, warmup_steps=2, **optim),
+        n_domains=dm.num_domains,
+        domain_names=dm.domain_names,
+        prior=dm.prior,
+    )
     return model, dm
 
 
 def trainer(root, steps, callbacks, **kw):
-    return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                     gradient_clip_val=1.0, callbacks=callbacks, default_root_dir=root, **kw)
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        callbacks=callbacks,
+        default_root_dir=root,
+        **kw,
+    )
 
 
 def test_gradient_accumulation_resumes_exactly(prepared, tmp_path):
@@ -45,7 +60,9 @@ def test_gradient_accumulation_resumes_exactly(prepared, tmp_path):
     trainer(tmp_path / "a", 6, [full], accumulate_grad_batches=acc, enable_checkpointing=False).fit(*make(prepared))
     assert sorted(full.by_batch) == list(range(6 * acc))  # 6 optimizer steps consumed 12 batches
 
-    ck = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=3, save_last=True, save_top_k=0)
+    ck = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ck", every_n_train_steps=3, save_last=True, save_top_k=0
+    )
     part = Losses(stop_at=3)
     trainer(tmp_path / "b", 6, [part, ck], accumulate_grad_batches=acc).fit(*make(prepared))
     assert sorted(part.by_batch) == list(range(3 * acc))
@@ -53,7 +70,9 @@ def test_gradient_accumulation_resumes_exactly(prepared, tmp_path):
     L.seed_everything(99)
     rest = Losses()
     model, dm = make(prepared)
-    trainer(tmp_path / "b", 6, [rest], accumulate_grad_batches=acc).fit(model, dm, ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    trainer(tmp_path / "b", 6, [rest], accumulate_grad_batches=acc).fit(
+        model, dm, ckpt_path=str(tmp_path / "ck" / "last.ckpt")
+    )
     assert sorted(rest.by_batch) == list(range(3 * acc, 6 * acc))
     for i in rest.by_batch:
         assert rest.by_batch[i] == full.by_batch[i], (i, rest.by_batch[i], full.by_batch[i])

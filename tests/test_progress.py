@@ -11,10 +11,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(prepared, tmp_path, *extra):
-    return ["fit", "--config", str(ROOT / "configs/tiny.yaml"), f"--data.data_dir={prepared}",
-            "--model.net.vocab_size=64", "--trainer.max_steps=6", "--trainer.val_check_interval=3",
-            "--trainer.log_every_n_steps=1", f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
-            f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck", *extra]
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs/tiny.yaml"),
+        f"--data.data_dir={prepared}",
+        "--model.net.vocab_size=64",
+        "--trainer.max_steps=6",
+        "--trainer.val_check_interval=3",
+        "--trainer.log_every_n_steps=1",
+        f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck",
+        *extra,
+    ]
 
 
 def test_the_bar_counts_steps_of_max_steps(prepared, tmp_path, capsys):
@@ -31,8 +40,9 @@ def test_the_bar_counts_steps_of_max_steps(prepared, tmp_path, capsys):
 
 def test_a_resumed_bar_starts_at_the_checkpoint(prepared, tmp_path):
     train_main(_args(prepared, tmp_path, "--trainer.enable_progress_bar=false"))
-    cli = train_main([a.replace("max_steps=6", "max_steps=8") for a in _args(prepared, tmp_path)]
-                     + ["--ckpt_path=last"])
+    cli = train_main(
+        [a.replace("max_steps=6", "max_steps=8") for a in _args(prepared, tmp_path)] + ["--ckpt_path=last"]
+    )
     bar = next(c for c in cli.trainer.callbacks if isinstance(c, StepProgressBar)).train_progress_bar
     assert (bar.total, bar.initial, bar.n) == (8, 6, 8)
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from data_prep import config as C  # noqa: E402
 from soe.checks import safe_load_yaml, strict_number  # noqa: E402
@@ -25,8 +26,11 @@ USER_ERRORS = (ValueError, OSError)
 
 weights = st.floats(min_value=0, max_value=1e30, allow_nan=False, allow_infinity=False)
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-trees = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
-                                                                                           max_size=4), max_leaves=12)
+trees = st.recursive(
+    scalars,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12,
+)
 
 
 @FAST
@@ -110,16 +114,30 @@ def test_any_yaml_text_is_loaded_or_refused(text):
         pass
 
 
-merge_raw = st.fixed_dictionaries({
-    "merge_method": st.sampled_from(["linear", "ties", "task_arithmetic", "dare_ties", "nope"]),
-    "models": st.lists(st.sampled_from(["m/a", "m/b", "m/c"]) | st.fixed_dictionaries(
-        {"model": st.sampled_from(["m/a", "m/b"]), "parameters": st.dictionaries(
-            st.sampled_from(["weight", "density", "bogus"]), st.floats() | st.integers() | st.booleans(),
-            max_size=2)}), max_size=3)},
-    optional={"base_model": st.sampled_from(["m/base", None]) | trees,
-              "parameters": st.dictionaries(st.sampled_from(["lambda", "normalize", "seed", "trim"]), scalars,
-                                            max_size=3),
-              "dtype": st.sampled_from(["float32", "float64"])})
+merge_raw = st.fixed_dictionaries(
+    {
+        "merge_method": st.sampled_from(["linear", "ties", "task_arithmetic", "dare_ties", "nope"]),
+        "models": st.lists(
+            st.sampled_from(["m/a", "m/b", "m/c"])
+            | st.fixed_dictionaries(
+                {
+                    "model": st.sampled_from(["m/a", "m/b"]),
+                    "parameters": st.dictionaries(
+                        st.sampled_from(["weight", "density", "bogus"]),
+                        st.floats() | st.integers() | st.booleans(),
+                        max_size=2,
+                    ),
+                }
+            ),
+            max_size=3,
+        ),
+    },
+    optional={
+        "base_model": st.sampled_from(["m/base", None]) | trees,
+        "parameters": st.dictionaries(st.sampled_from(["lambda", "normalize", "seed", "trim"]), scalars, max_size=3),
+        "dtype": st.sampled_from(["float32", "float64"]),
+    },
+)
 
 
 @FAST
@@ -135,13 +153,28 @@ def test_any_merge_config_is_valid_or_refused(raw):
     assert math.isfinite(cfg.lam)
 
 
-prepare_raw = st.fixed_dictionaries({
-    "sources": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "b", "A b"]), "path": st.just("x.jsonl"),
-                                               "domain": st.sampled_from(["alpha", "beta", ""])}), max_size=2)},
-    optional={"seed": scalars, "tokenizer": st.dictionaries(st.sampled_from(["vocab_size", "min_frequency"]),
-                                                             st.integers() | scalars, max_size=2),
-              "shards": st.dictionaries(st.sampled_from(["val_every", "dtype"]), scalars, max_size=2),
-              "extra": trees})
+prepare_raw = st.fixed_dictionaries(
+    {
+        "sources": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "name": st.sampled_from(["a", "b", "A b"]),
+                    "path": st.just("x.jsonl"),
+                    "domain": st.sampled_from(["alpha", "beta", ""]),
+                }
+            ),
+            max_size=2,
+        )
+    },
+    optional={
+        "seed": scalars,
+        "tokenizer": st.dictionaries(
+            st.sampled_from(["vocab_size", "min_frequency"]), st.integers() | scalars, max_size=2
+        ),
+        "shards": st.dictionaries(st.sampled_from(["val_every", "dtype"]), scalars, max_size=2),
+        "extra": trees,
+    },
+)
 
 
 @FAST

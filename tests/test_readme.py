@@ -43,11 +43,11 @@ def entry(argv: list[str]) -> tuple[str, list[str]]:
         return "soe", argv[1:]
     if "train.py" in argv:
         i = argv.index("train.py")
-        return "train.py", argv[i + 1:]
+        return "train.py", argv[i + 1 :]
     i = argv.index("python")
     if argv[i + 1] == "-m":
-        return argv[i + 2], argv[i + 3:]
-    return argv[i + 1], argv[i + 2:]
+        return argv[i + 2], argv[i + 3 :]
+    return argv[i + 1], argv[i + 2 :]
 
 
 def parse(name: str, args: list[str]) -> None:
@@ -73,6 +73,7 @@ def parse(name: str, args: list[str]) -> None:
         return parse_train(args)
     elif name.startswith("bench."):
         import importlib
+
         build_parser = importlib.import_module(name).build_parser
     else:
         raise AssertionError(f"README names an entry point this test does not know: {name}")

@@ -8,8 +8,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-
 from bad_inputs import assert_refused
+
 from soe.core.model import ModelConfig
 from soe.core.soup import ROUTER_INPUTS, Router, SoupConfig, SoupOfExperts
 from soe.data.datamodule import SoupDataModule
@@ -27,7 +27,9 @@ def test_the_options_are_the_documented_ones():
 
 
 def soup_cfg(router_input: str, **kw) -> SoupConfig:
-    return SoupConfig(n_experts=2, router_hidden=8, router_depth=1, expert_init="normal", router_input=router_input, **kw)
+    return SoupConfig(
+        n_experts=2, router_hidden=8, router_depth=1, expert_init="normal", router_input=router_input, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +42,28 @@ def trained(tmp_path_factory):
     out = {}
     for opt in OPTIONS:
         dm = SoupDataModule(str(prepared), seq_len=32, batch_size=8, seed=0, val_windows=4, val_batch_size=4)
-        model = SoupModule(net=NET, soup=soup_cfg(opt), optim=OptimConfig(lr=1e-2, warmup_steps=1),
-                           n_domains=dm.num_domains, domain_names=dm.domain_names, prior=dm.prior,
-                           tokenizer_sha256=dm.tokenizer_sha256)
+        model = SoupModule(
+            net=NET,
+            soup=soup_cfg(opt),
+            optim=OptimConfig(lr=1e-2, warmup_steps=1),
+            n_domains=dm.num_domains,
+            domain_names=dm.domain_names,
+            prior=dm.prior,
+            tokenizer_sha256=dm.tokenizer_sha256,
+        )
         before = {k: v.detach().clone() for k, v in model.soup.router.named_parameters()}
         L.seed_everything(0)
-        trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
-                            num_sanity_val_steps=0, default_root_dir=root / opt)
+        trainer = L.Trainer(
+            max_steps=2,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            default_root_dir=root / opt,
+        )
         trainer.fit(model, dm)
         assert trainer.global_step == 2
         loss = trainer.callback_metrics["loss/train"]
@@ -115,9 +131,17 @@ def test_bad_option_is_refused_naming_the_field(bad):
 
 
 def test_bad_option_is_refused_by_train_py(prepared, tmp_path, capsys):
-    argv = ["fit", "--config", str(ROOT / "configs/tiny.yaml"), f"--data.data_dir={prepared}",
-            "--model.net.vocab_size=64", "--trainer.max_steps=2", "--trainer.enable_progress_bar=false",
-            f"--trainer.logger.init_args.save_dir={tmp_path}/runs", f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck",
-            "--model.soup.router_input=sqrt"]
+    argv = [
+        "fit",
+        "--config",
+        str(ROOT / "configs/tiny.yaml"),
+        f"--data.data_dir={prepared}",
+        "--model.net.vocab_size=64",
+        "--trainer.max_steps=2",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck",
+        "--model.soup.router_input=sqrt",
+    ]
     assert_refused(capsys, "train", argv, "router_input", watch=(prepared,))
     assert not (tmp_path / "ck").exists()

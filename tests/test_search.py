@@ -10,18 +10,18 @@ import json
 import re
 from pathlib import Path
 
+import bad_inputs
 import numpy as np
 import pytest
 import torch
 import yaml
+from bad_inputs import assert_refused
+from test_targets import TARGETS, fixture_raw, prepare
 
-import bad_inputs
-from bad_inputs import assert_refused, snapshot
 from soe.core.model import ModelConfig
 from soe.core.soup import SoupConfig, SoupOfExperts
 from soe.experiments.config import ExperimentConfig
 from soe.experiments.search import HEADER, append_row, main, mean_interval, nonlinearity, variant_config
-from test_targets import TARGETS, fixture_raw, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/tiny.yaml")
@@ -39,17 +39,34 @@ def targets_prepared(tmp_path_factory) -> Path:
 
 
 def search_yaml(path: Path, data_dir: Path, out: Path, variants: list[dict] | None = None) -> Path:
-    raw = {"out": str(out),
-           "experiment": {"data_dir": str(data_dir), "soe_config": TINY, "generic_config": TINY, "max_steps": 3,
-                          "dedicated": False, "refine": False, "finetune": False, "eval_windows": 4,
-                          "bootstrap": 200,
-                          "overrides": ["--trainer.enable_progress_bar=false", "--trainer.val_check_interval=100",
-                                        "--trainer.enable_model_summary=false", "--model.net.n_layer=1",
-                                        "--model.soup.experts_from_step=1"]},
-           "variants": variants if variants is not None else [
-               {"name": "base", "change": "tiny recipe", "overrides": []},
-               {"name": "affine", "change": "φ a single linear map", "overrides": ["--model.soup.router_depth=0"]},
-               {"name": "lr", "change": "not run", "shared_overrides": ["--model.optim.lr=1.0e-3"]}]}
+    raw = {
+        "out": str(out),
+        "experiment": {
+            "data_dir": str(data_dir),
+            "soe_config": TINY,
+            "generic_config": TINY,
+            "max_steps": 3,
+            "dedicated": False,
+            "refine": False,
+            "finetune": False,
+            "eval_windows": 4,
+            "bootstrap": 200,
+            "overrides": [
+                "--trainer.enable_progress_bar=false",
+                "--trainer.val_check_interval=100",
+                "--trainer.enable_model_summary=false",
+                "--model.net.n_layer=1",
+                "--model.soup.experts_from_step=1",
+            ],
+        },
+        "variants": variants
+        if variants is not None
+        else [
+            {"name": "base", "change": "tiny recipe", "overrides": []},
+            {"name": "affine", "change": "φ a single linear map", "overrides": ["--model.soup.router_depth=0"]},
+            {"name": "lr", "change": "not run", "shared_overrides": ["--model.optim.lr=1.0e-3"]},
+        ],
+    }
     path.write_text(yaml.safe_dump(raw, allow_unicode=True))
     return path
 
@@ -79,7 +96,9 @@ def test_search_end_to_end(targets_prepared, tmp_path, capsys):
     text = table.read_text()
     rows = search_rows(text)
     assert len(rows) == 3 and rows[0] == "| old | row |"
-    assert rows[1].startswith("| base | tiny recipe | 0 | 3 |") and rows[2].startswith("| affine | φ a single linear map | 0 | 3 |")
+    assert rows[1].startswith("| base | tiny recipe | 0 | 3 |") and rows[2].startswith(
+        "| affine | φ a single linear map | 0 | 3 |"
+    )
     assert text.endswith("\n" + OTHER_TABLE + "\nprose after\n")  # the table after it untouched
     for r in rows[1:]:
         assert len(r.split("|")) == len(HEAD.split("|")), r
@@ -116,8 +135,17 @@ def test_search_end_to_end(targets_prepared, tmp_path, capsys):
     assert search_rows(table.read_text())[:3] == rows and len(search_rows(table.read_text())) == 4
 
 
-TARGETS_EXPECTED = ["python_stdlib", "licensedcode_en", "licensedcode_intl", "shakespeare", "kjv", "reference",
-                    "python_docs", "setmm", "python_changelog"]
+TARGETS_EXPECTED = [
+    "python_stdlib",
+    "licensedcode_en",
+    "licensedcode_intl",
+    "shakespeare",
+    "kjv",
+    "reference",
+    "python_docs",
+    "setmm",
+    "python_changelog",
+]
 
 
 # ---------------------------------------------------------------------------------------------- refusals
@@ -129,15 +157,22 @@ def entries(monkeypatch):
 def refused(capsys, cfg: Path, extra: list[str], expect: str, tmp_path: Path, data_dir: Path) -> None:
     table = tmp_path / "RECIPE.md"
     table.write_text("# Recipe\n")
-    assert_refused(capsys, "search", ["--config", str(cfg), "--table", str(table), *extra], expect,
-                   watch=(tmp_path, data_dir))
+    assert_refused(
+        capsys, "search", ["--config", str(cfg), "--table", str(table), *extra], expect, watch=(tmp_path, data_dir)
+    )
     assert not (tmp_path / "out").exists(), "nothing may be written before a refusal"
 
 
 def test_unknown_variant_is_refused(entries, targets_prepared, tmp_path, capsys):
     cfg = search_yaml(tmp_path / "search.yaml", targets_prepared, tmp_path / "out")
-    refused(capsys, cfg, ["--only", "nosuch"], "--only 'nosuch': expected comma-separated variant names", tmp_path,
-            targets_prepared)
+    refused(
+        capsys,
+        cfg,
+        ["--only", "nosuch"],
+        "--only 'nosuch': expected comma-separated variant names",
+        tmp_path,
+        targets_prepared,
+    )
     refused(capsys, cfg, ["--only", "base,nosuch"], "['base', 'affine', 'lr']", tmp_path, targets_prepared)
 
 
@@ -154,11 +189,14 @@ def test_data_without_targets_is_refused(entries, tmp_path, capsys):
     refused(capsys, cfg, [], "has no validation targets", tmp_path, data)
 
 
-@pytest.mark.parametrize("variant, expect", [
-    ({"name": "a", "generic_overrides": "--model.optim.lr=1e-3"}, "generic_overrides: expected a list"),
-    ({"name": "a", "shared_overrides": ["model.optim.lr=1e-3"]}, "shared_overrides: expected a list"),
-    ({"name": "a", "dense_overrides": []}, "expected a mapping with keys among"),
-])
+@pytest.mark.parametrize(
+    "variant, expect",
+    [
+        ({"name": "a", "generic_overrides": "--model.optim.lr=1e-3"}, "generic_overrides: expected a list"),
+        ({"name": "a", "shared_overrides": ["model.optim.lr=1e-3"]}, "shared_overrides: expected a list"),
+        ({"name": "a", "dense_overrides": []}, "expected a mapping with keys among"),
+    ],
+)
 def test_bad_variant_is_refused(entries, targets_prepared, tmp_path, capsys, variant, expect):
     cfg = search_yaml(tmp_path / "search.yaml", targets_prepared, tmp_path / "out", [variant])
     refused(capsys, cfg, [], expect, tmp_path, targets_prepared)
@@ -171,13 +209,15 @@ def test_plain_ablation_refuses_search_keys(tmp_path):
     with pytest.raises(ValueError, match="expected a mapping with keys among"):
         load_ablation(str(cfg))
     assert load_ablation(str(cfg), extra_keys=("generic_overrides", "shared_overrides"))[2] == [
-        {"name": "a", "shared_overrides": []}]
+        {"name": "a", "shared_overrides": []}
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 def test_variant_config_shares_the_generic_run_per_budget(tmp_path):
-    base = ExperimentConfig(data_dir="d", soe_config=TINY, generic_config=TINY, overrides=["--a=1"],
-                            generic_overrides=["--g=0"])
+    base = ExperimentConfig(
+        data_dir="d", soe_config=TINY, generic_config=TINY, overrides=["--a=1"], generic_overrides=["--g=0"]
+    )
     soup_only, suffix = variant_config(base, {"name": "x", "overrides": ["--s=1"]}, None)
     assert suffix == "" and soup_only.soe_overrides == ["--s=1"] and soup_only.overrides == ["--a=1"]
     assert soup_only.generic_overrides == ["--g=0"]

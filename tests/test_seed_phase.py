@@ -36,30 +36,63 @@ class Snapshots(L.Callback):
         self._take(trainer, pl_module)
 
 
-def fit(prepared, tmp_path, steps: int, experts_from_step: int, bank_update: str, expert_rank: int,
-        h_per_step: int = 1) -> Snapshots:
-    dm = SoupDataModule(str(prepared), seq_len=32, batch_size=8, seed=0, val_windows=4, val_batch_size=4,
-                        h_per_step=h_per_step)
-    soup = SoupConfig(n_experts=2, router_hidden=8, router_depth=1, expert_init="normal", expert_rank=expert_rank,
-                      experts_from_step=experts_from_step)
-    optim = OptimConfig(lr=1e-2, warmup_steps=1, weight_decay=0.1, weight_decay_bank=0.1, weight_decay_router=0.1,
-                        bank_update=bank_update)
-    model = SoupModule(net=NET, soup=soup, optim=optim, n_domains=dm.num_domains, domain_names=dm.domain_names,
-                       prior=dm.prior, tokenizer_sha256=dm.tokenizer_sha256)
+def fit(
+    prepared, tmp_path, steps: int, experts_from_step: int, bank_update: str, expert_rank: int, h_per_step: int = 1
+) -> Snapshots:
+    dm = SoupDataModule(
+        str(prepared), seq_len=32, batch_size=8, seed=0, val_windows=4, val_batch_size=4, h_per_step=h_per_step
+    )
+    soup = SoupConfig(
+        n_experts=2,
+        router_hidden=8,
+        router_depth=1,
+        expert_init="normal",
+        expert_rank=expert_rank,
+        experts_from_step=experts_from_step,
+    )
+    optim = OptimConfig(
+        lr=1e-2,
+        warmup_steps=1,
+        weight_decay=0.1,
+        weight_decay_bank=0.1,
+        weight_decay_router=0.1,
+        bank_update=bank_update,
+    )
+    model = SoupModule(
+        net=NET,
+        soup=soup,
+        optim=optim,
+        n_domains=dm.num_domains,
+        domain_names=dm.domain_names,
+        prior=dm.prior,
+        tokenizer_sha256=dm.tokenizer_sha256,
+    )
     snaps = Snapshots()
     L.seed_everything(0)
-    L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-              enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
-              callbacks=[snaps], default_root_dir=tmp_path).fit(model, dm)
+    L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        callbacks=[snaps],
+        default_root_dir=tmp_path,
+    ).fit(model, dm)
     assert sorted(snaps.at) == list(range(steps + 1))
     return snaps
 
 
 def groups(names) -> dict[str, list[str]]:
-    out = {"shared": [n for n in names if n.startswith("shared.")],
-           "bank": [n for n in names if n.startswith("bank.")],
-           "lowrank": [n for n in names if n.startswith("lowrank.")],
-           "router": [n for n in names if n.startswith("router.")]}
+    out = {
+        "shared": [n for n in names if n.startswith("shared.")],
+        "bank": [n for n in names if n.startswith("bank.")],
+        "lowrank": [n for n in names if n.startswith("lowrank.")],
+        "router": [n for n in names if n.startswith("router.")],
+    }
     assert sum(map(len, out.values())) == len(list(names)), names
     return out
 
@@ -72,8 +105,9 @@ def changed(a: dict, b: dict, names: list[str]) -> bool:
     return all(not torch.equal(a[n], b[n]) for n in names)
 
 
-@pytest.mark.parametrize("bank_update,expert_rank,h_per_step",
-                         [("dense", 0, 1), ("factored", 0, 1), ("dense", 2, 1), ("factored", 2, 2)])
+@pytest.mark.parametrize(
+    "bank_update,expert_rank,h_per_step", [("dense", 0, 1), ("factored", 0, 1), ("dense", 2, 1), ("factored", 2, 2)]
+)
 def test_experts_untouched_during_seed_phase(prepared, tmp_path, bank_update, expert_rank, h_per_step):
     s = fit(prepared, tmp_path, 5, 3, bank_update, expert_rank, h_per_step)
     g = groups(s.at[0])
@@ -99,8 +133,9 @@ def test_no_seed_phase_trains_experts_from_step_one(prepared, tmp_path, bank_upd
 @pytest.mark.parametrize("expert_rank", [0, 2])
 def test_forward_without_experts_is_the_dense_model_at_S(expert_rank):
     torch.manual_seed(0)
-    soup = SoupOfExperts(NET, 3, SoupConfig(n_experts=2, router_hidden=8, router_depth=1, expert_init="normal",
-                                            expert_rank=expert_rank))
+    soup = SoupOfExperts(
+        NET, 3, SoupConfig(n_experts=2, router_hidden=8, router_depth=1, expert_init="normal", expert_rank=expert_rank)
+    )
     x, y = torch.randint(0, 64, (4, 16)), torch.randint(0, 64, (4, 16))
     dense = LlamaLM(NET)
     dense.load_state_dict({k: v.detach().clone() for k, v in soup.shared_params().items()}, strict=True)

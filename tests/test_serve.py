@@ -30,10 +30,11 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from specialize_helpers import make_text_prepared, train_checkpoint  # noqa: E402
+
 from soe.cli import main  # noqa: E402
 from soe.serve.background import BackgroundServer  # noqa: E402
 from soe.serve.server import load_server  # noqa: E402
-from specialize_helpers import make_text_prepared, train_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 32  # the context of specialize_helpers.NET
@@ -55,8 +56,7 @@ def env(tmp_path_factory):
 def live(env):
     _, ckpt, weights = env
     # a cache of 3 specialists, so that a fourth h evicts one
-    srv = load_server(str(ckpt), specialists=[f"legalfood={weights}"], cache_mb=3.5 * MODEL_BYTES / 2**20,
-                      max_batch=8)
+    srv = load_server(str(ckpt), specialists=[f"legalfood={weights}"], cache_mb=3.5 * MODEL_BYTES / 2**20, max_batch=8)
     with BackgroundServer(srv) as server:
         yield server
 
@@ -112,15 +112,33 @@ def test_health_and_models(client, oai):
         assert complete(client, model=name, prompt="The", max_tokens=2, **extra)["model"] == name
 
 
-def soe_generate(tmp_path, env, capsys, weights: str, prompt: str, max_tokens: int, temperature: float,
-                 top_k: int, seed: int) -> str:
+def soe_generate(
+    tmp_path, env, capsys, weights: str, prompt: str, max_tokens: int, temperature: float, top_k: int, seed: int
+) -> str:
     """`soe instantiate` then `soe generate` on the export, as a user would; returns what generate printed."""
     prepared, ckpt, _ = env
     out = tmp_path / "specialist"
     assert main(["instantiate", str(ckpt), "--data", str(prepared), "--weights", weights, "--out", str(out)]) == 0
     capsys.readouterr()
-    assert main(["generate", str(out), "--prompt", prompt, "--max-tokens", str(max_tokens), "--temperature",
-                 str(temperature), "--top-k", str(top_k), "--seed", str(seed)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(out),
+                "--prompt",
+                prompt,
+                "--max-tokens",
+                str(max_tokens),
+                "--temperature",
+                str(temperature),
+                "--top-k",
+                str(top_k),
+                "--seed",
+                str(seed),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert printed.endswith("\n")
     return printed[:-1]
@@ -137,15 +155,17 @@ GEN_CASES = [  # (model, extra weights, soe instantiate --weights, prompt, tempe
 
 
 @pytest.mark.parametrize("model,weights,spec,prompt,temperature,top_k,seed", GEN_CASES)
-def test_completion_equals_soe_generate_on_the_export(env, oai, tmp_path, capsys, model, weights, spec, prompt,
-                                                      temperature, top_k, seed):
+def test_completion_equals_soe_generate_on_the_export(
+    env, oai, tmp_path, capsys, model, weights, spec, prompt, temperature, top_k, seed
+):
     pytest.importorskip("transformers")  # the export's default format is Hugging Face's
     spec = str(env[2]) if spec == "REGISTERED" else spec
     extra = {"weights": weights} if weights else {}
     if top_k:
         extra["top_k"] = top_k
-    r = oai.completions.create(model=model, prompt=prompt, max_tokens=20, temperature=temperature, seed=seed,
-                               extra_body=extra)
+    r = oai.completions.create(
+        model=model, prompt=prompt, max_tokens=20, temperature=temperature, seed=seed, extra_body=extra
+    )
     assert r.object == "text_completion" and r.model == model and r.choices[0].finish_reason in ("length", "stop")
     assert r.usage.completion_tokens <= 20 and r.seed == seed
     assert isinstance(r.cached, bool) and r.instantiate_ms >= 0
@@ -158,8 +178,11 @@ def test_completion_equals_soe_generate_on_the_export(env, oai, tmp_path, capsys
 
 def test_different_h_differ_same_seed_repeats(client, oai):
     def greedy(model, **kw):
-        return oai.completions.create(model=model, prompt="The court", max_tokens=16, temperature=0,
-                                      extra_body=kw).choices[0].text
+        return (
+            oai.completions.create(model=model, prompt="The court", max_tokens=16, temperature=0, extra_body=kw)
+            .choices[0]
+            .text
+        )
 
     texts = [greedy(m) for m in ("law", "space", "cooking", "prior", "legalfood")]
     texts.append(greedy("soup", weights={"law": 3, "space": 1}))
@@ -167,8 +190,11 @@ def test_different_h_differ_same_seed_repeats(client, oai):
     w = {"law": 1, "space": 1}
 
     def sample(seed, model="soup", **kw):
-        return oai.completions.create(model=model, prompt="The", max_tokens=16, temperature=1.0, seed=seed,
-                                      extra_body=kw).choices[0].text
+        return (
+            oai.completions.create(model=model, prompt="The", max_tokens=16, temperature=1.0, seed=seed, extra_body=kw)
+            .choices[0]
+            .text
+        )
 
     assert sample(5, weights=w) == sample(5, weights=w) == sample(5, weights={"law": 0.5, "space": 0.5})
     assert len({sample(s, weights=w) for s in (1, 2, 3)}) > 1  # the seed matters
@@ -177,12 +203,15 @@ def test_different_h_differ_same_seed_repeats(client, oai):
     assert isinstance(r["seed"], int) and r["seed"] >= 0
 
 
-@pytest.mark.parametrize("body", [
-    dict(model="law", prompt="The court", temperature=0),
-    dict(model="soup", weights={"cooking": 2, "space": 1}, prompt="Orbit", temperature=1.5, seed=3),
-    dict(model="prior", prompt="", temperature=2.0, seed=11, top_k=0),  # wild samples: partial UTF-8 bytes
-    dict(model="cooking", prompt="Bake", temperature=1.0, seed=4, echo=True),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        dict(model="law", prompt="The court", temperature=0),
+        dict(model="soup", weights={"cooking": 2, "space": 1}, prompt="Orbit", temperature=1.5, seed=3),
+        dict(model="prior", prompt="", temperature=2.0, seed=11, top_k=0),  # wild samples: partial UTF-8 bytes
+        dict(model="cooking", prompt="Bake", temperature=1.0, seed=4, echo=True),
+    ],
+)
 def test_streaming_returns_the_non_streaming_text(client, oai, body):
     body = {**body, "max_tokens": T}
     whole = complete(client, **body)
@@ -255,8 +284,12 @@ BAD = [  # (id, body: dict, or raw bytes/str, expected status, param named)
     ("stop-unsupported", dict(stop="\n"), 400, "stop"),
     ("unknown-field", dict(temprature=0.5), 400, "temprature"),
     ("stream-not-bool", dict(stream="yes"), 400, "stream"),
-    ("include-usage-not-bool", dict(stream=True, stream_options={"include_usage": 1}), 400,
-     "stream_options.include_usage"),
+    (
+        "include-usage-not-bool",
+        dict(stream=True, stream_options={"include_usage": 1}),
+        400,
+        "stream_options.include_usage",
+    ),
 ]
 
 
@@ -316,8 +349,12 @@ def test_a_failing_request_fails_alone(live, client, gate, monkeypatch):
         gate.open()
         got = [f.result(timeout=30) for f in futures]
     assert [r.status_code for r in got] == [200, 500, 200], [r.text for r in got]
-    assert got[1].json()["error"] == {"message": "internal error while sampling", "type": "server_error",
-                                      "param": None, "code": "engine_error"}
+    assert got[1].json()["error"] == {
+        "message": "internal error while sampling",
+        "type": "server_error",
+        "param": None,
+        "code": "engine_error",
+    }
     assert got[0].json()["choices"][0]["text"] == got[2].json()["choices"][0]["text"] == want
 
 
@@ -365,8 +402,10 @@ def test_a_client_that_goes_away_mid_stream_frees_its_slot(live, client, slow_en
     before = health(client)
     body = json.dumps({"model": "law", "prompt": "The", "max_tokens": T, "temperature": 0, "stream": True})
     with socket.create_connection(("127.0.0.1", live.port)) as s:
-        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        s.sendall(
+            f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
         got = b""
         while got.count(b"data: ") < 2:  # two tokens streamed, then the client goes away
             got += s.recv(4096)
@@ -377,8 +416,9 @@ def test_a_client_that_goes_away_mid_stream_frees_its_slot(live, client, slow_en
     # a non-streaming client that times out frees its slot too
     with httpx.Client(base_url=live.url, timeout=0.3) as impatient:
         with pytest.raises(httpx.ReadTimeout):
-            impatient.post("/v1/completions", json={"model": "law", "prompt": "The", "max_tokens": T,
-                                                    "temperature": 0})  # greedy: no EOS before 32 tokens
+            impatient.post(
+                "/v1/completions", json={"model": "law", "prompt": "The", "max_tokens": T, "temperature": 0}
+            )  # greedy: no EOS before 32 tokens
     assert wait_for(lambda: health(client)["cancelled"] == before["cancelled"] + 2, 1.0)
     assert health(client)["active"] == 0 and health(client)["served"] == before["served"]
     assert complete(client, model="law", prompt="The", max_tokens=2)["usage"]["completion_tokens"] == 2
@@ -424,8 +464,10 @@ def test_a_client_that_goes_away_while_queued_is_never_decoded(live, client, gat
     before = health(client)
     body = json.dumps({"model": "space", "prompt": "The", "max_tokens": T, "stream": True})
     with socket.create_connection(("127.0.0.1", live.port)) as s:
-        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        s.sendall(
+            f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
         assert wait_for(lambda: health(client)["queued"] == 1)
     queued = live.srv.engine._queue.queue[0]
     assert wait_for(lambda: queued.cancelled, 2.0)  # the server saw the client go
@@ -438,8 +480,16 @@ def test_a_client_that_goes_away_while_queued_is_never_decoded(live, client, gat
 def test_32_concurrent_clients_are_batched_and_give_the_sequential_answers(live, client, gate):
     weights = [None, None, None, None, {"law": 1, "space": 1}, {"cooking": 1, "law": 3}]
     models = ["law", "space", "legalfood", "prior", "soup", "soup"]
-    jobs = [dict(model=models[i % 6], prompt=["The court", "Orbit of", "A"][i % 3], max_tokens=12, temperature=0,
-                 **({"weights": weights[i % 6]} if weights[i % 6] else {})) for i in range(32)]
+    jobs = [
+        dict(
+            model=models[i % 6],
+            prompt=["The court", "Orbit of", "A"][i % 3],
+            max_tokens=12,
+            temperature=0,
+            **({"weights": weights[i % 6]} if weights[i % 6] else {}),
+        )
+        for i in range(32)
+    ]
     gate.open()
     ref = {json.dumps(j): complete(client, **j)["choices"][0]["text"] for j in jobs}  # one at a time
     gate.close()
@@ -452,8 +502,12 @@ def test_32_concurrent_clients_are_batched_and_give_the_sequential_answers(live,
                 return stream_text(c, **j)[0]
         if i % 4 == 1:
             extra = {"weights": j.pop("weights")} if "weights" in j else {}
-            return openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0).completions.create(
-                **j, extra_body=extra).choices[0].text
+            return (
+                openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0)
+                .completions.create(**j, extra_body=extra)
+                .choices[0]
+                .text
+            )
         with httpx.Client(base_url=live.url, timeout=60) as c:
             return complete(c, **j)["choices"][0]["text"]
 
@@ -489,10 +543,28 @@ def test_a_full_queue_answers_503_and_recovers(env):
 def test_soe_serve_command(env, live, client):
     """`soe serve` itself: a free port (0), registered names, the same answers, a clean stop on SIGTERM."""
     _, ckpt, weights = env
-    proc = subprocess.Popen([sys.executable, "-m", "soe", "serve", str(ckpt), "--port", "0", "--specialist",
-                             f"legalfood={weights}", "--max-batch", "4", "--log-level", "warning"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "soe",
+            "serve",
+            str(ckpt),
+            "--port",
+            "0",
+            "--specialist",
+            f"legalfood={weights}",
+            "--max-batch",
+            "4",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         lines = []
         while not any("listening on" in ln for ln in lines):
@@ -512,16 +584,19 @@ def test_soe_serve_command(env, live, client):
     assert out.strip().endswith("soe serve: stopped (SIGTERM)")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["MISSING.ckpt"], "MISSING.ckpt"),
-    (["CKPT", "--port", "70000"], "--port 70000"),
-    (["CKPT", "--cache-mb", "-1"], "--cache-mb"),
-    (["CKPT", "--specialist", "legal"], "expected NAME=WEIGHTS"),
-    (["CKPT", "--specialist", "law=law"], "already taken"),
-    (["CKPT", "--specialist", "x=astrology"], "astrology"),
-    (["CKPT", "--specialist", "x=law=1,law=2"], "given twice"),
-    (["CKPT", "--port", "BUSY"], "cannot listen on 127.0.0.1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["MISSING.ckpt"], "MISSING.ckpt"),
+        (["CKPT", "--port", "70000"], "--port 70000"),
+        (["CKPT", "--cache-mb", "-1"], "--cache-mb"),
+        (["CKPT", "--specialist", "legal"], "expected NAME=WEIGHTS"),
+        (["CKPT", "--specialist", "law=law"], "already taken"),
+        (["CKPT", "--specialist", "x=astrology"], "astrology"),
+        (["CKPT", "--specialist", "x=law=1,law=2"], "given twice"),
+        (["CKPT", "--port", "BUSY"], "cannot listen on 127.0.0.1"),
+    ],
+)
 def test_soe_serve_user_errors_exit_2(env, capsys, args, message):
     _, ckpt, _ = env
     with socket.socket() as taken:

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from specialize_helpers import TOPICS, make_docs, text_env
 
 import soe
 from soe.core.weights import save_weights
@@ -16,7 +17,6 @@ from soe.data.text import read_texts, token_stream
 from soe.data.windows import eval_windows
 from soe.specialists.estimate import estimate_weights
 from soe.specialists.evaluate import eval_sets, evaluate, mean_loss
-from specialize_helpers import TOPICS, make_docs, text_env
 
 
 @pytest.fixture(scope="module")
@@ -80,17 +80,20 @@ def test_weights_file_round_trip(soup, tmp_path):
     torch.testing.assert_close(soup.weights(str(path)), torch.tensor([0.2, 0.3, 0.5]))
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"finance": 1.0}, r"unknown domain\(s\) \['finance'\]"),
-    ("finance", "unknown domain"),
-    ("law=-1,space=2", "negative"),
-    ({"law": float("nan")}, "NaN"),
-    ({"law": 0, "space": 0}, "sums to 0"),
-    ([0, 0, 0], "sums to 0"),
-    ([1, 2], r"shape \(2,\)"),
-    ("law=abc", "not a domain=number pair"),
-    ({"law": "x"}, "expected a number"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"finance": 1.0}, r"unknown domain\(s\) \['finance'\]"),
+        ("finance", "unknown domain"),
+        ("law=-1,space=2", "negative"),
+        ({"law": float("nan")}, "NaN"),
+        ({"law": 0, "space": 0}, "sums to 0"),
+        ([0, 0, 0], "sums to 0"),
+        ([1, 2], r"shape \(2,\)"),
+        ("law=abc", "not a domain=number pair"),
+        ({"law": "x"}, "expected a number"),
+    ],
+)
 def test_bad_weights_are_clear_errors(soup, bad, match):
     with pytest.raises(ValueError, match=match):
         soup.weights(bad)
@@ -176,15 +179,18 @@ def test_readers(tmp_path):
     assert read_texts(tmp_path / "saved") == ["u", "v", "w"]
 
 
-@pytest.mark.parametrize("name, content, match", [
-    ("empty.jsonl", "", "no non-empty texts"),
-    ("blank.txt", "\n\n   \n", "no non-empty texts"),
-    ("bad.jsonl", '{"text": "ok"}\n{oops\n', r"bad.jsonl:2: invalid JSON"),
-    ("field.jsonl", '{"body": "x"}\n', "string field 'text'"),
-    ("latin.txt", b"caf\xe9", "not UTF-8"),
-    ("data.csv", "a,b", "unsupported suffix"),
-    ("broken.parquet", b"PAR1garbage", "unreadable parquet"),
-])
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("empty.jsonl", "", "no non-empty texts"),
+        ("blank.txt", "\n\n   \n", "no non-empty texts"),
+        ("bad.jsonl", '{"text": "ok"}\n{oops\n', r"bad.jsonl:2: invalid JSON"),
+        ("field.jsonl", '{"body": "x"}\n', "string field 'text'"),
+        ("latin.txt", b"caf\xe9", "not UTF-8"),
+        ("data.csv", "a,b", "unsupported suffix"),
+        ("broken.parquet", b"PAR1garbage", "unreadable parquet"),
+    ],
+)
 def test_bad_inhouse_files(tmp_path, name, content, match):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -247,7 +253,9 @@ def test_evaluate_rows_and_bits_per_byte(soup, env):
         assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
         if r["set"] in meta.domains:
             d = r["set"]
-            assert r["bits_per_byte"] == pytest.approx(r["loss"] * meta.tokens[d]["val"] / meta.bytes[d]["val"] / math.log(2))
+            assert r["bits_per_byte"] == pytest.approx(
+                r["loss"] * meta.tokens[d]["val"] / meta.bytes[d]["val"] / math.log(2)
+            )
             assert r["byte_perplexity"] == pytest.approx(2 ** r["bits_per_byte"])
     # the exported model evaluates exactly like the soup at the same h
     spec_rows = soup.specialist("law").evaluate(prepared, sets=["val"], label="x")

@@ -32,10 +32,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("soe", "data_prep")
 # Bottom to top: (layer, the parts in it). A part is soe.<part>, "__init__" (the package) or "data_prep".
-LAYERS = [("foundation", {"checks", "fileio", "errors", "malloc"}), ("core", {"core", "weightspec"}),
-          ("data", {"data"}), ("train", {"train"}), ("specialists", {"specialists"}), ("merging", {"merging"}),
-          ("api", {"api"}), ("package", {"__init__"}), ("serve", {"serve"}), ("data_prep", {"data_prep"}),
-          ("cli", {"cli", "__main__"}), ("experiments", {"experiments"}), ("studies", {"merge_experiment"})]
+LAYERS = [
+    ("foundation", {"checks", "fileio", "errors", "malloc"}),
+    ("core", {"core", "weightspec"}),
+    ("data", {"data"}),
+    ("train", {"train"}),
+    ("specialists", {"specialists"}),
+    ("merging", {"merging"}),
+    ("api", {"api"}),
+    ("package", {"__init__"}),
+    ("serve", {"serve"}),
+    ("data_prep", {"data_prep"}),
+    ("cli", {"cli", "__main__"}),
+    ("experiments", {"experiments"}),
+    ("studies", {"merge_experiment"}),
+]
 MAX_LINES = 300
 
 
@@ -91,8 +102,13 @@ FRONT_DOOR = {("soe.cli.pipeline", "data_prep.prepare")}
 
 
 def test_soe_never_imports_data_prep():
-    bad = sorted(f"{m} -> {t}" for m, ts in graph().items() if m.startswith("soe") for t in ts
-                 if t.startswith("data_prep") and (m, t) not in FRONT_DOOR)
+    bad = sorted(
+        f"{m} -> {t}"
+        for m, ts in graph().items()
+        if m.startswith("soe")
+        for t in ts
+        if t.startswith("data_prep") and (m, t) not in FRONT_DOOR
+    )
     assert not bad, f"soe must not depend on data_prep (only soe prepare calls it): {bad}"
 
 
@@ -105,7 +121,7 @@ def test_no_import_cycles():
         state[m] = 1
         for t in sorted(g[m]):
             if state.get(t) == 1:
-                cycles.append(path[path.index(t):] + [t])
+                cycles.append(path[path.index(t) :] + [t])
             elif t not in state:
                 visit(t, path + [t])
         state[m] = 2
@@ -134,8 +150,11 @@ def test_parts_import_only_the_parts_below_them():
 
 
 def test_files_stay_small():
-    big = {str(p.relative_to(ROOT)): n for p in (ROOT / "soe").rglob("*.py")
-           if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    big = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / "soe").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not big, f"split these files (over {MAX_LINES} lines): {big}"
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from bad_inputs import assert_refused
+
 from data_prep import config as C
 from data_prep.prepare import fingerprint, run, target_roles
 from soe.data.shards import check_tokenizer, load_meta, open_shard
@@ -27,8 +27,17 @@ FIXTURE_CFG = REPO / "data_prep" / "configs" / "fixture.yaml"
 TARGETS = {"inhouse_docs": 4, "val_docs": 4, "max_share": 0.2, "min_docs": 2}
 # fixture chunks per source: 0.2 of milton's 17 chunks is 3 (1 in-house < min_docs 2): no target;
 # shakespeare's 33 give 6 = 3 + 3; the others at least 40, so 4 + 4. Held-out sources never get one.
-EXPECTED = {"python_stdlib": 4, "licensedcode_en": 4, "licensedcode_intl": 4, "shakespeare": 3, "kjv": 4,
-            "reference": 4, "python_docs": 4, "setmm": 4, "python_changelog": 4}
+EXPECTED = {
+    "python_stdlib": 4,
+    "licensedcode_en": 4,
+    "licensedcode_intl": 4,
+    "shakespeare": 3,
+    "kjv": 4,
+    "reference": 4,
+    "python_docs": 4,
+    "setmm": 4,
+    "python_changelog": 4,
+}
 HOLDOUT = ("janeausten", "go_src", "metamath_other")
 
 
@@ -73,6 +82,7 @@ def with_targets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokenizer(with_targets):
     from tokenizers import Tokenizer
+
     return Tokenizer.from_file(str(with_targets[0] / "tokenizer.json"))
 
 
@@ -114,9 +124,13 @@ def test_no_target_document_is_in_any_domain_shard(with_targets, tokenizer):
         own = {tuple(tokenizer.encode(t).ids) for t in chunks(out, s)}
         assert set(ds) <= own, f"{s}: a target document is not one of its source's chunks"
     # nothing lost: domain shards + targets = every pretraining chunk, each once
-    every = Counter(tuple(tokenizer.encode(t).ids) for s in fixture_sources() if s not in HOLDOUT for t in chunks(out, s))
+    every = Counter(
+        tuple(tokenizer.encode(t).ids) for s in fixture_sources() if s not in HOLDOUT for t in chunks(out, s)
+    )
     assert shard_docs + Counter(d for ds in target_docs.values() for d in ds) == every
-    assert sum(sum(meta.documents[d].values()) for d in meta.domains) == sum(every.values()) - 2 * sum(EXPECTED.values())
+    assert sum(sum(meta.documents[d].values()) for d in meta.domains) == sum(every.values()) - 2 * sum(
+        EXPECTED.values()
+    )
 
 
 def fixture_sources() -> list[str]:
@@ -147,8 +161,9 @@ def test_targets_are_drawn_per_source_by_seed_and_name(with_targets):
 def _old_run(tmp: Path):
     """data_prep.prepare.run as it was before validation targets (71e29c6^), or skip without git history."""
     try:
-        src = subprocess.run(["git", "show", "71e29c6^:data_prep/prepare.py"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout
+        src = subprocess.run(
+            ["git", "show", "71e29c6^:data_prep/prepare.py"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("git history before the targets commit is not available")
     assert "target" not in src
@@ -179,8 +194,13 @@ def test_without_targets_the_old_shards_are_kept(tmp_path, with_targets):
     # the fingerprint without targets is the old formula (targets join it only when set)
     work = {s: json.loads((out / "work" / f"{s}.json").read_text()) for s in ("tokenizer", "domains")}
     cfg = C.from_dict({**fixture_raw(), "out": str(out)})
-    assert meta.extra["fingerprint"] == fingerprint(work["tokenizer"]["fingerprint"], work["tokenizer"]["sha256"],
-                                                    work["domains"]["fingerprint"], cfg.shards, cfg.specialists)
+    assert meta.extra["fingerprint"] == fingerprint(
+        work["tokenizer"]["fingerprint"],
+        work["tokenizer"]["sha256"],
+        work["domains"]["fingerprint"],
+        cfg.shards,
+        cfg.specialists,
+    )
     # with targets: the shards stage runs again (ingest, tokenizer, domains are kept) and the shards change
     meta2, logs2 = prepare(fixture_raw(targets=TARGETS), out, overwrite=True)  # another config: replaced
     assert "[4/4] shards" in logs2 and sum("complete, skipped" in line for line in logs2) == 3, logs2
@@ -193,20 +213,23 @@ def test_without_targets_the_old_shards_are_kept(tmp_path, with_targets):
     assert not (out / "targets" / "meta.json").exists() and not list((out / "targets").rglob("*.bin"))
 
 
-@pytest.mark.parametrize("targets, key", [
-    ({"max_share": 0}, "targets.max_share"),
-    ({"max_share": 0.9}, "targets.max_share"),
-    ({"max_share": "0.1"}, "targets.max_share"),
-    ({"max_share": True}, "targets.max_share"),
-    ({"inhouse_docs": 0}, "targets.inhouse_docs"),
-    ({"val_docs": -1}, "targets.val_docs"),
-    ({"min_docs": 0}, "targets.min_docs"),
-    ({"inhouse_docs": "60"}, "inhouse_docs"),
-    ({"inhouse_docs": 4, "min_docs": 8}, "targets.min_docs"),  # no source could ever get a target
-    ({"holdout": 3}, "unknown keys ['holdout']"),
-    ("lots", "targets"),
-    ([4, 4], "targets"),
-])
+@pytest.mark.parametrize(
+    "targets, key",
+    [
+        ({"max_share": 0}, "targets.max_share"),
+        ({"max_share": 0.9}, "targets.max_share"),
+        ({"max_share": "0.1"}, "targets.max_share"),
+        ({"max_share": True}, "targets.max_share"),
+        ({"inhouse_docs": 0}, "targets.inhouse_docs"),
+        ({"val_docs": -1}, "targets.val_docs"),
+        ({"min_docs": 0}, "targets.min_docs"),
+        ({"inhouse_docs": "60"}, "inhouse_docs"),
+        ({"inhouse_docs": 4, "min_docs": 8}, "targets.min_docs"),  # no source could ever get a target
+        ({"holdout": 3}, "unknown keys ['holdout']"),
+        ("lots", "targets"),
+        ([4, 4], "targets"),
+    ],
+)
 def test_bad_targets_are_refused_naming_the_key(tmp_path, capsys, targets, key):
     with pytest.raises(C.ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         C.from_dict(fixture_raw(targets=targets))

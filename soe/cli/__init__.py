@@ -29,8 +29,13 @@ from soe.cli import estimate, finetune, merge, pipeline, serve, specialists
 from soe.errors import run_entry
 from soe.malloc import keep_freed_memory
 
-COMMANDS = {"estimate-weights": estimate.cmd_estimate, **specialists.COMMANDS, "finetune": finetune.cmd_finetune, "merge": merge.cmd_merge,
-            "serve": serve.cmd_serve}
+COMMANDS = {
+    "estimate-weights": estimate.cmd_estimate,
+    **specialists.COMMANDS,
+    "finetune": finetune.cmd_finetune,
+    "merge": merge.cmd_merge,
+    "serve": serve.cmd_serve,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,12 +22,20 @@ from __future__ import annotations
 from soe.checks import open_fraction, positive_float, positive_int, seed_arg
 from soe.cli.types import common
 
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a specialist (full or LoRA), geometric checkpoints",
-                       description=__doc__.split("\n\n", 1)[1])
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a specialist (full or LoRA), geometric checkpoints",
+        description=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("source", nargs="?", help="specialist directory, checkpoint (with --weights), or CKPT@WEIGHTS")
-    p.add_argument("--stop-for-merge", metavar="CONFIG", default=None,
-                   help="choose each run's checkpoint for the merge of this soe merge config (no SOURCE/--texts)")
+    p.add_argument(
+        "--stop-for-merge",
+        metavar="CONFIG",
+        default=None,
+        help="choose each run's checkpoint for the merge of this soe merge config (no SOURCE/--texts)",
+    )
     p.add_argument("--texts", help="in-house texts: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT]")
     p.add_argument("--out", required=True, help="run directory (refused if it exists, unless --overwrite)")
     p.add_argument("--weights", default=None, help="with a checkpoint: domain weights of the start (default: prior)")
@@ -42,7 +50,9 @@ def add_parser(sub) -> None:
     p.add_argument("--patience", type=positive_int, default=None, help="stop after N evaluations without a new best")
     p.add_argument("--first-checkpoint", type=positive_int, default=4, help="first step of the geometric schedule")
     p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--lora-rank", type=positive_int, default=None, help="LoRA (peft) of this rank instead of full fine-tuning")
+    p.add_argument(
+        "--lora-rank", type=positive_int, default=None, help="LoRA (peft) of this rank instead of full fine-tuning"
+    )
     p.add_argument("--lora-alpha", type=positive_float, default=16.0)
     p.add_argument("--lora-targets", default=None, help="comma list of projections (default: all seven)")
     p.add_argument("--keep-adapter", action="store_true", help="LoRA: keep the adapter instead of merging it")
@@ -64,10 +74,31 @@ def cmd_finetune(a) -> None:
         return
     if not a.source or not a.texts:
         raise ValueError("soe finetune needs SOURCE and --texts (or --stop-for-merge CONFIG)")
-    spec = L.LoRA(a.lora_rank, a.lora_alpha, tuple(a.lora_targets.split(",")) if a.lora_targets else L.TARGETS) \
-        if a.lora_rank else None
-    run_finetune(a.source, a.texts, a.out, weights=a.weights, text_field=a.text_field, max_docs=a.max_docs,
-                 steps=a.steps, lr=a.lr, batch_size=a.batch_size, warmup=a.warmup, holdout=a.holdout,
-                 eval_every=a.eval_every, patience=a.patience, first_checkpoint=a.first_checkpoint, seed=a.seed,
-                 lora=spec, keep_adapter=a.keep_adapter, fmt=a.format, overwrite=a.overwrite, data=a.data,
-                 device=a.device)
+    spec = (
+        L.LoRA(a.lora_rank, a.lora_alpha, tuple(a.lora_targets.split(",")) if a.lora_targets else L.TARGETS)
+        if a.lora_rank
+        else None
+    )
+    run_finetune(
+        a.source,
+        a.texts,
+        a.out,
+        weights=a.weights,
+        text_field=a.text_field,
+        max_docs=a.max_docs,
+        steps=a.steps,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        warmup=a.warmup,
+        holdout=a.holdout,
+        eval_every=a.eval_every,
+        patience=a.patience,
+        first_checkpoint=a.first_checkpoint,
+        seed=a.seed,
+        lora=spec,
+        keep_adapter=a.keep_adapter,
+        fmt=a.format,
+        overwrite=a.overwrite,
+        data=a.data,
+        device=a.device,
+    )

@@ -1,7 +1,7 @@
 """``soe merge``: the merging subcommand of the ``soe`` CLI (the merge itself: soe/merging/).
 
-    soe merge --config merge.yaml --out merged/ [--overwrite]
-    soe merge --config merge.yaml --report        # soup base: in-span share of each task vector, no output
+soe merge --config merge.yaml --out merged/ [--overwrite]
+soe merge --config merge.yaml --report        # soup base: in-span share of each task vector, no output
 """
 
 from __future__ import annotations
@@ -20,10 +20,16 @@ def add_parser(sub) -> None:
     p = sub.add_parser("merge", help="merge fine-tuned specialists (mergekit-style config)", description=MERGE)
     p.add_argument("--config", required=True, help="merge config (YAML)")
     p.add_argument("--out", help="output specialist directory (refused if it exists, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output directory, only if soe wrote it or it is empty")
-    p.add_argument("--report", action="store_true",
-                   help="with a soup base: print each task vector's in-span share and write nothing")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output directory, only if soe wrote it or it is empty",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="with a soup base: print each task vector's in-span share and write nothing",
+    )
     common(p)
 
 
@@ -45,5 +51,7 @@ def cmd_merge(a) -> None:
     check_out(a.out, a.overwrite)  # refuse before reading anything
     print(f"merging {len(cfg.models)} models with {cfg.merge_method} ({cfg.source})")
     r = merge(cfg, a.out, a.overwrite)
-    print(f"wrote {r.out}: {r.tensors} tensors, {r.parameters / 1e6:.2f}M parameters, {cfg.dtype}, "
-          f"read {r.bytes_read / 1e6:.1f} MB, wrote {r.bytes_written / 1e6:.1f} MB in {r.seconds:.2f} s")
+    print(
+        f"wrote {r.out}: {r.tensors} tensors, {r.parameters / 1e6:.2f}M parameters, {cfg.dtype}, "
+        f"read {r.bytes_read / 1e6:.1f} MB, wrote {r.bytes_written / 1e6:.1f} MB in {r.seconds:.2f} s"
+    )

@@ -9,9 +9,10 @@ Their arguments, help and errors are those of data_prep/prepare.py and soe/train
 
 from __future__ import annotations
 
-PASSTHROUGH = {"prepare": "raw text -> tokenizer -> domains -> token shards (python -m data_prep.prepare)",
-               "train": "pretrain a soup or a dense baseline with LightningCLI (python train.py): soe train fit "
-                        "--config CONFIG"}
+PASSTHROUGH = {
+    "prepare": "raw text -> tokenizer -> domains -> token shards (python -m data_prep.prepare)",
+    "train": "pretrain a soup or a dense baseline with LightningCLI (python train.py): soe train fit --config CONFIG",
+}
 
 
 def add_parsers(sub) -> None:

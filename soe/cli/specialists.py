@@ -1,8 +1,8 @@
 """``soe instantiate``, ``evaluate`` and ``generate``: from a trained soup to specialists (h: soe/cli/estimate.py).
 
-    soe instantiate CKPT --weights weights.json --out my-specialist [--format hf|soe] [--overwrite]
-    soe evaluate --specialist my-specialist --ckpt CKPT --weights weights.json --prior --json eval.json
-    soe generate my-specialist --prompt "Once upon a time" --max-tokens 80
+soe instantiate CKPT --weights weights.json --out my-specialist [--format hf|soe] [--overwrite]
+soe evaluate --specialist my-specialist --ckpt CKPT --weights weights.json --prior --json eval.json
+soe generate my-specialist --prompt "Once upon a time" --max-tokens 80
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from soe.cli.types import (check_out_file, common, nonneg_int, positive_int, seed_arg, temperature_arg,
-                           token_count_arg)
+from soe.cli.types import check_out_file, common, nonneg_int, positive_int, seed_arg, temperature_arg, token_count_arg
 from soe.fileio import atomic_write_text
 
 INSTANTIATE = """Write Θ(h) as a standalone dense model directory. The export is atomic: written beside --out
@@ -25,29 +24,51 @@ does not depend on h: it accepts only --weights prior and its export is labelled
 def add_parsers(sub) -> None:
     p = sub.add_parser("instantiate", help="write a standalone dense specialist Θ(h)", description=INSTANTIATE)
     p.add_argument("ckpt", help="checkpoint, run directory, or http(s):// URL of a checkpoint")
-    p.add_argument("--weights", required=True, help="weights.json, 'a=0.3,b=0.7', a domain name, or 'prior' "
-                                                    "(a dense checkpoint accepts only 'prior')")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="weights.json, 'a=0.3,b=0.7', a domain name, or 'prior' (a dense checkpoint accepts only 'prior')",
+    )
     p.add_argument("--out", required=True, help="output directory (refused if it exists, unless --overwrite)")
-    p.add_argument("--format", choices=("hf", "soe"), default="hf", help="hf: LlamaForCausalLM directory; soe: own format")
+    p.add_argument(
+        "--format", choices=("hf", "soe"), default="hf", help="hf: LlamaForCausalLM directory; soe: own format"
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output directory, only if soe wrote it (it holds soe_specialist.json) "
-                        "or it is empty; anything else is refused, never deleted")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output directory, only if soe wrote it (it holds soe_specialist.json) "
+        "or it is empty; anything else is refused, never deleted",
+    )
     common(p)
 
-    p = sub.add_parser("evaluate", help="loss / perplexity / bits-per-byte table",
-                       description="Loss of each model on each set: the token-mean next-token loss over at most "
-                                   "--windows non-overlapping windows of the model's context length, evenly spread "
-                                   "(the rule of training validation and experiments: soe/data/windows.py).")
+    p = sub.add_parser(
+        "evaluate",
+        help="loss / perplexity / bits-per-byte table",
+        description="Loss of each model on each set: the token-mean next-token loss over at most "
+        "--windows non-overlapping windows of the model's context length, evenly spread "
+        "(the rule of training validation and experiments: soe/data/windows.py).",
+    )
     p.add_argument("--specialist", action="append", default=[], help="exported specialist directory (repeatable)")
     p.add_argument("--ckpt", help="checkpoint or run directory")
-    p.add_argument("--weights", action="append", default=[], help="evaluate the checkpoint at these weights (repeatable)")
-    p.add_argument("--prior", action="store_true", help="evaluate the checkpoint at its prior h (default with --ckpt alone)")
-    p.add_argument("--sets", default=None,
-                   help="comma list: val, specialists, a specialist set name, or a prepared dir "
-                        "(default: val,specialists; none when only --texts is given)")
-    p.add_argument("--texts", action="append", default=[],
-                   help="evaluate on raw documents: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT] (repeatable)")
+    p.add_argument(
+        "--weights", action="append", default=[], help="evaluate the checkpoint at these weights (repeatable)"
+    )
+    p.add_argument(
+        "--prior", action="store_true", help="evaluate the checkpoint at its prior h (default with --ckpt alone)"
+    )
+    p.add_argument(
+        "--sets",
+        default=None,
+        help="comma list: val, specialists, a specialist set name, or a prepared dir "
+        "(default: val,specialists; none when only --texts is given)",
+    )
+    p.add_argument(
+        "--texts",
+        action="append",
+        default=[],
+        help="evaluate on raw documents: .txt/.jsonl/.json/.parquet, datasets dir, hf:NAME[:SPLIT] (repeatable)",
+    )
     p.add_argument("--text-field", default="text", help="field/column holding the text of --texts (default: text)")
     p.add_argument("--max-docs", type=positive_int, help="use at most this many documents of each --texts input")
     p.add_argument("--split", default="val", choices=("train", "val"))
@@ -106,8 +127,12 @@ def cmd_evaluate(a) -> None:
         raise ValueError("nothing to evaluate: pass --specialist DIR and/or --ckpt CKPT")
     if a.weights and not a.ckpt:
         raise ValueError("--weights needs --ckpt")
-    inputs = {"--ckpt": a.ckpt, "--data": a.data, **{f"--texts[{i}]": t for i, t in enumerate(a.texts)},
-              **{f"--specialist[{i}]": d for i, d in enumerate(a.specialist)}}
+    inputs = {
+        "--ckpt": a.ckpt,
+        "--data": a.data,
+        **{f"--texts[{i}]": t for i, t in enumerate(a.texts)},
+        **{f"--specialist[{i}]": d for i, d in enumerate(a.specialist)},
+    }
     for flag, out in (("--json", a.json), ("--md", a.md)):  # refuse before minutes of evaluation, not after
         if out:
             check_out_file(out, flag, inputs)
@@ -128,8 +153,10 @@ def cmd_evaluate(a) -> None:
         names = [Path(x).name for x in a.specialist]
         models[Path(d).name if names.count(Path(d).name) == 1 else str(d).rstrip("/")] = spec  # ft/a/best, ft/b/best
     if a.sets is not None and not [s for s in a.sets.split(",") if s.strip()]:
-        raise ValueError(f"--sets {a.sets!r} names no set; expected a comma list of val, specialists, set names or "
-                         "prepared directories")
+        raise ValueError(
+            f"--sets {a.sets!r} names no set; expected a comma list of val, specialists, set names or "
+            "prepared directories"
+        )
     sets = [] if a.sets is None and a.texts else (a.sets or "val,specialists").split(",")
     if sets and data is None:
         raise ValueError("pass --data DIR (the prepared-data directory holding the evaluation sets) or --texts FILE")
@@ -150,8 +177,10 @@ def cmd_generate(a) -> None:
 
     obj = api.load(a.model, data=a.data, device=a.device)
     if not isinstance(obj, api.Soup) and a.weights is not None:
-        raise ValueError(f"--weights {a.weights} applies to a checkpoint, but {a.model} is an exported specialist "
-                         "(its weights are fixed); drop --weights or give a checkpoint")
+        raise ValueError(
+            f"--weights {a.weights} applies to a checkpoint, but {a.model} is an exported specialist "
+            "(its weights are fixed); drop --weights or give a checkpoint"
+        )
     spec = obj.specialist(a.weights or "prior") if isinstance(obj, api.Soup) else obj
     for i in range(a.num_samples):
         if a.num_samples > 1:

@@ -24,8 +24,15 @@ def shape_key(shape: torch.Size) -> str:
 
 
 class LowRankBank(nn.Module):
-    def __init__(self, n: int, rank: int, shapes: list[torch.Size], init: str, std: float,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        n: int,
+        rank: int,
+        shapes: list[torch.Size],
+        init: str,
+        std: float,
+        generator: torch.Generator | None = None,
+    ):
         """shapes: the low-rank matrices in layout order, already grouped so equal shapes are adjacent."""
         super().__init__()
         self.n, self.rank = n, rank

@@ -259,7 +259,11 @@ class LlamaLM(nn.Module):
             if p.ndim == 1:
                 p.fill_(1.0)  # RMSNorm gains
             else:
-                s = std / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                s = (
+                    std / math.sqrt(2 * self.cfg.n_layer)
+                    if name.endswith(("o_proj.weight", "down_proj.weight"))
+                    else std
+                )
                 p.normal_(0.0, s, generator=generator)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):

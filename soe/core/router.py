@@ -21,8 +21,16 @@ ROUTER_INPUTS = ("identity", "log", "times_k", "layernorm")
 class Router(nn.Module):
     """φ: (..., k) → (..., n), an MLP with GELU hidden layers."""
 
-    def __init__(self, k: int, n: int, hidden: int, depth: int, output: str, generator: torch.Generator | None = None,
-                 input: str = "identity"):
+    def __init__(
+        self,
+        k: int,
+        n: int,
+        hidden: int,
+        depth: int,
+        output: str,
+        generator: torch.Generator | None = None,
+        input: str = "identity",
+    ):
         super().__init__()
         self.input, self.k = input, k
         if input == "layernorm":

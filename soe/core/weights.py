@@ -41,8 +41,10 @@ def check_h(h, k: int, name: str = "h") -> torch.Tensor:
             raise ValueError(f"{name} is a boolean tensor; expected numeric weights")
         t = h.double()
     else:
-        t = torch.as_tensor([_number(v, name, f"domain {i}") for i, v in enumerate(h)]
-                            if isinstance(h, (list, tuple)) else h, dtype=torch.float64)
+        t = torch.as_tensor(
+            [_number(v, name, f"domain {i}") for i, v in enumerate(h)] if isinstance(h, (list, tuple)) else h,
+            dtype=torch.float64,
+        )
     if t.ndim != 1 or t.numel() != k:
         raise ValueError(f"{name} has shape {tuple(t.shape)}; expected ({k},): one weight per domain")
     if not torch.isfinite(t).all():
@@ -112,12 +114,15 @@ def parse_weights(spec, domains: list[str], prior=None) -> torch.Tensor:
             raise ValueError(f"{where}: unknown domain(s) {unknown}; the checkpoint's domains are {domains}")
         return check_h([_number(spec.get(d, 0.0), where, repr(d)) for d in domains], k, where)
     if isinstance(spec, (list, tuple)):
-        return check_h([_number(v, where, repr(domains[i]) if i < k else f"entry {i}") for i, v in enumerate(spec)],
-                       k, where)
+        return check_h(
+            [_number(v, where, repr(domains[i]) if i < k else f"entry {i}") for i, v in enumerate(spec)], k, where
+        )
     if torch.is_tensor(spec) or isinstance(spec, np.ndarray):
         return check_h(torch.as_tensor(spec), k, where)
-    raise ValueError(f"{where}: {spec!r} ({type(spec).__name__}) is not a form of domain weights; expected a "
-                     "{domain: weight} dict, a list of k numbers, a domain name, 'a=0.3,b=0.7', 'prior' or weights.json")
+    raise ValueError(
+        f"{where}: {spec!r} ({type(spec).__name__}) is not a form of domain weights; expected a "
+        "{domain: weight} dict, a list of k numbers, a domain name, 'a=0.3,b=0.7', 'prior' or weights.json"
+    )
 
 
 def weights_dict(h, domains: list[str]) -> dict[str, float]:

@@ -18,14 +18,16 @@ import sys
 from pathlib import Path
 
 from soe.errors import pop_debug, run_entry
-from soe.malloc import keep_freed_memory
 from soe.experiments.config import ExperimentConfig, check_files, from_mapping, read_yaml
 from soe.experiments.experiment import run
 from soe.experiments.report import soe_answer
 from soe.fileio import atomic_write_text
+from soe.malloc import keep_freed_memory
 
-HEADER = ("| variant | change vs naive | steps | domains won (one-hot h) | mean Δ domains | sets won (estimated h) | "
-          "mean Δ sets | Δ mixture (prior h) | per-domain Δ | command |\n|---|---|---|---|---|---|---|---|---|---|\n")
+HEADER = (
+    "| variant | change vs naive | steps | domains won (one-hot h) | mean Δ domains | sets won (estimated h) | "
+    "mean Δ sets | Δ mixture (prior h) | per-domain Δ | command |\n|---|---|---|---|---|---|---|---|---|---|\n"
+)
 
 
 def summarise(name: str, change: str, res: dict, command: str) -> str:
@@ -39,11 +41,13 @@ def summarise(name: str, change: str, res: dict, command: str) -> str:
         q = sorted(dom.values())
         per_domain = f"min {q[0]:+.2f} / median {q[len(q) // 2]:+.2f} / max {q[-1]:+.2f} over {len(q)}"
     won_ci = sum(r.get("ci_soe_refined", r.get("ci_soe_hist", [0, 0]))[1] < 0 for r in res["sets"].values())
-    mean = (lambda v: sum(v) / len(v) if v else float("nan"))
+    mean = lambda v: sum(v) / len(v) if v else float("nan")
     steps = res["runs"]["soe"]["steps"]
-    return (f"| {name} | {change} | {steps} | {sum(v < 0 for v in dom.values())}/{len(dom)} | {mean(list(dom.values())):+.3f} | "
-            f"{sum(v < 0 for v in sets.values())}/{len(sets)} ({won_ci} outside noise) | {mean(list(sets.values())):+.3f} | {mix:+.3f} | "
-            f"{per_domain} | `{command}` |\n")
+    return (
+        f"| {name} | {change} | {steps} | {sum(v < 0 for v in dom.values())}/{len(dom)} | {mean(list(dom.values())):+.3f} | "
+        f"{sum(v < 0 for v in sets.values())}/{len(sets)} ({won_ci} outside noise) | {mean(list(sets.values())):+.3f} | {mix:+.3f} | "
+        f"{per_domain} | `{command}` |\n"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 VARIANT_KEYS = ("name", "change", "overrides")
 
 
-def load_ablation(path: str, extra_keys: tuple[str, ...] = (), other_keys: tuple[str, ...] = ()
-                  ) -> tuple[ExperimentConfig, Path, list[dict]]:
+def load_ablation(
+    path: str, extra_keys: tuple[str, ...] = (), other_keys: tuple[str, ...] = ()
+) -> tuple[ExperimentConfig, Path, list[dict]]:
     """The experiment, output directory and variants of an ablation YAML, every field checked. ``extra_keys``:
     further override lists a variant may carry (soe/experiments/search.py: generic_overrides, shared_overrides);
     ``other_keys``: further keys the caller checks itself."""
@@ -85,7 +90,9 @@ def load_ablation(path: str, extra_keys: tuple[str, ...] = (), other_keys: tuple
         for key in ("overrides", *extra_keys):
             over = v.get(key, [])
             if not isinstance(over, list) or not all(isinstance(o, str) and o.startswith("--") for o in over):
-                raise ValueError(f"{where}: {key}: expected a list of train.py arguments starting with '--', got {over!r}")
+                raise ValueError(
+                    f"{where}: {key}: expected a list of train.py arguments starting with '--', got {over!r}"
+                )
     names = [v["name"] for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: variants: names must be unique, got {names}")
@@ -114,8 +121,13 @@ def _main(args: argparse.Namespace) -> int:
         if v["name"] not in only:
             continue
         cfg = dataclasses.replace(base, soe_overrides=list(v.get("overrides", [])))
-        res = run(cfg, out / v["name"], runs_dir=out / "runs", soe_name=f"soe-{v['name']}",
-                  source=f"{args.config}: experiment")
+        res = run(
+            cfg,
+            out / v["name"],
+            runs_dir=out / "runs",
+            soe_name=f"soe-{v['name']}",
+            source=f"{args.config}: experiment",
+        )
         command = f"python -m soe.experiments.ablate --config {args.config} --only {v['name']}"
         row = summarise(v["name"], v.get("change", " ".join(cfg.soe_overrides) or "—"), res, command)
         text = table.read_text() if table.exists() else ""

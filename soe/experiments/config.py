@@ -75,11 +75,16 @@ RULES = {
     "finetune_lr": (lambda v: 0 < v < 1, "a learning rate in (0, 1)"),
     "eval_windows": (_positive, "a positive integer"),
     "bootstrap": (lambda v: v >= 100, "an integer ≥ 100 (bootstrap resamples)"),
-    "budgets": (lambda v: all(b > 0 for b in v) and v == sorted(set(v)),
-                "a list of positive, strictly increasing step counts"),
+    "budgets": (
+        lambda v: all(b > 0 for b in v) and v == sorted(set(v)),
+        "a list of positive, strictly increasing step counts",
+    ),
     "overrides": (lambda v: all(a.startswith("--") for a in v), "a list of train.py arguments starting with '--'"),
     "soe_overrides": (lambda v: all(a.startswith("--") for a in v), "a list of train.py arguments starting with '--'"),
-    "generic_overrides": (lambda v: all(a.startswith("--") for a in v), "a list of train.py arguments starting with '--'"),
+    "generic_overrides": (
+        lambda v: all(a.startswith("--") for a in v),
+        "a list of train.py arguments starting with '--'",
+    ),
     "seed": (lambda v: v >= 0, "a non-negative integer"),
 }
 
@@ -106,8 +111,9 @@ def _type_name(hint) -> str:
         return f"a list of {_type_name(args[0])}s"
     if args:
         return " or ".join(_type_name(a) for a in args)
-    return {int: "integer", float: "number", bool: "boolean (true/false)", str: "string",
-            type(None): "null"}.get(hint, hint.__name__)
+    return {int: "integer", float: "number", bool: "boolean (true/false)", str: "string", type(None): "null"}.get(
+        hint, hint.__name__
+    )
 
 
 def _parses_as_float(text: str) -> bool:
@@ -139,8 +145,10 @@ def validate(cfg: ExperimentConfig, source: str = "experiment config") -> Experi
     """Refuse any field of the wrong type or out of range: one line naming ``source``, the key, the expectation."""
     check_fields(cfg, RULES, source)
     if cfg.max_steps is not None and cfg.budgets and cfg.budgets[-1] >= cfg.max_steps:
-        raise ValueError(f"{source}: budgets: expected step counts below max_steps={cfg.max_steps} (the main runs are "
-                         f"the curve's last point), got {cfg.budgets}")
+        raise ValueError(
+            f"{source}: budgets: expected step counts below max_steps={cfg.max_steps} (the main runs are "
+            f"the curve's last point), got {cfg.budgets}"
+        )
     return cfg
 
 
@@ -180,8 +188,10 @@ def check_files(cfg: ExperimentConfig, source: str = "experiment config") -> Non
     """The prepared data and the training configs the experiment names must exist before anything trains."""
     data = Path(cfg.data_dir)
     if not (data / "meta.json").is_file():
-        raise FileNotFoundError(f"{source}: data_dir: {data} is not a prepared-data directory (no meta.json); "
-                                "run `python -m data_prep.prepare` or fix the path")
+        raise FileNotFoundError(
+            f"{source}: data_dir: {data} is not a prepared-data directory (no meta.json); "
+            "run `python -m data_prep.prepare` or fix the path"
+        )
     for key in ("soe_config", "generic_config"):
         if not Path(getattr(cfg, key)).is_file():
             raise FileNotFoundError(f"{source}: {key}: training config {getattr(cfg, key)} not found")

@@ -31,12 +31,12 @@ from soe.core.weights import parse_weights
 from soe.data.shards import load_meta, open_shard
 from soe.data.windows import eval_windows
 from soe.errors import pop_debug, run_entry
-from soe.malloc import keep_freed_memory
 from soe.experiments.config import ExperimentConfig, check_files, load_config, validate
-from soe.experiments.runkey import data_manifest
 from soe.experiments.report import write_report
+from soe.experiments.runkey import data_manifest
 from soe.experiments.runs import budget, fit_args, resolve, train
 from soe.fileio import atomic_write_json
+from soe.malloc import keep_freed_memory
 from soe.specialists.estimate import estimate_weights
 from soe.specialists.evaluate import paired_interval, window_losses
 from soe.specialists.finetune import finetune

@@ -39,7 +39,7 @@ def plot_curves(out: Path, domains: list[str], soe_dir: Path, generic_dir: Path)
         ax.set_xlabel("training step")
         ax.set_ylabel("validation loss (nats/token)")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(domains):]:
+    for ax in list(axes.flat)[len(domains) :]:
         ax.axis("off")
     axes.flat[0].legend()
     fig.suptitle("Validation loss per pretraining domain")
@@ -112,7 +112,10 @@ def plot_curve(out: Path, results: dict) -> list[Path]:
     x = [p["tokens_per_param"] for p in curve]
     for s in curve[0]["sets"]:
         d = [p["sets"][s]["delta"] for p in curve]
-        err = [[v - p["sets"][s]["ci"][0] for v, p in zip(d, curve)], [p["sets"][s]["ci"][1] - v for v, p in zip(d, curve)]]
+        err = [
+            [v - p["sets"][s]["ci"][0] for v, p in zip(d, curve)],
+            [p["sets"][s]["ci"][1] - v for v, p in zip(d, curve)],
+        ]
         ax.errorbar(x, d, yerr=err, marker="o", ms=3, capsize=2, label=s)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")

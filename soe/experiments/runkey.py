@@ -19,8 +19,15 @@ from soe.fileio import read_json
 
 # Settings that do not change the trained model: where it logs and checkpoints (the runs directory may be
 # shared or moved), progress output, and the path of the data (its content is keyed by its manifest).
-IGNORED = ("config", "trainer.logger", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-           "trainer.default_root_dir", "data.data_dir", "take_from_checkpoint")
+IGNORED = (
+    "config",
+    "trainer.logger",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.default_root_dir",
+    "data.data_dir",
+    "take_from_checkpoint",
+)
 IGNORED_SUFFIXES = (".init_args.dirpath",)  # the checkpoint callback's directory
 
 

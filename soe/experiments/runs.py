@@ -22,7 +22,8 @@ import torch
 from soe.data.datamodule import SoupDataModule
 from soe.experiments.runkey import describe_changes, run_key, with_added_settings
 from soe.fileio import atomic_write_json, read_json
-from soe.train.cli import SoupCLI, main as cli_main
+from soe.train.cli import SoupCLI
+from soe.train.cli import main as cli_main
 from soe.train.module import SoupModule
 
 
@@ -66,34 +67,57 @@ def resolve(fit_args: list[str], what: str = "train.py fit"):
     with warnings.catch_warnings():  # LightningCLI warns that the experiment's own argv differs from args
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
         try:
-            return _ParseOnly(SoupModule, SoupDataModule, args=fit_args[1:], run=False, auto_configure_optimizers=False,
-                              parser_kwargs={"exit_on_error": False}).config
+            return _ParseOnly(
+                SoupModule,
+                SoupDataModule,
+                args=fit_args[1:],
+                run=False,
+                auto_configure_optimizers=False,
+                parser_kwargs={"exit_on_error": False},
+            ).config
         except argparse.ArgumentError as e:
             config = fit_args[fit_args.index("--config") + 1] if "--config" in fit_args else "its arguments"
-            raise ValueError(f"{what}: train.py would refuse {config} with these arguments: "
-                             f"{' '.join(str(e).split())}") from None
+            raise ValueError(
+                f"{what}: train.py would refuse {config} with these arguments: {' '.join(str(e).split())}"
+            ) from None
 
 
 def budget(fit_args: list[str], config=None) -> Budget:
     """The token budget of ``python train.py <fit_args>`` (``config``: its `resolve` when already done)."""
     c = config if config is not None else resolve(fit_args)
     devices = c.trainer.devices
-    processes = (devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 0) \
-        * int(c.trainer.num_nodes or 1)
+    processes = (devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 0) * int(
+        c.trainer.num_nodes or 1
+    )
     steps = c.trainer.max_steps
     if steps is None or steps <= 0:
         raise ValueError(f"{fit_args}: trainer.max_steps={steps}; an experiment's runs need a positive step count")
-    return Budget(int(steps), int(c.data.batch_size), int(c.data.seq_len), int(c.trainer.accumulate_grad_batches or 1),
-                  int(processes))
+    return Budget(
+        int(steps),
+        int(c.data.batch_size),
+        int(c.data.seq_len),
+        int(c.trainer.accumulate_grad_batches or 1),
+        int(processes),
+    )
 
 
-def fit_args(config: str, name: str, runs_dir: Path, common: list[str], overrides: list[str],
-             extra: list[str]) -> list[str]:
+def fit_args(
+    config: str, name: str, runs_dir: Path, common: list[str], overrides: list[str], extra: list[str]
+) -> list[str]:
     """train.py arguments of run ``name``: its config, the experiment's common arguments (data, seed,
     steps), where it logs and checkpoints, the experiment's overrides, then the run's own arguments."""
-    return ["fit", "--config", config, *common, f"--trainer.logger.init_args.save_dir={runs_dir}",
-            f"--trainer.logger.init_args.name={name}", "--trainer.logger.init_args.version=tb",
-            f"--trainer.callbacks.init_args.dirpath={runs_dir / name / 'checkpoints'}", *overrides, *extra]
+    return [
+        "fit",
+        "--config",
+        config,
+        *common,
+        f"--trainer.logger.init_args.save_dir={runs_dir}",
+        f"--trainer.logger.init_args.name={name}",
+        "--trainer.logger.init_args.version=tb",
+        f"--trainer.callbacks.init_args.dirpath={runs_dir / name / 'checkpoints'}",
+        *overrides,
+        *extra,
+    ]
 
 
 def _step_of(ckpt: Path) -> int:
@@ -137,11 +161,18 @@ def _previous(run_dir: Path, name: str, key: dict, steps: int) -> tuple[dict | N
         if state is None:
             return _move_aside(run_dir, name, f"its {state_file} is corrupt"), False
         if "key" not in state:
-            return _move_aside(run_dir, name, f"its {state_file} records no configuration key (written by an "
-                               "older soe), so it may have been trained under another configuration"), False
+            return _move_aside(
+                run_dir,
+                name,
+                f"its {state_file} records no configuration key (written by an "
+                "older soe), so it may have been trained under another configuration",
+            ), False
         if with_added_settings(state["key"]) != key:
-            return _move_aside(run_dir, name, "its configuration changed since it was trained ("
-                               + describe_changes(state["key"], key) + ")"), False
+            return _move_aside(
+                run_dir,
+                name,
+                "its configuration changed since it was trained (" + describe_changes(state["key"], key) + ")",
+            ), False
         try:
             saved = _step_of(ckpt) if ckpt.is_file() else None
         except Exception as e:  # a truncated or foreign file: nothing to resume from, but keep it
@@ -180,21 +211,35 @@ def train(name: str, runs_dir: Path, args: list[str], extra: list[str], plan: Bu
     wall = time.perf_counter() - t0
     saved = _step_of(ckpt)
     if saved != steps:  # everything after this evaluates this file: it must be the trained model
-        raise RuntimeError(f"{ckpt} holds step {saved}, not the final step {steps}: the run's checkpoint callback "
-                           "must keep the final step (class_path: soe.train.callbacks.ModelCheckpoint)")
+        raise RuntimeError(
+            f"{ckpt} holds step {saved}, not the final step {steps}: the run's checkpoint callback "
+            "must keep the final step (class_path: soe.train.callbacks.ModelCheckpoint)"
+        )
     module, dm, trainer = cli.model, cli.datamodule, cli.trainer
     seen = Budget(steps, dm.batch_size, dm.seq_len, trainer.accumulate_grad_batches, trainer.world_size)
     if seen.tokens != plan.tokens:
-        raise RuntimeError(f"run {name} trained on {seen.describe()}, but its configuration resolved to "
-                           f"{plan.describe()}")
+        raise RuntimeError(
+            f"run {name} trained on {seen.describe()}, but its configuration resolved to {plan.describe()}"
+        )
     # 6·P·tokens for the dense model, plus the soup's instantiate, bank backward and update (≈ 6 per bank
     # number per step, full-rank or low-rank).
     counts = module.soup.param_counts()
     flops = module.net_cfg.flops_per_token(dm.seq_len) * seen.tokens + 6 * counts["bank"] * steps
-    info = {"name": name, "dir": str(run_dir), "checkpoint": str(ckpt), "steps": steps, "tokens": seen.tokens,
-            "budget": asdict(seen), "wall_s": wall, "train_flops": float(flops),
-            "params_instantiated": module.net_cfg.num_params(), "params_total": counts["total"],
-            "args": extra, "command": "python train.py " + " ".join(want["args"]), "key": key}
+    info = {
+        "name": name,
+        "dir": str(run_dir),
+        "checkpoint": str(ckpt),
+        "steps": steps,
+        "tokens": seen.tokens,
+        "budget": asdict(seen),
+        "wall_s": wall,
+        "train_flops": float(flops),
+        "params_instantiated": module.net_cfg.num_params(),
+        "params_total": counts["total"],
+        "args": extra,
+        "command": "python train.py " + " ".join(want["args"]),
+        "key": key,
+    }
     if any(a.startswith("--ckpt_path=") for a in args):
         info["resumed"] = True  # wall_s covers only the steps after the resume
     atomic_write_json(run_dir / "run.json", info)

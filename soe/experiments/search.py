@@ -39,12 +39,12 @@ from soe.core.weights import parse_weights
 from soe.data.shards import load_meta, open_shard
 from soe.data.windows import eval_windows
 from soe.errors import pop_debug, run_entry
-from soe.malloc import keep_freed_memory
 from soe.experiments.ablate import load_ablation
 from soe.experiments.config import ExperimentConfig, check_files, validate
 from soe.experiments.experiment import plan
 from soe.experiments.runs import train
 from soe.fileio import atomic_write_json, atomic_write_text
+from soe.malloc import keep_freed_memory
 from soe.specialists.estimate import estimate_weights
 from soe.specialists.evaluate import paired_interval, window_losses
 from soe.train.checkpoint import load_checkpoint

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from soe.errors import pop_debug, run_entry
-from soe.malloc import keep_freed_memory
 from soe.fileio import atomic_write_json, atomic_write_text, read_json
+from soe.malloc import keep_freed_memory
 from soe.merge_experiment.config import MergingConfig, check_files, load_config, validate
 
 
@@ -40,12 +40,21 @@ def _prepare_out(cfg: MergingConfig, out: Path, log) -> None:
     pred = out / "predictions.md"
     if not pred.is_file():  # written once, before anything is fine-tuned
         when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        atomic_write_text(pred, f"# Predictions, written {when} before the runs\n\n" +
-                          "".join(f"- **{k}**: {v}\n" for k, v in cfg.predictions.items()))
+        atomic_write_text(
+            pred,
+            f"# Predictions, written {when} before the runs\n\n"
+            + "".join(f"- **{k}**: {v}\n" for k, v in cfg.predictions.items()),
+        )
 
 
-def run(cfg: MergingConfig, out: Path, runs_dir: Path | None = None, source: str = "merging config",
-        command: str = "", log=print) -> dict:
+def run(
+    cfg: MergingConfig,
+    out: Path,
+    runs_dir: Path | None = None,
+    source: str = "merging config",
+    command: str = "",
+    log=print,
+) -> dict:
     from soe.experiments.config import ExperimentConfig
     from soe.experiments.experiment import plan
     from soe.experiments.runs import train
@@ -60,14 +69,27 @@ def run(cfg: MergingConfig, out: Path, runs_dir: Path | None = None, source: str
     out = Path(out)
     _prepare_out(cfg, out, log)
     runs_dir = runs_dir or out / "runs"
-    ecfg = ExperimentConfig(data_dir=cfg.data_dir, soe_config=cfg.soe_config, generic_config=cfg.generic_config,
-                            max_steps=cfg.max_steps, dedicated=False, refine=False, overrides=list(cfg.overrides),
-                            seed=cfg.train_seed)
-    runs = {name: train(name, runs_dir, args, extra, b) for name, (args, extra, b) in plan(ecfg, runs_dir, "soe", {}).items()}
+    ecfg = ExperimentConfig(
+        data_dir=cfg.data_dir,
+        soe_config=cfg.soe_config,
+        generic_config=cfg.generic_config,
+        max_steps=cfg.max_steps,
+        dedicated=False,
+        refine=False,
+        overrides=list(cfg.overrides),
+        seed=cfg.train_seed,
+    )
+    runs = {
+        name: train(name, runs_dir, args, extra, b)
+        for name, (args, extra, b) in plan(ecfg, runs_dir, "soe", {}).items()
+    }
     soup, hp, _ = load_checkpoint(runs["soe"]["checkpoint"])
     if soup.n == 0:
         raise ValueError(f"{source}: soe_config trains a dense model (n_experts = 0); the experiment needs a soup")
-    generic = {k: v.detach().clone() for k, v in load_checkpoint(runs["generic"]["checkpoint"])[0].specialist(None).state_dict().items()}
+    generic = {
+        k: v.detach().clone()
+        for k, v in load_checkpoint(runs["generic"]["checkpoint"])[0].specialist(None).state_dict().items()
+    }
     domains = list(hp["domain_names"])
     study = Study(cfg, out, soup, generic, domains, estimate_hs(cfg, out, domains), log)
     timings = {}
@@ -82,29 +104,50 @@ def run(cfg: MergingConfig, out: Path, runs_dir: Path | None = None, source: str
     results = {}
     for seed in cfg.seeds:
         path = out / f"seed-{seed}" / "evaluation.json"
-        results[seed] = read_json(path, "evaluation") if path.is_file() else Evaluation(study, seed, selections[seed]).run()
+        results[seed] = (
+            read_json(path, "evaluation") if path.is_file() else Evaluation(study, seed, selections[seed]).run()
+        )
         atomic_write_json(path, results[seed])
     timings["evaluation"] = time.perf_counter() - t - timings["selection"]
     pred = (out / "predictions.md").read_text().splitlines()[0]
-    meta = {"config": source, "command": command or f"python -m soe.merge_experiment --config {source} --out {out}",
-            "schedule": study.schedule(), "wall_min": (time.perf_counter() - t0) / 60, "soup": runs["soe"]["checkpoint"],
-            "generic": runs["generic"]["checkpoint"], "predicted_at": pred.split("written ")[-1].split(" before")[0],
-            "verdicts": report.verdicts(results, selections, cfg.predictions), "timings_s": timings}
-    atomic_write_json(out / "results.json", {"meta": meta, "teams_h": read_json(out / "teams.json", "teams"),
-                                             "seeds": {str(k): v for k, v in results.items()},
-                                             "selections": {str(k): v for k, v in selections.items()}})
+    meta = {
+        "config": source,
+        "command": command or f"python -m soe.merge_experiment --config {source} --out {out}",
+        "schedule": study.schedule(),
+        "wall_min": (time.perf_counter() - t0) / 60,
+        "soup": runs["soe"]["checkpoint"],
+        "generic": runs["generic"]["checkpoint"],
+        "predicted_at": pred.split("written ")[-1].split(" before")[0],
+        "verdicts": report.verdicts(results, selections, cfg.predictions),
+        "timings_s": timings,
+    }
+    atomic_write_json(
+        out / "results.json",
+        {
+            "meta": meta,
+            "teams_h": read_json(out / "teams.json", "teams"),
+            "seeds": {str(k): v for k, v in results.items()},
+            "selections": {str(k): v for k, v in selections.items()},
+        },
+    )
     report.write_report(out, cfg, results, selections, meta)
     log(f"[merging] report: {out / 'report.md'} ({meta['wall_min']:.1f} min)")
     return {"results": results, "selections": selections, "meta": meta}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m soe.merge_experiment",
-                                 description="Merging soup specialists: methods, bases, stopping, markers (report.md).")
+    ap = argparse.ArgumentParser(
+        prog="python -m soe.merge_experiment",
+        description="Merging soup specialists: methods, bases, stopping, markers (report.md).",
+    )
     ap.add_argument("--config", required=True, help="experiment YAML (experiments/merging*.yaml)")
     ap.add_argument("--out", required=True, help="output directory (resumed when it holds a run of the same settings)")
-    ap.add_argument("--runs", default=None, help="training runs to reuse (make merging: merging_out/runs): the soup "
-                                                 "and generic model are trained there only if missing or stale")
+    ap.add_argument(
+        "--runs",
+        default=None,
+        help="training runs to reuse (make merging: merging_out/runs): the soup "
+        "and generic model are trained there only if missing or stale",
+    )
     return ap
 
 

@@ -18,10 +18,18 @@ from soe.merging.config import METHODS, parse_config
 DEFAULT_GRIDS: dict[str, list[dict]] = {
     "linear": [{}],
     "task_arithmetic": [{"lambda": 1.0}, {"lambda": 0.25}, {"lambda": 0.5}, {"lambda": 0.75}],
-    "ties": [{"density": 0.2, "lambda": 1.0}, {"density": 0.2, "lambda": 2.0}, {"density": 0.5, "lambda": 1.0},
-             {"density": 0.5, "lambda": 2.0}],
-    "dare_ties": [{"density": 0.5, "lambda": 1.0}, {"density": 0.5, "lambda": 0.5}, {"density": 0.8, "lambda": 0.5},
-                  {"density": 0.8, "lambda": 1.0}],
+    "ties": [
+        {"density": 0.2, "lambda": 1.0},
+        {"density": 0.2, "lambda": 2.0},
+        {"density": 0.5, "lambda": 1.0},
+        {"density": 0.5, "lambda": 2.0},
+    ],
+    "dare_ties": [
+        {"density": 0.5, "lambda": 1.0},
+        {"density": 0.5, "lambda": 0.5},
+        {"density": 0.8, "lambda": 0.5},
+        {"density": 0.8, "lambda": 1.0},
+    ],
     "cat": [{"lambda": 1.0}, {"lambda": 0.25}, {"lambda": 0.5}, {"lambda": 0.75}],
     "lot": [{"lambda": 1.0}, {"lambda": 0.5}, {"lambda": 1.5}, {"lambda": 2.0}],
     "regmean": [{"alpha": 0.9}, {"alpha": 0.5}, {"alpha": 0.7}, {"alpha": 1.0}],
@@ -104,14 +112,20 @@ RULES = {
     "teams": (lambda v: len(v) >= 2 and len(set(v)) == len(v), "a list of at least 2 distinct specialist sets"),
     "seeds": (lambda v: len(v) >= 1 and len(set(v)) == len(v) and min(v) >= 0, "a list of distinct seeds ≥ 0"),
     "validation_share": (lambda v: 0 < v < 0.9, "a share in (0, 0.9)"),
-    "steps": (_pos, "a positive integer"), "first_checkpoint": (_pos, "a positive integer"),
-    "batch_size": (_pos, "a positive integer"), "lr": (lambda v: 0 < v < 1, "a learning rate in (0, 1)"),
+    "steps": (_pos, "a positive integer"),
+    "first_checkpoint": (_pos, "a positive integer"),
+    "batch_size": (_pos, "a positive integer"),
+    "lr": (lambda v: 0 < v < 1, "a learning rate in (0, 1)"),
     "lora_rank": (lambda v: v >= 0, "an integer ≥ 0 (0: no LoRA)"),
     "lora_lr": (lambda v: 0 < v < 1, "a learning rate in (0, 1)"),
-    "markers_specific": (lambda v: v >= 0, "an integer ≥ 0"), "markers_shared": (lambda v: v >= 0, "an integer ≥ 0"),
-    "marker_copies": (_pos, "a positive integer"), "val_windows": (_pos, "a positive integer"),
-    "eval_windows": (_pos, "a positive integer"), "mixture_windows": (_pos, "a positive integer"),
-    "exemplar_tokens": (_pos, "a positive integer"), "bootstrap": (lambda v: v >= 100, "an integer ≥ 100"),
+    "markers_specific": (lambda v: v >= 0, "an integer ≥ 0"),
+    "markers_shared": (lambda v: v >= 0, "an integer ≥ 0"),
+    "marker_copies": (_pos, "a positive integer"),
+    "val_windows": (_pos, "a positive integer"),
+    "eval_windows": (_pos, "a positive integer"),
+    "mixture_windows": (_pos, "a positive integer"),
+    "exemplar_tokens": (_pos, "a positive integer"),
+    "bootstrap": (lambda v: v >= 100, "an integer ≥ 100"),
     "overrides": (lambda v: all(a.startswith("--") for a in v), "a list of train.py arguments starting with '--'"),
     "train_seed": (lambda v: v >= 0, "a non-negative integer"),
 }
@@ -130,23 +144,30 @@ def validate(cfg: MergingConfig, source: str) -> MergingConfig:
         for i, point in enumerate(grid):  # each point must be a merge `soe merge` accepts
             params = {k: v for k, v in point.items() if k != "density"}
             model = {"model": "x", "parameters": {"density": point.get("density", 1.0), "exemplars": "x"}}
-            parse_config({"merge_method": method, "base_model": "x", "models": [model], "parameters": params},
-                         f"{where}[{i}]")
+            parse_config(
+                {"merge_method": method, "base_model": "x", "models": [model], "parameters": params}, f"{where}[{i}]"
+            )
     from soe.merge_experiment.report import CLAIMS
 
     unknown = sorted(set(cfg.predictions) - set(CLAIMS))
     if unknown or not all(isinstance(v, str) for v in cfg.predictions.values()):
-        raise ValueError(f"{source}: predictions: expected claim ids among {sorted(CLAIMS)} mapped to the prediction's "
-                         f"text, got {unknown or cfg.predictions}")
+        raise ValueError(
+            f"{source}: predictions: expected claim ids among {sorted(CLAIMS)} mapped to the prediction's "
+            f"text, got {unknown or cfg.predictions}"
+        )
     if "task_arithmetic" not in cfg.grids:
-        raise ValueError(f"{source}: grids: task_arithmetic is required (tuned task arithmetic is the bar every "
-                         "other method is compared with)")
+        raise ValueError(
+            f"{source}: grids: task_arithmetic is required (tuned task arithmetic is the bar every "
+            "other method is compared with)"
+        )
     return cfg
 
 
 def load_config(path: str | Path) -> MergingConfig:
-    return validate(build(MergingConfig, read_yaml(path, "merging experiment config"), str(path),
-                          "merging experiment settings"), str(path))
+    return validate(
+        build(MergingConfig, read_yaml(path, "merging experiment config"), str(path), "merging experiment settings"),
+        str(path),
+    )
 
 
 def check_files(cfg: MergingConfig, source: str) -> None:
@@ -160,5 +181,7 @@ def check_files(cfg: MergingConfig, source: str) -> None:
     for t in cfg.teams:
         d = data / "specialists" / t
         if not (d / "inhouse.jsonl").is_file():
-            raise FileNotFoundError(f"{source}: teams: {t}: no specialist set at {d} (expected inhouse.jsonl and "
-                                    "its shards, written by data_prep.prepare)")
+            raise FileNotFoundError(
+                f"{source}: teams: {t}: no specialist set at {d} (expected inhouse.jsonl and "
+                "its shards, written by data_prep.prepare)"
+            )

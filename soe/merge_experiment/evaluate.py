@@ -30,11 +30,16 @@ def _summary(w: dict[str, np.ndarray]) -> dict:
 
 
 def _retention(losses: dict, start: dict, own: dict) -> dict:
-    r = {t: (start[t] - losses[t]) / (start[t] - own[t]) if abs(start[t] - own[t]) > 1e-9 else float("nan")
-         for t in losses}
+    r = {
+        t: (start[t] - losses[t]) / (start[t] - own[t]) if abs(start[t] - own[t]) > 1e-9 else float("nan")
+        for t in losses
+    }
     vals = [v for v in r.values() if v == v]
-    return {"R": r, "R_mean": float(np.mean(vals)) if vals else float("nan"),
-            "R_worst": float(min(vals)) if vals else float("nan")}
+    return {
+        "R": r,
+        "R_mean": float(np.mean(vals)) if vals else float("nan"),
+        "R_worst": float(min(vals)) if vals else float("nan"),
+    }
 
 
 def marker_retention(loss: np.ndarray, before: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
@@ -52,8 +57,10 @@ class Evaluation:
         self.scorer = Scorer(study.net_cfg, self.wins)
         meta = load_meta(c.data_dir)
         self.prior = parse_weights("prior", list(meta.domains), meta.prior("train"))
-        self.mix = Scorer(study.net_cfg, {d: eval_windows(open_shard(c.data_dir, meta, d, "val"), self.T, c.mixture_windows)
-                                          for d in meta.domains})
+        self.mix = Scorer(
+            study.net_cfg,
+            {d: eval_windows(open_shard(c.data_dir, meta, d, "val"), self.T, c.mixture_windows) for d in meta.domains},
+        )
         self.markers = study.markers(seed)
 
     def mixture(self, sd: dict) -> float:
@@ -92,24 +99,39 @@ class Evaluation:
                 cand = Candidate(**lab["candidate"])
                 sd, secs = inp.merge(cand)
                 w = self.scorer.windows_losses(sd)
-                row = {**_summary(w), **_retention(_summary(w)["losses"], start, own), "seconds": secs,
-                       "val": lab["best_val"], "point": cand.point, "grid_points": lab["points"]}
+                row = {
+                    **_summary(w),
+                    **_retention(_summary(w)["losses"], start, own),
+                    "seconds": secs,
+                    "val": lab["best_val"],
+                    "point": cand.point,
+                    "grid_points": lab["points"],
+                }
                 d = Candidate(**lab["default"]["candidate"])
-                row["default_mean"] = row["mean"] if d == cand else _summary(self.scorer.windows_losses(inp.merge(d)[0]))["mean"]
+                row["default_mean"] = (
+                    row["mean"] if d == cand else _summary(self.scorer.windows_losses(inp.merge(d)[0]))["mean"]
+                )
                 if kind == "soup-full" and (label == chosen["best"] or label == chosen["methods"]["task_arithmetic"]):
                     keep[label] = (w, sd)
                     row["mixture"] = self.mixture(sd)
                 rows[label] = row
-            res["kinds"][kind] = {"start": start, "own": own, "rows": rows, "best": chosen["best"],
-                                  "ta": chosen["methods"]["task_arithmetic"],
-                                  "own_mean": float(np.mean(list(own.values()))),
-                                  "start_mean": float(np.mean(list(start.values())))}
+            res["kinds"][kind] = {
+                "start": start,
+                "own": own,
+                "rows": rows,
+                "best": chosen["best"],
+                "ta": chosen["methods"]["task_arithmetic"],
+                "own_mean": float(np.mean(list(own.values()))),
+                "start_mean": float(np.mean(list(start.values()))),
+            }
         full = res["kinds"]["soup-full"]
         (wb, best_sd), (wt, _) = keep[full["best"]], keep[full["ta"]]
         full["ci_best_vs_ta"] = paired_interval(_flat(wb), _flat(wt), c.bootstrap, seed=self.seed)
         inp = inputs["soup-full"]  # the same models: loaded once
-        res["mixture"] = {"start_mean_h": self.mixture(s.bases("soup-full")["mean"]),
-                          "individual": float(np.mean([self.mixture(t) for t in inp.thetas]))}
+        res["mixture"] = {
+            "start_mean_h": self.mixture(s.bases("soup-full")["mean"]),
+            "individual": float(np.mean([self.mixture(t) for t in inp.thetas])),
+        }
         res["references"] = self.references(inp, best_sd)
         res["stopping"] = self.stopping()
         res["buckets"] = self.buckets(inp, best_sd)
@@ -133,12 +155,17 @@ class Evaluation:
         out = {}
         for method, g in self.sel["greedy"].items():
             cand = Candidate(**g["candidate"])
-            w = {k: self.scorer.windows_losses(self.s.inputs(self.seed, "soup-full", g[k]).merge(cand)[0])
-                 for k in ("individual", "greedy")}
-            out[method] = {"individual": _summary(w["individual"])["mean"], "greedy": _summary(w["greedy"])["mean"],
-                           "steps_individual": g["individual"], "steps_greedy": g["greedy"],
-                           "ci": paired_interval(_flat(w["greedy"]), _flat(w["individual"]), self.s.cfg.bootstrap,
-                                                 seed=self.seed)}
+            w = {
+                k: self.scorer.windows_losses(self.s.inputs(self.seed, "soup-full", g[k]).merge(cand)[0])
+                for k in ("individual", "greedy")
+            }
+            out[method] = {
+                "individual": _summary(w["individual"])["mean"],
+                "greedy": _summary(w["greedy"])["mean"],
+                "steps_individual": g["individual"],
+                "steps_greedy": g["greedy"],
+                "ci": paired_interval(_flat(w["greedy"]), _flat(w["individual"]), self.s.cfg.bootstrap, seed=self.seed),
+            }
         return out
 
     def buckets(self, inp, best_sd, n: int = 5) -> dict:
@@ -169,25 +196,31 @@ class Evaluation:
         indiv = np.stack([self.marker_losses(t) for t in inp.thetas])  # (m, 2, markers)
         team_ix = {t: i for i, t in enumerate(c.teams)}
         # what the specialist(s) that learned each marker alone reached: its team's model, or the mean (shared)
-        ref = np.stack([indiv[team_ix[m.team], :, j] if m.team else indiv[:, :, j].mean(0)
-                        for j, m in enumerate(self.markers)], axis=1)  # (2, markers)
+        ref = np.stack(
+            [indiv[team_ix[m.team], :, j] if m.team else indiv[:, :, j].mean(0) for j, m in enumerate(self.markers)],
+            axis=1,
+        )  # (2, markers)
         spec = np.array([m.kind == "specific" for m in self.markers])
 
         def row(sc: np.ndarray, seen: list[str] | None = None) -> dict:
             """Retention of the facts (sc[0]) and of the raw answer loss (sc[1], mostly the template)."""
             mask = spec & np.array([m.team in seen for m in self.markers]) if seen is not None else spec
             fact, loss = sc
-            return {"specific": marker_retention(fact, before[0], ref[0], mask),
-                    "shared": marker_retention(fact, before[0], ref[0], ~spec),
-                    "template_specific": marker_retention(loss, before[1], ref[1], mask),
-                    "template_shared": marker_retention(loss, before[1], ref[1], ~spec),
-                    "fact_specific": float(fact[spec].mean()) if spec.any() else None,
-                    "fact_shared": float(fact[~spec].mean()) if (~spec).any() else None}
+            return {
+                "specific": marker_retention(fact, before[0], ref[0], mask),
+                "shared": marker_retention(fact, before[0], ref[0], ~spec),
+                "template_specific": marker_retention(loss, before[1], ref[1], mask),
+                "template_shared": marker_retention(loss, before[1], ref[1], ~spec),
+                "fact_specific": float(fact[spec].mean()) if spec.any() else None,
+                "fact_shared": float(fact[~spec].mean()) if (~spec).any() else None,
+            }
 
         out = {"before": row(before), "individual": row(ref), "parallel_merge": row(self.marker_losses(best_sd))}
         if c.multitask:
             d = s.out / "finetunes" / f"seed-{self.seed}" / "multitask"
-            out["multitask"] = row(self.marker_losses(FT.load_state(d, FT.read_json(d / FT.RECORD, "record")["best_step"])))
+            out["multitask"] = row(
+                self.marker_losses(FT.load_state(d, FT.read_json(d / FT.RECORD, "record")["best_step"]))
+            )
         if c.sequential:
             path = []
             for i, t in enumerate(s.order(self.seed)):

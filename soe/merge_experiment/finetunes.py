@@ -48,9 +48,22 @@ def dense_state(net: LlamaLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def run(run_dir: Path, start: dict[str, torch.Tensor], net_cfg: ModelConfig, stream: np.ndarray, holdout: float, *,
-        steps: int, first: int, lr: float, batch_size: int, seed: int, val_windows: int, lora_rank: int = 0,
-        log=print) -> dict:
+def run(
+    run_dir: Path,
+    start: dict[str, torch.Tensor],
+    net_cfg: ModelConfig,
+    stream: np.ndarray,
+    holdout: float,
+    *,
+    steps: int,
+    first: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    val_windows: int,
+    lora_rank: int = 0,
+    log=print,
+) -> dict:
     """Fine-tune from ``start``; returns run.json: {steps, best_step, checkpoints: {step: validation loss}, …}."""
     run_dir = Path(run_dir)
     if (run_dir / RECORD).is_file():
@@ -70,22 +83,40 @@ def run(run_dir: Path, start: dict[str, torch.Tensor], net_cfg: ModelConfig, str
         save_state(ckpt_path(run_dir, step), dense_state(net))
         losses[step] = loss
 
-    ft = finetune(net, stream, steps=steps, lr=lr, batch_size=batch_size, warmup=max(1, min(10, steps // 8)),
-                  holdout=holdout, eval_every=steps + 1, seed=seed, save_at=schedule, on_save=on_save,
-                  holdout_windows=val_windows)
-    record = {"steps": steps, "best_step": ft.best_step, "start_loss": ft.holdout_loss_start,
-              "checkpoints": {str(s): v for s, v in losses.items()}, "lora_rank": lora_rank,
-              "wall_s": round(ft.wall_s, 2), "tokens": ft.tokens, "history": ft.history}
+    ft = finetune(
+        net,
+        stream,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        warmup=max(1, min(10, steps // 8)),
+        holdout=holdout,
+        eval_every=steps + 1,
+        seed=seed,
+        save_at=schedule,
+        on_save=on_save,
+        holdout_windows=val_windows,
+    )
+    record = {
+        "steps": steps,
+        "best_step": ft.best_step,
+        "start_loss": ft.holdout_loss_start,
+        "checkpoints": {str(s): v for s, v in losses.items()},
+        "lora_rank": lora_rank,
+        "wall_s": round(ft.wall_s, 2),
+        "tokens": ft.tokens,
+        "history": ft.history,
+    }
     if ft.best_step == 0:  # fine-tuning never helped: the start is the best state
         save_state(ckpt_path(run_dir, 0), start)
     atomic_write_json(run_dir / RECORD, record)
     if log:
-        log(f"    {run_dir.name}: validation {ft.holdout_loss_start:.3f} -> {ft.holdout_loss:.3f} "
-            f"(best step {ft.best_step}, {ft.wall_s:.0f} s)")
+        log(
+            f"    {run_dir.name}: validation {ft.holdout_loss_start:.3f} -> {ft.holdout_loss:.3f} "
+            f"(best step {ft.best_step}, {ft.wall_s:.0f} s)"
+        )
     return record
 
 
 def checkpoint_losses(record: dict) -> dict[int, float]:
     return {int(s): v for s, v in record["checkpoints"].items()}
-
-

@@ -53,7 +53,7 @@ def candidates(grids: dict[str, list[dict]], bases: list[str], projection_base: 
     out = []
     for method, grid in grids.items():
         points = [json.dumps(p, sort_keys=True) for p in grid]
-        for b in (["none"] if method in NO_BASE else bases):
+        for b in ["none"] if method in NO_BASE else bases:
             out += [Candidate(method, b, p) for p in points]
         if projection_base is not None and method in PROJECTABLE:
             out += [Candidate(method, projection_base, p, True) for p in points]
@@ -69,17 +69,27 @@ def merge_config(c: Candidate, m: int, seed: int = 0):
     if c.projection:
         params["bank_projection"] = True
     base = None if c.base == "none" else ({"soup": "in-memory", "h": c.base} if c.projection else "in-memory")
-    models = [{"model": f"team-{u}", "parameters": {"weight": 1.0, "density": density, "exemplars": "in-memory"}}
-              for u in range(m)]
-    return parse_config({"merge_method": c.method, "base_model": base, "models": models, "parameters": params},
-                        f"candidate {c.key}")
+    models = [
+        {"model": f"team-{u}", "parameters": {"weight": 1.0, "density": density, "exemplars": "in-memory"}}
+        for u in range(m)
+    ]
+    return parse_config(
+        {"merge_method": c.method, "base_model": base, "models": models, "parameters": params}, f"candidate {c.key}"
+    )
 
 
 class Inputs:
     """One set of fine-tuned models to merge, with what every candidate over them needs, computed once."""
 
-    def __init__(self, net_cfg: ModelConfig, thetas: list[dict[str, torch.Tensor]], bases: dict[str, dict],
-                 exemplars: list[torch.Tensor], bank: dict[str, torch.Tensor] | None = None, seed: int = 0):
+    def __init__(
+        self,
+        net_cfg: ModelConfig,
+        thetas: list[dict[str, torch.Tensor]],
+        bases: dict[str, dict],
+        exemplars: list[torch.Tensor],
+        bank: dict[str, torch.Tensor] | None = None,
+        seed: int = 0,
+    ):
         self.net_cfg, self.thetas, self.bases, self.exemplars, self.bank = net_cfg, thetas, bases, exemplars, bank
         self.seed = seed
         self._feats: list[Features] | None = None
@@ -135,7 +145,7 @@ def ensemble_losses(nets: list[LlamaLM], wins: torch.Tensor, batch_size: int = 1
     """Per-window loss of the output-space ensemble: −log of the mean of the models' next-token probabilities."""
     out = []
     for i in range(0, len(wins), batch_size):
-        b = wins[i:i + batch_size]
+        b = wins[i : i + batch_size]
         logp = torch.stack([F.log_softmax(n.eval()(b[:, :-1]).float(), -1) for n in nets])  # (m, B, T, V)
         mix = torch.logsumexp(logp, 0) - np.log(len(nets))
         nll = -mix.gather(-1, b[:, 1:, None]).squeeze(-1)  # (B, T)

@@ -93,8 +93,10 @@ def plant(tokens: np.ndarray, markers: list[Marker], copies: int, seq_len: int, 
     n_win = (len(tokens) - 1) // seq_len
     need = copies * len(markers)
     if need > n_win:
-        raise ValueError(f"{need} marker copies ({len(markers)} markers × {copies}) need as many fine-tuning windows; "
-                         f"the fine-tune part has {n_win}: lower marker_copies")
+        raise ValueError(
+            f"{need} marker copies ({len(markers)} markers × {copies}) need as many fine-tuning windows; "
+            f"the fine-tune part has {n_win}: lower marker_copies"
+        )
     rng = np.random.default_rng(20_000 + seed)
     wins = rng.choice(n_win, size=need, replace=False)
     for i, m in enumerate([m for m in markers for _ in range(copies)]):
@@ -102,12 +104,21 @@ def plant(tokens: np.ndarray, markers: list[Marker], copies: int, seq_len: int, 
         if len(ids) > seq_len + 1:
             raise ValueError(f"marker {m.text!r} is {len(ids)} tokens, longer than a window of {seq_len + 1}")
         at = wins[i] * seq_len + int(rng.integers(0, seq_len + 2 - len(ids)))
-        out[at:at + len(ids)] = ids
+        out[at : at + len(ids)] = ids
     return out
 
 
-def load_teams(data_dir, names: list[str], hs: dict[str, torch.Tensor], validation_share: float,
-               markers: list[Marker], copies: int, seq_len: int, eos_id: int, seed: int) -> dict[str, Team]:
+def load_teams(
+    data_dir,
+    names: list[str],
+    hs: dict[str, torch.Tensor],
+    validation_share: float,
+    markers: list[Marker],
+    copies: int,
+    seq_len: int,
+    eos_id: int,
+    seed: int,
+) -> dict[str, Team]:
     spec = f"{data_dir}/specialists"
     meta = load_meta(spec)
     teams = {}
@@ -130,7 +141,7 @@ def _answer_nll(net: LlamaLM, pairs: list[tuple[list[int], list[int]]], eos_id: 
     seqs = [[eos_id] + p + a for p, a in pairs]
     x = torch.full((len(seqs), max(map(len, seqs))), eos_id, dtype=torch.long)
     for i, sq in enumerate(seqs):
-        x[i, :len(sq)] = torch.tensor(sq)
+        x[i, : len(sq)] = torch.tensor(sq)
     net.eval()
     logp = F.log_softmax(net(x[:, :-1]).float(), dim=-1)  # (B, W-1, V): position p predicts token p+1
     nll, hit = np.zeros(len(pairs)), np.zeros(len(pairs))

@@ -49,13 +49,32 @@ METHODS = {
 }
 DATA_METHODS = ("regmean", "lot", "cat")
 DTYPES = ("float32", "bfloat16", "float16")
-GLOBAL_KEYS = {"lambda", "normalize", "trim", "rescale", "seed", "int8_mask", "exemplar_tokens", "alpha", "ridge",
-               "rank", "conflict_lambda", "norm_share", "bank_projection"}
+GLOBAL_KEYS = {
+    "lambda",
+    "normalize",
+    "trim",
+    "rescale",
+    "seed",
+    "int8_mask",
+    "exemplar_tokens",
+    "alpha",
+    "ridge",
+    "rank",
+    "conflict_lambda",
+    "norm_share",
+    "bank_projection",
+}
 PROJECTABLE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 MODEL_KEYS = {"weight", "density", "exemplars"}
 # data-aware knobs: key -> (default, lower bound, upper bound, integer)
-DATA_KNOBS = {"exemplar_tokens": (4096, 1, None, True), "alpha": (0.9, 0.0, 1.0, False), "ridge": (1e-6, 0.0, None, False),
-              "rank": (4, 0, None, True), "conflict_lambda": (1.0, 0.0, None, False), "norm_share": (0.1, 0.0, 1.0, False)}
+DATA_KNOBS = {
+    "exemplar_tokens": (4096, 1, None, True),
+    "alpha": (0.9, 0.0, 1.0, False),
+    "ridge": (1e-6, 0.0, None, False),
+    "rank": (4, 0, None, True),
+    "conflict_lambda": (1.0, 0.0, None, False),
+    "norm_share": (0.1, 0.0, 1.0, False),
+}
 
 
 @dataclass
@@ -109,8 +128,9 @@ def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
         raise ValueError(f"{source}: expected a mapping with merge_method and models, got {type(raw).__name__}")
     unknown = set(raw) - {"merge_method", "models", "base_model", "parameters", "dtype"}
     if unknown:
-        raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; expected merge_method, models, base_model, "
-                         "parameters, dtype")
+        raise ValueError(
+            f"{source}: unknown key(s) {sorted(unknown)}; expected merge_method, models, base_model, parameters, dtype"
+        )
     method = raw.get("merge_method")
     if method not in METHODS:
         raise ValueError(f"{source}: merge_method {method!r}; expected one of {', '.join(METHODS)}")
@@ -129,10 +149,18 @@ def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
             raise ValueError(f"{where}.parameters: expected keys among {sorted(MODEL_KEYS)}, got {p!r}")
         ex = p.get("exemplars")
         if method in DATA_METHODS and not isinstance(ex, str):
-            raise ValueError(f"{where}.parameters.exemplars: merge_method {method} needs a file of a few unlabelled "
-                             f"texts of this model's task, got {ex!r}")
-        specs.append(ModelSpec(m["model"], _number(p.get("weight", 1.0), f"{where}.parameters.weight", 0),
-                               _number(p.get("density", 1.0), f"{where}.parameters.density", 0, 1, lo_open=True), ex))
+            raise ValueError(
+                f"{where}.parameters.exemplars: merge_method {method} needs a file of a few unlabelled "
+                f"texts of this model's task, got {ex!r}"
+            )
+        specs.append(
+            ModelSpec(
+                m["model"],
+                _number(p.get("weight", 1.0), f"{where}.parameters.weight", 0),
+                _number(p.get("density", 1.0), f"{where}.parameters.density", 0, 1, lo_open=True),
+                ex,
+            )
+        )
     if sum(m.weight for m in specs) <= 0:
         raise ValueError(f"{source}: the models' weights sum to 0; expected a positive total")
     if not math.isfinite(sum(m.weight for m in specs)):
@@ -141,8 +169,10 @@ def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
     for i, m in enumerate(specs):
         key = os.path.normpath(m.model)
         if key in seen:
-            raise ValueError(f"{source}: models[{i}] {m.model!r} is models[{seen[key]}] again; expected each model "
-                             "once (give it a larger weight instead)")
+            raise ValueError(
+                f"{source}: models[{i}] {m.model!r} is models[{seen[key]}] again; expected each model "
+                "once (give it a larger weight instead)"
+            )
         seen[key] = i
     params = raw.get("parameters") or {}
     if not isinstance(params, dict) or set(params) - GLOBAL_KEYS:
@@ -166,17 +196,25 @@ def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
     base = raw.get("base_model")
     if isinstance(base, dict):
         if not isinstance(base.get("soup"), str) or set(base) - {"soup", "h"}:
-            raise ValueError(f"{source}: base_model: expected a directory or {{soup: CKPT, h: mean | alpha-mean | "
-                             f"<weights>}}, got {base!r}")
+            raise ValueError(
+                f"{source}: base_model: expected a directory or {{soup: CKPT, h: mean | alpha-mean | "
+                f"<weights>}}, got {base!r}"
+            )
         if isinstance(base.get("h"), bool) or not isinstance(base.get("h", "alpha-mean"), (str, dict, list)):
             raise ValueError(f"{source}: base_model.h: expected mean, alpha-mean or domain weights, got {base['h']!r}")
     elif base is not None and not isinstance(base, str):
-        raise ValueError(f"{source}: base_model: expected a specialist directory or {{soup: CKPT, h: ...}}, got {base!r}")
+        raise ValueError(
+            f"{source}: base_model: expected a specialist directory or {{soup: CKPT, h: ...}}, got {base!r}"
+        )
     if params.get("bank_projection", False) not in (True, False):
-        raise ValueError(f"{source}: parameters.bank_projection: expected true or false, got {params['bank_projection']!r}")
+        raise ValueError(
+            f"{source}: parameters.bank_projection: expected true or false, got {params['bank_projection']!r}"
+        )
     if params.get("bank_projection") and not (isinstance(base, dict) and method in PROJECTABLE):
-        raise ValueError(f"{source}: parameters.bank_projection needs base_model: {{soup: CKPT, ...}} and a merge_method "
-                         f"among {', '.join(PROJECTABLE)}")
+        raise ValueError(
+            f"{source}: parameters.bank_projection needs base_model: {{soup: CKPT, ...}} and a merge_method "
+            f"among {', '.join(PROJECTABLE)}"
+        )
     if METHODS[method][0] and base is None:
         raise ValueError(f"{source}: merge_method {method} needs base_model (the model the task vectors start from)")
     dtype = raw.get("dtype", "float32")
@@ -196,10 +234,12 @@ def load_config(path: str | os.PathLike) -> MergeConfig:
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     cfg = parse_config(raw, str(path))
+
     # Relative model paths are relative to the config file, as a user reading it would expect...
     # ...unless they exist relative to the working directory (mergekit resolves against the cwd).
     def resolve(p: str) -> str:
         return p if Path(p).exists() or Path(p).is_absolute() else str(path.parent / p)
+
     for m in cfg.models:
         m.model = resolve(m.model)
         m.exemplars = resolve(m.exemplars) if m.exemplars else None
@@ -223,8 +263,10 @@ def check_paths(cfg: MergeConfig, out: str | os.PathLike) -> None:
     for what, p in inputs:
         rp = os.path.realpath(p)
         if rp == real or real.startswith(rp.rstrip(os.sep) + os.sep) or rp.startswith(real.rstrip(os.sep) + os.sep):
-            raise ValueError(f"--out {out} is (or contains, or is inside) {what} {p} of the merge; expected an output "
-                             "apart from every input")
+            raise ValueError(
+                f"--out {out} is (or contains, or is inside) {what} {p} of the merge; expected an output "
+                "apart from every input"
+            )
         if what.startswith("models[") and "exemplars" not in what and rp in seen:
             raise ValueError(f"{cfg.source}: {what} {p} is {seen[rp]} again; expected each model once")
         seen.setdefault(rp, what)

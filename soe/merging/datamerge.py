@@ -36,8 +36,9 @@ def regmean(weights: list[torch.Tensor], grams: list[torch.Tensor], alpha: float
     return _solve(lhs, rhs).T.float()
 
 
-def lot_linear(base: torch.Tensor, taus: list[torch.Tensor], grams: list[torch.Tensor], lam: float = 1.0,
-               ridge: float = 1e-6) -> torch.Tensor:
+def lot_linear(
+    base: torch.Tensor, taus: list[torch.Tensor], grams: list[torch.Tensor], lam: float = 1.0, ridge: float = 1e-6
+) -> torch.Tensor:
     """LOT's merged linear weight: base + λ (Σ G_k + ρ I)⁺ Σ G_k T_k, transposed back; ρ relative to mean diag."""
     lhs = sum(grams)
     lhs = lhs + ridge * torch.diagonal(lhs).mean().clamp_min(1e-12) * torch.eye(lhs.shape[0], dtype=lhs.dtype)
@@ -45,15 +46,18 @@ def lot_linear(base: torch.Tensor, taus: list[torch.Tensor], grams: list[torch.T
     return base.float() + lam * _solve(lhs, rhs).T.float()
 
 
-def lot_gain(base: torch.Tensor, taus: list[torch.Tensor], energies: list[torch.Tensor], lam: float = 1.0) -> torch.Tensor:
+def lot_gain(
+    base: torch.Tensor, taus: list[torch.Tensor], energies: list[torch.Tensor], lam: float = 1.0
+) -> torch.Tensor:
     """Per dimension, the energy-weighted mean of the gains' task vectors (the closed form of the drift)."""
     e = torch.stack([x.double() for x in energies])  # (m, d)
     t = torch.stack([x.double() for x in taus])
     return base.float() + lam * ((e * t).sum(0) / e.sum(0).clamp_min(1e-12)).float()
 
 
-def cat_linear(taus: list[torch.Tensor], grams: list[torch.Tensor], rank: int, conflict_lambda: float = 1.0
-               ) -> list[torch.Tensor]:
+def cat_linear(
+    taus: list[torch.Tensor], grams: list[torch.Tensor], rank: int, conflict_lambda: float = 1.0
+) -> list[torch.Tensor]:
     """CAT's trimmed task vectors of one linear layer (each (d_out, d_in), like the inputs)."""
     T = [t.double().T for t in taus]  # (d_in, d_out)
     m = len(T)
@@ -73,15 +77,17 @@ def cat_linear(taus: list[torch.Tensor], grams: list[torch.Tensor], rank: int, c
     return out
 
 
-def cat_gain(taus: list[torch.Tensor], energies: list[torch.Tensor], norm_share: float = 0.1,
-             conflict_lambda: float = 1.0) -> list[torch.Tensor]:
+def cat_gain(
+    taus: list[torch.Tensor], energies: list[torch.Tensor], norm_share: float = 0.1, conflict_lambda: float = 1.0
+) -> list[torch.Tensor]:
     """CAT's masked gain task vectors: zero each one's dimensions that move the other tasks' features most."""
     out = []
     d = taus[0].numel()
     n_zero = int(norm_share * d)
     for i, t in enumerate(taus):
-        score = sum(t.double().pow(2) * (energies[k] - conflict_lambda * energies[i])
-                    for k in range(len(taus)) if k != i)
+        score = sum(
+            t.double().pow(2) * (energies[k] - conflict_lambda * energies[i]) for k in range(len(taus)) if k != i
+        )
         if n_zero == 0 or not torch.is_tensor(score):
             out.append(t.float())
             continue

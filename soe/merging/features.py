@@ -30,8 +30,9 @@ class Features:
     """Exemplar tokens seen."""
 
 
-def exemplar_windows(source, tokenizer_file: str | os.PathLike, eos_id: int, seq_len: int, max_tokens: int,
-                     text_field: str = "text") -> torch.Tensor:
+def exemplar_windows(
+    source, tokenizer_file: str | os.PathLike, eos_id: int, seq_len: int, max_tokens: int, text_field: str = "text"
+) -> torch.Tensor:
     """(N, seq_len) token windows from unlabelled texts (any form `read_texts` accepts), at most ``max_tokens``."""
     if max_tokens < seq_len:
         raise ValueError(f"exemplar token budget {max_tokens} is below one window of {seq_len} tokens")
@@ -54,6 +55,7 @@ def collect(net: LlamaLM, windows: torch.Tensor, batch_size: int = 8) -> Feature
             x = args[0].reshape(-1, args[0].shape[-1]).float()  # (tokens, d_in)
             # one batch's Gram in float32 (a fast matmul), summed over batches in float64
             gram[name] = gram.get(name, 0) + (x.T @ x).double()
+
         return hook
 
     def on_norm(name, eps):
@@ -61,6 +63,7 @@ def collect(net: LlamaLM, windows: torch.Tensor, batch_size: int = 8) -> Feature
             x = args[0].float()
             xh = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).reshape(-1, x.shape[-1])
             energy[name] = energy.get(name, 0) + xh.pow(2).sum(0).double()
+
         return hook
 
     for mname, mod in net.named_modules():
@@ -71,7 +74,7 @@ def collect(net: LlamaLM, windows: torch.Tensor, batch_size: int = 8) -> Feature
     try:
         net.eval()
         for i in range(0, len(windows), batch_size):
-            net(windows[i:i + batch_size])
+            net(windows[i : i + batch_size])
     finally:
         for h in hooks:
             h.remove()

@@ -71,15 +71,21 @@ def _check_compatible(base: Weights, models: list[Weights]) -> list[str]:
     for m in models:
         if set(m.names) != set(names):
             diff = sorted(set(m.names) ^ set(names))[:3]
-            raise ValueError(f"{m.role} {m.dir}: its tensors differ from {base.role} {base.dir} (e.g. {diff}): "
-                             "expected specialists of the same architecture")
+            raise ValueError(
+                f"{m.role} {m.dir}: its tensors differ from {base.role} {base.dir} (e.g. {diff}): "
+                "expected specialists of the same architecture"
+            )
         for n in names:
             if m.shape(n) != base.shape(n):
-                raise ValueError(f"{m.role} {m.dir}: tensor {n} has shape {m.shape(n)}, {base.role} has "
-                                 f"{base.shape(n)}: expected specialists of the same architecture")
+                raise ValueError(
+                    f"{m.role} {m.dir}: tensor {n} has shape {m.shape(n)}, {base.role} has "
+                    f"{base.shape(n)}: expected specialists of the same architecture"
+                )
         if base.tok is not None and m.tok != base.tok:
-            raise ValueError(f"{m.role} {m.dir}: its tokenizer.json differs from {base.role}'s "
-                             f"({base.dir or 'the soup'}): merged models must share one tokenizer")
+            raise ValueError(
+                f"{m.role} {m.dir}: its tokenizer.json differs from {base.role}'s "
+                f"({base.dir or 'the soup'}): merged models must share one tokenizer"
+            )
     return names
 
 

@@ -109,10 +109,17 @@ def semantic_coefficients(cfg: MergeConfig, inp) -> torch.Tensor:
     return S.layer_coefficients(torch.stack(scores), [m.weight for m in cfg.models])
 
 
-def merge_tensor(cfg: MergeConfig, name: str, base: torch.Tensor | None, thetas: list[torch.Tensor],
-                 thresholds: list[float] | None = None, feats: list[Features] | None = None,
-                 bank: torch.Tensor | None = None, delta: torch.Tensor | None = None,
-                 coeffs: torch.Tensor | None = None) -> torch.Tensor:
+def merge_tensor(
+    cfg: MergeConfig,
+    name: str,
+    base: torch.Tensor | None,
+    thetas: list[torch.Tensor],
+    thresholds: list[float] | None = None,
+    feats: list[Features] | None = None,
+    bank: torch.Tensor | None = None,
+    delta: torch.Tensor | None = None,
+    coeffs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One merged tensor by ``cfg.merge_method`` (float32). With ``bank`` (n, *S) and the task vectors' bank
     coordinates ``delta`` (m, n): the in-span parts are combined in α-space, the residuals by the method."""
     weights = [m.weight for m in cfg.models]
@@ -138,15 +145,22 @@ def merge_tensor(cfg: MergeConfig, name: str, base: torch.Tensor | None, thetas:
             taus = [M.trim_topk(t, m.density) for t, m in zip(taus, cfg.models)]
     elif method.startswith("dare_"):
         seed, rescale = int(cfg.parameters.get("seed", 0)), cfg.parameters.get("rescale", "l1")
-        taus = [M.dare_drop(t, m.density, torch.Generator().manual_seed(M.tensor_seed(seed, name, u)), rescale)
-                for u, (t, m) in enumerate(zip(taus, cfg.models))]
+        taus = [
+            M.dare_drop(t, m.density, torch.Generator().manual_seed(M.tensor_seed(seed, name, u)), rescale)
+            for u, (t, m) in enumerate(zip(taus, cfg.models))
+        ]
     consensus = method in ("ties", "dare_ties")
     return M.combine(base, taus, weights, cfg.lam, consensus=consensus, normalize=cfg.normalize)
 
 
-def merge_tensors(cfg: MergeConfig, base: dict[str, torch.Tensor] | None, thetas: list[dict[str, torch.Tensor]],
-                  feats: list[Features] | None = None, bank: dict[str, torch.Tensor] | None = None,
-                  coeffs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def merge_tensors(
+    cfg: MergeConfig,
+    base: dict[str, torch.Tensor] | None,
+    thetas: list[dict[str, torch.Tensor]],
+    feats: list[Features] | None = None,
+    bank: dict[str, torch.Tensor] | None = None,
+    coeffs: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """The merge of in-memory state dicts (HF names) by the same rules as `merge`, for experiments that try many
     merges of the same inputs. ``feats``: each model's `collect` statistics (regmean, lot, cat); ``bank``: the
     expert directions (n, *S) per name when ``cfg`` asks for bank projection; ``coeffs``: `semantic`'s (m, L)."""
@@ -157,14 +171,31 @@ def merge_tensors(cfg: MergeConfig, base: dict[str, torch.Tensor] | None, thetas
     thresholds = None
     if cfg.merge_method == "ties" and cfg.parameters.get("trim") == "model":
         thresholds = _model_thresholds(cfg, b, models, names)
-    return {n: merge_tensor(cfg, n, None if base is None else base[n], [t[n] for t in thetas], thresholds, feats,
-                            bank[n] if delta is not None else None, delta, coeffs) for n in names}
+    return {
+        n: merge_tensor(
+            cfg,
+            n,
+            None if base is None else base[n],
+            [t[n] for t in thetas],
+            thresholds,
+            feats,
+            bank[n] if delta is not None else None,
+            delta,
+            coeffs,
+        )
+        for n in names
+    }
 
 
 def _write_info(tmp: Path, cfg: MergeConfig, result: dict) -> None:
     """soe_specialist.json / config.json of the template, with the merge recorded and the dtype updated."""
-    record = {"method": cfg.merge_method, "base_model": cfg.base_model, "parameters": cfg.parameters,
-              "models": [asdict(m) for m in cfg.models], **result}
+    record = {
+        "method": cfg.merge_method,
+        "base_model": cfg.base_model,
+        "parameters": cfg.parameters,
+        "models": [asdict(m) for m in cfg.models],
+        **result,
+    }
     for fname in (SOE_FILE, "config.json"):
         p = tmp / fname
         if not p.is_file():
@@ -204,7 +235,10 @@ def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log
     if sb is not None:
         delta, in_span = bank_projection(base, models, sb.bank, names)
         if log:
-            log("  in-span share of each task vector: " + ", ".join(f"models[{u}] {s:.3f}" for u, s in enumerate(in_span)))
+            log(
+                "  in-span share of each task vector: "
+                + ", ".join(f"models[{u}] {s:.3f}" for u, s in enumerate(in_span))
+            )
         if not cfg.parameters.get("bank_projection"):
             sb.bank, delta = {}, None
     thresholds = None
@@ -213,14 +247,20 @@ def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log
     feats = model_features(cfg, log) if cfg.merge_method in DATA_METHODS else None
     coeffs = semantic_coefficients(cfg, inp) if cfg.merge_method == "semantic" else None
     if coeffs is not None and log:
-        log("  semantic layer coefficients (models × layers): " + str([[round(x, 3) for x in r] for r in coeffs.tolist()]))
+        log(
+            "  semantic layer coefficients (models × layers): "
+            + str([[round(x, 3) for x in r] for r in coeffs.tolist()])
+        )
     dtype = getattr(torch, cfg.dtype)
     merged, n_params = {}, 0
     for i, name in enumerate(names):
         b = base.get(name) if base else None
         bank = sb.bank.get(name) if sb is not None and delta is not None else None
-        merged[name] = merge_tensor(cfg, name, b, [m.get(name) for m in models], thresholds, feats, bank,
-                                    delta, coeffs).to(dtype).contiguous()
+        merged[name] = (
+            merge_tensor(cfg, name, b, [m.get(name) for m in models], thresholds, feats, bank, delta, coeffs)
+            .to(dtype)
+            .contiguous()
+        )
         n_params += merged[name].numel()
         if log and (i + 1) % max(len(names) // 4, 1) == 0:
             log(f"  merged {i + 1}/{len(names)} tensors")

@@ -75,8 +75,14 @@ def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
     return torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
 
 
-def combine(base: torch.Tensor, taus: list[torch.Tensor], weights: list[float], lam: float = 1.0,
-            consensus: bool = False, normalize: bool = False) -> torch.Tensor:
+def combine(
+    base: torch.Tensor,
+    taus: list[torch.Tensor],
+    weights: list[float],
+    lam: float = 1.0,
+    consensus: bool = False,
+    normalize: bool = False,
+) -> torch.Tensor:
     """base + λ · mix(w_u τ_u): a plain (optionally normalised) sum, or TIES's disjoint mean with ``consensus``."""
     if not consensus:  # accumulate in place: no (m, *S) stack, a third of the memory traffic
         mixed = torch.zeros(base.shape, dtype=torch.float32)

@@ -31,12 +31,13 @@ def anchors(net: LlamaLM, n: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def semantic_scores(base: LlamaLM, models: list[LlamaLM], probe_len: int = 32, probe_batch: int = 8,
-                    seed: int = 0) -> torch.Tensor:
+def semantic_scores(
+    base: LlamaLM, models: list[LlamaLM], probe_len: int = 32, probe_batch: int = 8, seed: int = 0
+) -> torch.Tensor:
     """s: (m, L) semantic change of each model's blocks on the base's anchors (module docstring)."""
     T = min(probe_len, base.cfg.max_seq_len)
     x = anchors(base, T * probe_batch, seed).reshape(probe_batch, T, -1)
-    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * (base.cfg.d_model ** 0.5)  # RMS 1, like a residual
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * (base.cfg.d_model**0.5)  # RMS 1, like a residual
     cos, sin = rotary_tables(T, base.cfg.head_dim, base.cfg.rope_theta, x.device, x.dtype)
     w = base.model.embed_tokens.weight if base.lm_head is None else base.lm_head.weight
 

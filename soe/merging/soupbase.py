@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from soe.core.weights import weights_dict
-from soe.weightspec import parse_weights
 from soe.train.checkpoint import load_checkpoint
+from soe.weightspec import parse_weights
 
 H_MODES = ("mean", "alpha-mean")
 
@@ -40,8 +40,10 @@ class SoupBase:
 def _model_h(info: dict, where: str, domains: list[str]) -> torch.Tensor:
     w = info.get("weights")
     if not isinstance(w, dict):
-        raise ValueError(f"{where}: its soe_specialist.json records no domain weights (it was not instantiated from "
-                         "a soup); give the soup base an explicit h (base_model: {soup: CKPT, h: <weights>})")
+        raise ValueError(
+            f"{where}: its soe_specialist.json records no domain weights (it was not instantiated from "
+            "a soup); give the soup base an explicit h (base_model: {soup: CKPT, h: <weights>})"
+        )
     return parse_weights(w, domains)
 
 
@@ -50,8 +52,10 @@ def soup_base(spec: dict, model_infos: list[dict], weights: list[float], with_ba
     """The base of ``base_model: {soup: CKPT, h: mean | alpha-mean | <weights>}``."""
     soup, hp, path = load_checkpoint(spec["soup"])
     if soup.n == 0:
-        raise ValueError(f"base_model.soup {path}: a dense checkpoint (n = 0 experts) has no bank; "
-                         "export it with `soe instantiate` and use that directory as base_model")
+        raise ValueError(
+            f"base_model.soup {path}: a dense checkpoint (n = 0 experts) has no bank; "
+            "export it with `soe instantiate` and use that directory as base_model"
+        )
     domains = list(hp["domain_names"])
     w = torch.tensor(weights, dtype=torch.float32)
     w = w / w.sum()

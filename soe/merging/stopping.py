@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-def greedy_checkpoints(options: Sequence[Sequence], start: Sequence, value: Callable[[list], float],
-                       log: Callable[[str], None] | None = None) -> tuple[list, list[dict]]:
+def greedy_checkpoints(
+    options: Sequence[Sequence],
+    start: Sequence,
+    value: Callable[[list], float],
+    log: Callable[[str], None] | None = None,
+) -> tuple[list, list[dict]]:
     """(choice, history): ``options[u]`` are model u's checkpoints, ``start[u]`` its individually best one,
     ``value(choice)`` the merged model's validation loss. A model keeps its current checkpoint unless another is
     strictly better."""
@@ -29,7 +33,7 @@ def greedy_checkpoints(options: Sequence[Sequence], start: Sequence, value: Call
         for o in opts:
             if o == entry:
                 continue
-            trial = choice[:u] + [o] + choice[u + 1:]
+            trial = choice[:u] + [o] + choice[u + 1 :]
             v = value(trial)
             history.append({"model": u, "choice": list(trial), "value": v})
             if v < best:
@@ -41,15 +45,16 @@ def greedy_checkpoints(options: Sequence[Sequence], start: Sequence, value: Call
 
 def _held_out(run: Path, rec: dict, where: str):
     """The run's held-out windows (the tail ``holdout`` of its texts, as `finetune` cut it) and its model size."""
-    from soe.specialists.load import load
     from soe.data.text import read_texts, token_stream
     from soe.data.windows import eval_windows
+    from soe.specialists.load import load
 
     if "holdout" not in rec:
         raise ValueError(f"{where}: {run}/finetune.json records no holdout (written by an older soe); fine-tune again")
     sp = load(run / "best", device="cpu")
-    stream = token_stream(read_texts(rec["texts"], rec.get("text_field", "text"), rec.get("max_docs")),
-                          sp.tokenizer_file, sp.eos_id)
+    stream = token_stream(
+        read_texts(rec["texts"], rec.get("text_field", "text"), rec.get("max_docs")), sp.tokenizer_file, sp.eos_id
+    )
     T = sp.model.cfg.max_seq_len
     cut = int(len(stream) * (1 - rec["holdout"]))
     return eval_windows(stream[cut:], T, max_windows=64)
@@ -75,8 +80,10 @@ def stop_for_merge(config, out, overwrite: bool = False, log=print) -> dict:
     for i, m in enumerate(cfg.models):
         run, where = Path(m.model), f"{cfg.source}: models[{i}]"
         if not (run / "finetune.json").is_file():
-            raise FileNotFoundError(f"{where}: {run} is not a `soe finetune` run directory (no finetune.json); "
-                                    "--stop-for-merge chooses among a run's step-NNNNNN checkpoints")
+            raise FileNotFoundError(
+                f"{where}: {run} is not a `soe finetune` run directory (no finetune.json); "
+                "--stop-for-merge chooses among a run's step-NNNNNN checkpoints"
+            )
         rec = read_json(run / "finetune.json", "fine-tuning record")
         steps = {c["step"]: c["dir"] for c in rec["checkpoints"] if c["dir"].startswith("step-")}
         best = steps.get(rec["best_step"], "best")  # the best state when it fell between checkpoints
@@ -85,23 +92,29 @@ def stop_for_merge(config, out, overwrite: bool = False, log=print) -> dict:
         held.append(_held_out(run, rec, where))
 
     def configured(choice: list[str]):
-        return dataclasses.replace(cfg, models=[dataclasses.replace(m, model=str(Path(m.model) / c))
-                                                for m, c in zip(cfg.models, choice)])
+        return dataclasses.replace(
+            cfg, models=[dataclasses.replace(m, model=str(Path(m.model) / c)) for m, c in zip(cfg.models, choice)]
+        )
 
     with tempfile.TemporaryDirectory(prefix=".stop-for-merge-", dir=Path(out).resolve().parent) as tmp:
+
         def value(choice: list[str]) -> float:
             merge(configured(choice), Path(tmp) / "m", overwrite=True, log=None)
             net, _ = load_specialist(Path(tmp) / "m")
             return sum(model_loss(net, w) for w in held) / len(held)
 
         if log:
-            log(f"stop-for-merge: {len(options)} runs, {sum(map(len, options))} checkpoints, merge_method "
-                f"{cfg.merge_method}; starting from the individually best checkpoints {start}")
+            log(
+                f"stop-for-merge: {len(options)} runs, {sum(map(len, options))} checkpoints, merge_method "
+                f"{cfg.merge_method}; starting from the individually best checkpoints {start}"
+            )
         choice, history = greedy_checkpoints(options, start, value, log)
     merge(configured(choice), out, overwrite=overwrite, log=None)
     record = {"config": str(config), "individual": start, "choice": choice, "history": history}
     atomic_write_json(Path(out) / "stop_for_merge.json", record)
     if log:
-        log(f"merged at checkpoints {choice} (held-out loss {history[0]['value']:.4f} at the individual ones -> "
-            f"{min(h['value'] for h in history):.4f}); wrote {out}")
+        log(
+            f"merged at checkpoints {choice} (held-out loss {history[0]['value']:.4f} at the individual ones -> "
+            f"{min(h['value'] for h in history):.4f}); wrote {out}"
+        )
     return record

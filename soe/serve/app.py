@@ -39,12 +39,12 @@ class TextStream:
         text = self.decode(self.ids)
         if text.endswith("\ufffd") or not text.startswith(self.sent):
             return ""
-        delta, self.sent = text[len(self.sent):], text
+        delta, self.sent = text[len(self.sent) :], text
         return delta
 
     def finish(self) -> str:
         text = self.decode(self.ids)
-        delta = text[len(self.sent):] if text.startswith(self.sent) else ""
+        delta = text[len(self.sent) :] if text.startswith(self.sent) else ""
         self.sent = text
         return delta
 
@@ -58,8 +58,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         elif total > DRAIN * limit:
             break
     if total > limit:
-        raise ApiError(413, f"body: more than {limit} bytes (at most {limit}; a prompt cannot exceed the context "
-                            "anyway)", "body", "body_too_large")
+        raise ApiError(
+            413,
+            f"body: more than {limit} bytes (at most {limit}; a prompt cannot exceed the context anyway)",
+            "body",
+            "body_too_large",
+        )
     return bytes(buf)
 
 
@@ -83,8 +87,12 @@ def create_app(srv: Server) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):  # unknown route, wrong method
-        err = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", None,
-                       "not_found" if exc.status_code == 404 else None)
+        err = ApiError(
+            exc.status_code,
+            f"{request.method} {request.url.path}: {exc.detail}",
+            None,
+            "not_found" if exc.status_code == 404 else None,
+        )
         return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -94,8 +102,13 @@ def create_app(srv: Server) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "checkpoint": srv.source, "n_experts": srv.n_experts, "context": T,
-                **srv.engine.stats()}
+        return {
+            "status": "ok",
+            "checkpoint": srv.source,
+            "n_experts": srv.n_experts,
+            "context": T,
+            **srv.engine.stats(),
+        }
 
     def model_card(m: dict) -> dict:
         return {"object": "model", "created": 0, "owned_by": "soe", **m}
@@ -120,15 +133,29 @@ def create_app(srv: Server) -> FastAPI:
             raise bad("prompt", f"{len(ids)} tokens; the context is {T} tokens", "context_length_exceeded")
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        job = Job(key=key, h=h, tokens=list(ids) or [srv.eos_id], max_new=req.max_tokens, temperature=req.temperature,
-                  top_k=req.top_k, top_p=req.top_p, seed=seed, eos_id=srv.eos_id,
-                  sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        job = Job(
+            key=key,
+            h=h,
+            tokens=list(ids) or [srv.eos_id],
+            max_new=req.max_tokens,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=req.top_p,
+            seed=seed,
+            eos_id=srv.eos_id,
+            sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
+        )
         try:
             srv.engine.submit(job)
         except Busy as e:
             raise ApiError(503, f"server busy: {e}; retry later", None, "busy", "server_error") from None
-        head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": req.model, "system_fingerprint": None}
+        head = {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "system_fingerprint": None,
+        }
         extra = {"weights": None if srv.n_experts == 0 else weights_dict(h, srv.catalog.domains), "seed": seed}
 
         def usage(n_new: int) -> dict:
@@ -139,9 +166,11 @@ def create_app(srv: Server) -> FastAPI:
 
         watch = asyncio.ensure_future(_on_disconnect(request, job, events))  # frees the slot if the client leaves
         if req.stream:
-            return StreamingResponse(_stream(job, watch, events, srv, req, head, extra, usage, choice),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                _stream(job, watch, events, srv, req, head, extra, usage, choice),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         new, info = [], {}
         try:
             while True:
@@ -219,8 +248,9 @@ def make_server(srv: Server, log_level: str = "info"):
     bench/bench_serve.py run it in a thread and stop it with ``should_exit = True``)."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(srv), log_level=log_level, access_log=log_level == "debug",
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        create_app(srv), log_level=log_level, access_log=log_level == "debug", timeout_graceful_shutdown=5
+    )
     return uvicorn.Server(config)
 
 
@@ -229,10 +259,16 @@ def serve(srv: Server, host: str = "127.0.0.1", port: int = 8000, log_level: str
     url_host = f"[{host}]" if ":" in host else host
     names = srv.catalog.names()
     shown = ", ".join(names[:12]) + (f", … ({len(names)} names)" if len(names) > 12 else "")
-    print(f"soe serve: {srv.source} ({srv.n_experts} experts, {len(srv.catalog.domains)} domains, context "
-          f"{srv.cfg.max_seq_len}); models: {shown}", flush=True)
-    print(f"soe serve: listening on http://{url_host}:{sock.getsockname()[1]} (max batch {srv.engine.max_batch}, "
-          f"cache {srv.engine.cache.capacity / 2**20:g} MB)", flush=True)
+    print(
+        f"soe serve: {srv.source} ({srv.n_experts} experts, {len(srv.catalog.domains)} domains, context "
+        f"{srv.cfg.max_seq_len}); models: {shown}",
+        flush=True,
+    )
+    print(
+        f"soe serve: listening on http://{url_host}:{sock.getsockname()[1]} (max batch {srv.engine.max_batch}, "
+        f"cache {srv.engine.cache.capacity / 2**20:g} MB)",
+        flush=True,
+    )
     # SIGINT / SIGTERM: uvicorn stops accepting, lets in-flight requests finish (≤ 5 s) and stops the engine, then
     # re-raises the signal to the handler it found; ours takes it, so a stop on a signal is a clean exit (status 0).
     stopped: list[int] = []

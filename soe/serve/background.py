@@ -15,15 +15,17 @@ from soe.serve.server import Server, bind
 
 
 class BackgroundServer:
-    def __init__(self, srv: Server, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 timeout: float = 30.0):
+    def __init__(
+        self, srv: Server, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", timeout: float = 30.0
+    ):
         self.srv = srv
         sock = bind(host, port)
         self.port = sock.getsockname()[1]
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
         self._uv = make_server(srv, log_level)
-        self._thread = threading.Thread(target=self._uv.run, kwargs={"sockets": [sock]}, name="soe-serve-http",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._uv.run, kwargs={"sockets": [sock]}, name="soe-serve-http", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._uv.started:

@@ -71,7 +71,14 @@ class SpecialistCache:
 
     def stats(self) -> dict:
         looked = self.hits + self.misses
-        return {"entries": len(self._entries), "bytes": self.bytes, "capacity_bytes": self.capacity,
-                "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
-                "served_uncached": self.uncached, "hit_rate": self.hits / looked if looked else None,
-                "instantiate_s_total": round(self.instantiate_s, 6)}
+        return {
+            "entries": len(self._entries),
+            "bytes": self.bytes,
+            "capacity_bytes": self.capacity,
+            "hits": self.hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+            "served_uncached": self.uncached,
+            "hit_rate": self.hits / looked if looked else None,
+            "instantiate_s_total": round(self.instantiate_s, 6),
+        }

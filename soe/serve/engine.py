@@ -99,10 +99,19 @@ class Engine:
             raise Busy(f"{self._queue.maxsize} requests are already queued") from None
 
     def stats(self) -> dict:
-        return {"active": len(self._active), "queued": self._queue.qsize(), "max_batch": self.max_batch,
-                "batching": {None: "not probed yet", True: "stacked", False: "per-model"}[self.stacked],
-                "steps": self.steps, "forwards": self.forwards, "rows": self.rows, "served": self.served,
-                "failed": self.failed, "cancelled": self.cancelled, "cache": self.cache.stats()}
+        return {
+            "active": len(self._active),
+            "queued": self._queue.qsize(),
+            "max_batch": self.max_batch,
+            "batching": {None: "not probed yet", True: "stacked", False: "per-model"}[self.stacked],
+            "steps": self.steps,
+            "forwards": self.forwards,
+            "rows": self.rows,
+            "served": self.served,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "cache": self.cache.stats(),
+        }
 
     # ------------------------------------------------------------ the engine thread
     def _run(self) -> None:
@@ -149,8 +158,10 @@ class Engine:
                 continue
             dev = next(job.model.parameters()).device
             job.gen = torch.Generator(device=dev).manual_seed(job.seed)
-            self._emit(job, ("start", {"cached": cached, "instantiate_ms": secs * 1e3,
-                                       "queue_ms": (t_admit - job.t_submit) * 1e3}))
+            self._emit(
+                job,
+                ("start", {"cached": cached, "instantiate_ms": secs * 1e3, "queue_ms": (t_admit - job.t_submit) * 1e3}),
+            )
             self._active.append(job)
 
     def _step(self) -> None:
@@ -214,8 +225,9 @@ class Engine:
         order = sorted(range(len(group)), key=lambda i: keys.index(group[i].key))  # rows grouped by h
         lens = [min(len(group[i].tokens), T) for i in order]
         L = max(lens)
-        idx = torch.tensor([group[i].tokens[-T:] + [0] * (L - n) for i, n in zip(order, lens)], dtype=torch.long,
-                           device=dev)  # (B, L), right-padded
+        idx = torch.tensor(
+            [group[i].tokens[-T:] + [0] * (L - n) for i, n in zip(order, lens)], dtype=torch.long, device=dev
+        )  # (B, L), right-padded
         last = torch.tensor(lens, device=dev) - 1  # (B,)
 
         def pick(logits: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:  # (b, L, V) → (b, V)
@@ -243,7 +255,7 @@ class Engine:
                 parts, start = [], 0
                 for k in keys:
                     n = per_h[k]
-                    part = next(j for j in group if j.key == k).model(idx[start:start + n])
+                    part = next(j for j in group if j.key == k).model(idx[start : start + n])
                     parts.append(pick(part, slice(start, start + n)))
                     start += n
                 out = torch.cat(parts)
@@ -262,8 +274,11 @@ class Engine:
         except Exception as e:
             log.info("stacked weights not supported by the dense model (%s): one forward per h", type(e).__name__)
             return False
-        log.info("batching requests of different h in one stacked forward" if ok else
-                 "stacked forward disagrees with the plain one: one forward per h")
+        log.info(
+            "batching requests of different h in one stacked forward"
+            if ok
+            else "stacked forward disagrees with the plain one: one forward per h"
+        )
         return ok
 
 

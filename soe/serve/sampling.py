@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float,
-               gen: torch.Generator) -> int:
+def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float, gen: torch.Generator) -> int:
     """logits: (V,) float32 → a token id."""
     if temperature == 0:
         return int(logits.argmax())

@@ -47,8 +47,16 @@ def parse_specialists(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def load_server(ckpt, data=None, device=None, specialists: list[str] = (), cache_mb: float = 1024,
-                max_batch: int = 8, max_queue: int = 256, max_body: int = MAX_BODY) -> Server:
+def load_server(
+    ckpt,
+    data=None,
+    device=None,
+    specialists: list[str] = (),
+    cache_mb: float = 1024,
+    max_batch: int = 8,
+    max_queue: int = 256,
+    max_body: int = MAX_BODY,
+) -> Server:
     """The server of a soup checkpoint (its prepared data directory gives the tokenizer and the domains)."""
     from tokenizers import Tokenizer
 
@@ -59,24 +67,49 @@ def load_server(ckpt, data=None, device=None, specialists: list[str] = (), cache
     check_limits(cache_mb, max_batch, max_queue)
     soup = api.load(ckpt, data=data, device=device)
     if not isinstance(soup, api.Soup):
-        raise ValueError(f"{ckpt} is an exported specialist directory; soe serve needs a training checkpoint "
-                         "(serve that one model with any server, e.g. transformers)")
+        raise ValueError(
+            f"{ckpt} is an exported specialist directory; soe serve needs a training checkpoint "
+            "(serve that one model with any server, e.g. transformers)"
+        )
     data_dir = Path(soup.data_dir)
     meta = load_meta(data_dir)
     tok = Tokenizer.from_file(str(data_dir / meta.tokenizer_file))
-    return build_server(soup.model, soup.domains, soup.prior, tok, meta.eos_id, soup.source, registered, cache_mb,
-                        max_batch, max_queue, max_body)
+    return build_server(
+        soup.model,
+        soup.domains,
+        soup.prior,
+        tok,
+        meta.eos_id,
+        soup.source,
+        registered,
+        cache_mb,
+        max_batch,
+        max_queue,
+        max_body,
+    )
 
 
 def check_limits(cache_mb: float, max_batch: int, max_queue: int) -> None:
     if not cache_mb >= 0 or max_batch < 1 or max_queue < 1:
-        raise ValueError(f"--cache-mb {cache_mb}, --max-batch {max_batch}, --max-queue {max_queue}: expected a "
-                         "cache ≥ 0 MB and at least 1 slot and 1 queue place")
+        raise ValueError(
+            f"--cache-mb {cache_mb}, --max-batch {max_batch}, --max-queue {max_queue}: expected a "
+            "cache ≥ 0 MB and at least 1 slot and 1 queue place"
+        )
 
 
-def build_server(model, domains: list[str], prior, tokenizer, eos_id: int, source: str,
-                 registered: dict[str, str] | None = None, cache_mb: float = 1024, max_batch: int = 8,
-                 max_queue: int = 256, max_body: int = MAX_BODY) -> Server:
+def build_server(
+    model,
+    domains: list[str],
+    prior,
+    tokenizer,
+    eos_id: int,
+    source: str,
+    registered: dict[str, str] | None = None,
+    cache_mb: float = 1024,
+    max_batch: int = 8,
+    max_queue: int = 256,
+    max_body: int = MAX_BODY,
+) -> Server:
     """The server of a `SoupOfExperts` in memory (bench/bench_serve.py serves a random one this way)."""
     check_limits(cache_mb, max_batch, max_queue)
     catalog = Catalog(domains, prior, model.n == 0, registered)

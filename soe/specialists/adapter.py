@@ -22,8 +22,9 @@ def _scale(where: Path) -> tuple[int, float]:
     """(r, alpha / r) of an adapter config, refusing a rank or alpha that is not a positive number."""
     cfg = read_json(where, "LoRA adapter config")
     if not isinstance(cfg, dict):
-        raise ValueError(f"{where}: LoRA adapter config holds a {type(cfg).__name__}; expected an object with r and "
-                         "lora_alpha")
+        raise ValueError(
+            f"{where}: LoRA adapter config holds a {type(cfg).__name__}; expected an object with r and lora_alpha"
+        )
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ValueError(f"{where}: LoRA rank r={r!r}; expected an integer ≥ 1")
@@ -50,10 +51,14 @@ def fold_adapter(d: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             raise ValueError(f"{d / ADAPTER_FILE}: adapter {module} has no lora_B or matches no weight of the model")
         w = state[f"{module}.weight"]
         if a.shape[0] != r:
-            raise ValueError(f"{d / ADAPTER_FILE}: adapter {module} has rank {a.shape[0]} (A {tuple(a.shape)}) but "
-                             f"{d / CONFIG_FILE} says r={r}; expected the rank the adapter was trained with")
+            raise ValueError(
+                f"{d / ADAPTER_FILE}: adapter {module} has rank {a.shape[0]} (A {tuple(a.shape)}) but "
+                f"{d / CONFIG_FILE} says r={r}; expected the rank the adapter was trained with"
+            )
         if b.shape[0] != w.shape[0] or a.shape[1] != w.shape[1] or a.shape[0] != b.shape[1]:
-            raise ValueError(f"{d / ADAPTER_FILE}: adapter {module} (B {tuple(b.shape)}, A {tuple(a.shape)}) does not "
-                             f"match its base weight {tuple(w.shape)}: the adapter was trained on another model")
+            raise ValueError(
+                f"{d / ADAPTER_FILE}: adapter {module} (B {tuple(b.shape)}, A {tuple(a.shape)}) does not "
+                f"match its base weight {tuple(w.shape)}: the adapter was trained on another model"
+            )
         state[f"{module}.weight"] = w + scale * (b.float() @ a.float())
     return state

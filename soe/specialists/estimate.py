@@ -34,9 +34,17 @@ class Estimate:
     """Chunks embedded (documents cut by `chunk_text` at the data's chunk size)."""
 
 
-def estimate_weights(data_dir: str | os.PathLike, texts, *, max_docs: int | None = None, min_weight: float = 0.0,
-                     text_field: str = "text", chunk_chars: int | None = None,
-                     progress: Callable[[str], None] | None = None, temperature: float | None = None) -> Estimate:
+def estimate_weights(
+    data_dir: str | os.PathLike,
+    texts,
+    *,
+    max_docs: int | None = None,
+    min_weight: float = 0.0,
+    text_field: str = "text",
+    chunk_chars: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    temperature: float | None = None,
+) -> Estimate:
     """Embed in-house documents with the data's embedder, assign each chunk to its nearest domain
     centroid and return the token-weighted histogram (weights below ``min_weight`` dropped).
     ``temperature`` T: a soft histogram instead, each chunk's tokens spread as softmax(−‖e − c‖² / T) over the
@@ -53,12 +61,15 @@ def estimate_weights(data_dir: str | os.PathLike, texts, *, max_docs: int | None
     check_tokenizer(meta, data_dir)
     src = meta.domain_source or {}
     if not src.get("embedder") or not src.get("centroids_file"):
-        raise ValueError(f"{data_dir}/meta.json: domain_source={src} records no embedder and centroids_file; "
-                         "estimating weights needs domains made by embedding (re-run data preparation)")
+        raise ValueError(
+            f"{data_dir}/meta.json: domain_source={src} records no embedder and centroids_file; "
+            "estimating weights needs domains made by embedding (re-run data preparation)"
+        )
     centroids = np.load(data_dir / src["centroids_file"], allow_pickle=False)
     if centroids.shape[0] != len(meta.domains):
-        raise ValueError(f"{data_dir / src['centroids_file']}: {centroids.shape[0]} centroids for "
-                         f"{len(meta.domains)} domains")
+        raise ValueError(
+            f"{data_dir / src['centroids_file']}: {centroids.shape[0]} centroids for {len(meta.domains)} domains"
+        )
     docs = read_texts(texts, text_field, max_docs)
     size = int(chunk_chars or src.get("chunk_chars") or 4096)
     chunks = [c for d in docs for c in chunk_text(d, size)]
@@ -80,19 +91,24 @@ def estimate_weights(data_dir: str | os.PathLike, texts, *, max_docs: int | None
         keep[np.argmax(h)] = True
         h = np.where(keep, h, 0.0)
         h = h / h.sum()
-    return Estimate(weights_dict(torch.from_numpy(h), meta.domains),
-                    {d: int(c) for d, c in zip(meta.domains, counts)}, len(docs), len(chunks))
+    return Estimate(
+        weights_dict(torch.from_numpy(h), meta.domains),
+        {d: int(c) for d, c in zip(meta.domains, counts)},
+        len(docs),
+        len(chunks),
+    )
 
 
-def embed_blocks(embedder, chunks: list[str], progress: Callable[[str], None] | None = None,
-                 block: int = 64) -> np.ndarray:
+def embed_blocks(
+    embedder, chunks: list[str], progress: Callable[[str], None] | None = None, block: int = 64
+) -> np.ndarray:
     """``embedder.encode(chunks)``, in blocks of ``block`` chunks when ``progress`` is given so that a
     slow embedder (MiniLM on 2 cores: ~20 chunks/s) reports its rate and ETA instead of going silent."""
     if progress is None or len(chunks) <= block:
         return embedder.encode(chunks)
     t0, out = time.perf_counter(), []
     for i in range(0, len(chunks), block):
-        out.append(embedder.encode(chunks[i:i + block]))
+        out.append(embedder.encode(chunks[i : i + block]))
         done, dt = i + len(out[-1]), time.perf_counter() - t0
         rate = done / max(dt, 1e-9)
         progress(f"embedding: {done}/{len(chunks)} chunks, {rate:.1f} chunks/s, ETA {(len(chunks) - done) / rate:.0f}s")

@@ -16,8 +16,8 @@ are the UTF-8 bytes of the text); perplexity = e^loss per token; byte perplexity
 from __future__ import annotations
 
 import math
-import sys
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -45,12 +45,13 @@ class DenseModel(Protocol):
 
 
 @torch.no_grad()
-def mean_loss(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], wins: torch.Tensor,
-              batch_size: int = 32) -> float:
+def mean_loss(
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], wins: torch.Tensor, batch_size: int = 32
+) -> float:
     """Token-mean next-token loss of ``forward(x, y) -> mean loss`` over windows (W, T+1)."""
     total, count = 0.0, 0
     for i in range(0, len(wins), batch_size):
-        b = wins[i:i + batch_size]
+        b = wins[i : i + batch_size]
         total += float(forward(b[:, :-1], b[:, 1:])) * b[:, 1:].numel()
         count += b[:, 1:].numel()
     return total / count
@@ -71,21 +72,23 @@ def window_losses(net: LlamaLM, wins: torch.Tensor, batch_size: int = 32) -> np.
     net.eval()
     out = []
     for i in range(0, len(wins), batch_size):
-        b = wins[i:i + batch_size].to(dev)
+        b = wins[i : i + batch_size].to(dev)
         logits = net(b[:, :-1]).float()  # (B, T, V)
         nll = F.cross_entropy(logits.flatten(0, 1), b[:, 1:].reshape(-1), reduction="none")  # (B*T,)
         out.append(nll.view(len(b), -1).mean(1).double().cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
-def paired_interval(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, level: float = 0.95,
-                    seed: int = 0) -> tuple[float, float]:
+def paired_interval(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of mean(a − b) over paired windows (the same windows scored by two
     models): windows are resampled with replacement, so the interval reflects which text was evaluated."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
-        raise ValueError(f"paired_interval: expected two equal-length 1-D arrays of >= 2 windows, got {a.shape} "
-                         f"and {b.shape}")
+        raise ValueError(
+            f"paired_interval: expected two equal-length 1-D arrays of >= 2 windows, got {a.shape} and {b.shape}"
+        )
     d = a - b
     idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
     means = d[idx].mean(1)
@@ -109,8 +112,9 @@ class EvalSet:
         if self.docs is not None:
             stream = token_stream(self.docs, m.tokenizer_file, m.eos_id)
             return stream, len(stream) / sum(len(d.encode("utf-8")) for d in self.docs)
-        check_tokenizer(self.meta, self.directory, expected_sha256=m.tokenizer_sha256,
-                        expected_vocab=m.model.cfg.vocab_size)
+        check_tokenizer(
+            self.meta, self.directory, expected_sha256=m.tokenizer_sha256, expected_vocab=m.model.cfg.vocab_size
+        )
         shard = open_shard(self.directory, self.meta, self.domain, self.split)
         n_bytes = self.meta.bytes.get(self.domain, {}).get(self.split)
         n_tok = self.meta.tokens.get(self.domain, {}).get(self.split, len(shard))
@@ -144,8 +148,10 @@ def eval_sets(data_dir: str | os.PathLike, which: list[str] | None = None, split
         elif Path(w).is_dir() and (Path(w) / "meta.json").is_file():
             add_named(Path(w).name, Path(w))
         else:
-            raise ValueError(f"evaluation set {w!r} unknown: expected 'val', 'specialists', one of "
-                             f"{sorted(meta.specialists)} or a prepared directory")
+            raise ValueError(
+                f"evaluation set {w!r} unknown: expected 'val', 'specialists', one of "
+                f"{sorted(meta.specialists)} or a prepared directory"
+            )
     if not out:
         raise ValueError(f"{data_dir}: no evaluation sets selected by {which}")
     return out
@@ -160,8 +166,9 @@ def text_set(source, text_field: str = "text", max_docs: int | None = None, name
 MIN_TOKENS = 8  # fewer predicted tokens than this: no loss is reported
 
 
-def evaluate(models: dict[str, DenseModel], sets: list[EvalSet], max_windows: int | None = DEFAULT_WINDOWS,
-             batch_size: int = 16) -> list[dict]:
+def evaluate(
+    models: dict[str, DenseModel], sets: list[EvalSet], max_windows: int | None = DEFAULT_WINDOWS, batch_size: int = 16
+) -> list[dict]:
     """One row per (model, set): loss over at most ``max_windows`` windows of the model's max_seq_len."""
     if max_windows is not None and max_windows <= 0:
         raise ValueError(f"max_windows={max_windows} must be positive")
@@ -170,29 +177,54 @@ def evaluate(models: dict[str, DenseModel], sets: list[EvalSet], max_windows: in
         for label, m in models.items():
             stream, tok_per_byte = es.tokens(m)
             if len(stream) - 1 < MIN_TOKENS:
-                raise ValueError(f"evaluation set {es.name}: {len(stream)} tokens, fewer than {MIN_TOKENS + 1}; a loss "
-                                 f"over so few tokens means nothing: expected at least one window of "
-                                 f"{m.model.cfg.max_seq_len + 1} tokens")
+                raise ValueError(
+                    f"evaluation set {es.name}: {len(stream)} tokens, fewer than {MIN_TOKENS + 1}; a loss "
+                    f"over so few tokens means nothing: expected at least one window of "
+                    f"{m.model.cfg.max_seq_len + 1} tokens"
+                )
             if len(stream) - 1 < m.model.cfg.max_seq_len:
-                print(f"warning: evaluation set {es.name} holds {len(stream)} tokens, less than one window of "
-                      f"{m.model.cfg.max_seq_len + 1}: its loss is over {len(stream) - 1} tokens", file=sys.stderr)
+                print(
+                    f"warning: evaluation set {es.name} holds {len(stream)} tokens, less than one window of "
+                    f"{m.model.cfg.max_seq_len + 1}: its loss is over {len(stream) - 1} tokens",
+                    file=sys.stderr,
+                )
             T = min(m.model.cfg.max_seq_len, len(stream) - 1)
             wins = eval_windows(stream, T, max_windows)
             loss = model_loss(m.model, wins, batch_size)
             if not math.isfinite(loss):
-                raise ValueError(f"model {label} on set {es.name}: the loss is {loss} (its outputs are non-finite: "
-                                 "NaN or inf weights?); expected a finite loss")
+                raise ValueError(
+                    f"model {label} on set {es.name}: the loss is {loss} (its outputs are non-finite: "
+                    "NaN or inf weights?); expected a finite loss"
+                )
             bpb = loss * tok_per_byte / math.log(2) if tok_per_byte else None
-            rows.append({"model": label, "set": es.name, "split": es.split if es.docs is None else "texts",
-                         "tokens": int(wins[:, 1:].numel()), "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-                         "bits_per_byte": bpb, "byte_perplexity": 2.0 ** bpb if bpb is not None else None})
+            rows.append(
+                {
+                    "model": label,
+                    "set": es.name,
+                    "split": es.split if es.docs is None else "texts",
+                    "tokens": int(wins[:, 1:].numel()),
+                    "loss": loss,
+                    "perplexity": math.exp(min(loss, 700.0)),
+                    "bits_per_byte": bpb,
+                    "byte_perplexity": 2.0**bpb if bpb is not None else None,
+                }
+            )
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| model | set | tokens | loss (nats/token) | perplexity | bits/byte | byte perplexity |\n"
-            "|---|---|---:|---:|---:|---:|---:|\n")
+    head = (
+        "| model | set | tokens | loss (nats/token) | perplexity | bits/byte | byte perplexity |\n"
+        "|---|---|---:|---:|---:|---:|---:|\n"
+    )
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
-    return head + "\n".join(f"| {r['model']} | {r['set']} | {r['tokens']} | {r['loss']:.4f} | "
-                            f"{fmt(r['perplexity'], '.2f')} | {fmt(r['bits_per_byte'], '.4f')} | "
-                            f"{fmt(r['byte_perplexity'], '.3f')} |" for r in rows) + "\n"
+    return (
+        head
+        + "\n".join(
+            f"| {r['model']} | {r['set']} | {r['tokens']} | {r['loss']:.4f} | "
+            f"{fmt(r['perplexity'], '.2f')} | {fmt(r['bits_per_byte'], '.4f')} | "
+            f"{fmt(r['byte_perplexity'], '.3f')} |"
+            for r in rows
+        )
+        + "\n"
+    )

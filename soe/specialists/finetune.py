@@ -60,16 +60,32 @@ def check_stream_size(n_tokens: int, holdout: float, T: int) -> int:
     both parts (called before anything is written)."""
     cut = int(n_tokens * (1 - holdout))
     if cut - 1 < T or n_tokens - cut - 1 < T:
-        raise ValueError(f"in-house data too small to fine-tune: {n_tokens} tokens cannot hold one window of "
-                         f"{T + 1} tokens in both the training part and the {holdout:.0%} held-out part")
+        raise ValueError(
+            f"in-house data too small to fine-tune: {n_tokens} tokens cannot hold one window of "
+            f"{T + 1} tokens in both the training part and the {holdout:.0%} held-out part"
+        )
     return cut
 
 
-def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float = 3e-4, weight_decay: float = 0.0,
-             batch_size: int = 16, warmup: int = 10, holdout: float = 0.1, eval_every: int = 20,
-             seq_len: int | None = None, seed: int = 0, save_at: Iterable[int] = (),
-             on_save: Callable[[int, float], None] | None = None, patience: int | None = None,
-             holdout_windows: int = 256, log: Callable[[str], None] | None = None) -> FineTune:
+def finetune(
+    model: LlamaLM,
+    stream: np.ndarray,
+    *,
+    steps: int = 100,
+    lr: float = 3e-4,
+    weight_decay: float = 0.0,
+    batch_size: int = 16,
+    warmup: int = 10,
+    holdout: float = 0.1,
+    eval_every: int = 20,
+    seq_len: int | None = None,
+    seed: int = 0,
+    save_at: Iterable[int] = (),
+    on_save: Callable[[int, float], None] | None = None,
+    patience: int | None = None,
+    holdout_windows: int = 256,
+    log: Callable[[str], None] | None = None,
+) -> FineTune:
     """Fine-tune ``model`` in place on ``stream`` (1-D token ids) and leave it in eval mode at its best
     held-out state. ``holdout_windows``: at most this many held-out windows are scored at each evaluation."""
     if steps < 0 or batch_size < 1 or lr <= 0:
@@ -79,7 +95,10 @@ def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float 
     dev = next(model.parameters()).device
     T = min(seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
     cut = check_stream_size(len(stream), holdout, T)
-    train, held = eval_windows(stream[:cut], T).to(dev), eval_windows(stream[cut:], T, max_windows=holdout_windows).to(dev)
+    train, held = (
+        eval_windows(stream[:cut], T).to(dev),
+        eval_windows(stream[cut:], T, max_windows=holdout_windows).to(dev),
+    )
 
     def held_loss() -> float:
         return model_loss(model, held)
@@ -103,7 +122,7 @@ def finetune(model: LlamaLM, stream: np.ndarray, *, steps: int = 100, lr: float 
     for step in range(1, steps + 1):
         if pos + batch_size > len(order):  # new epoch
             order, pos = torch.randperm(len(train), generator=gen), 0
-        b = train[order[pos:pos + batch_size].to(dev)]
+        b = train[order[pos : pos + batch_size].to(dev)]
         pos += batch_size
         model.train()
         for g in opt.param_groups:

@@ -27,8 +27,10 @@ def check_run_dir(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise FileExistsError(f"output directory {out} already exists; pass --overwrite to replace it")
     if out.is_symlink() or not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file()):
-        raise FileExistsError(f"output {out} is not a soe finetune run directory (no {MARKER}); --overwrite "
-                              "replaces only those: remove it yourself or choose another --out")
+        raise FileExistsError(
+            f"output {out} is not a soe finetune run directory (no {MARKER}); --overwrite "
+            "replaces only those: remove it yourself or choose another --out"
+        )
 
 
 def _start(source: str, weights, data, device):
@@ -36,8 +38,10 @@ def _start(source: str, weights, data, device):
 
     if "@" in str(source) and not Path(source).exists():
         if weights is not None:
-            raise ValueError(f"source {source} gives its weights after '@' and --weights {weights} gives them again; "
-                             "expected one of CKPT@WEIGHTS or CKPT --weights WEIGHTS")
+            raise ValueError(
+                f"source {source} gives its weights after '@' and --weights {weights} gives them again; "
+                "expected one of CKPT@WEIGHTS or CKPT --weights WEIGHTS"
+            )
         source, weights = str(source).rsplit("@", 1)
     obj = api.load(source, data=data, device=device)
     if isinstance(obj, api.Soup):
@@ -47,11 +51,31 @@ def _start(source: str, weights, data, device):
     return obj
 
 
-def run_finetune(source, texts, out, *, weights=None, text_field: str = "text", max_docs: int | None = None,
-                 steps: int = 256, lr: float | None = None, batch_size: int = 16, warmup: int = 10,
-                 holdout: float = 0.1, eval_every: int = 32, patience: int | None = None, first_checkpoint: int = 4,
-                 seed: int = 0, lora=None, keep_adapter: bool = False, fmt: str = "hf", overwrite: bool = False,
-                 data=None, device=None, log=print) -> dict:
+def run_finetune(
+    source,
+    texts,
+    out,
+    *,
+    weights=None,
+    text_field: str = "text",
+    max_docs: int | None = None,
+    steps: int = 256,
+    lr: float | None = None,
+    batch_size: int = 16,
+    warmup: int = 10,
+    holdout: float = 0.1,
+    eval_every: int = 32,
+    patience: int | None = None,
+    first_checkpoint: int = 4,
+    seed: int = 0,
+    lora=None,
+    keep_adapter: bool = False,
+    fmt: str = "hf",
+    overwrite: bool = False,
+    data=None,
+    device=None,
+    log=print,
+) -> dict:
     """The Python API of ``soe finetune`` (soe/cli/finetune.py): returns the finetune.json record.
     ``lora``: a `soe.specialists.lora.LoRA` for LoRA, None for full fine-tuning."""
     import torch
@@ -77,15 +101,59 @@ def run_finetune(source, texts, out, *, weights=None, text_field: str = "text", 
         torch.manual_seed(seed)  # peft draws lora_A's init from the global generator
         L.add_lora(net, lora)
     with atomic_dir(out, overwrite, MARKER) as tmp:  # written beside --out, renamed into place when complete
-        return _run(source, texts, out, tmp, start, net, stream, start_params, text_field=text_field,
-                    max_docs=max_docs, steps=steps, lr=lr, batch_size=batch_size, warmup=warmup, holdout=holdout,
-                    eval_every=eval_every, patience=patience, first_checkpoint=first_checkpoint, seed=seed, lora=lora,
-                    keep_adapter=keep_adapter, fmt=fmt, log=log)
+        return _run(
+            source,
+            texts,
+            out,
+            tmp,
+            start,
+            net,
+            stream,
+            start_params,
+            text_field=text_field,
+            max_docs=max_docs,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            warmup=warmup,
+            holdout=holdout,
+            eval_every=eval_every,
+            patience=patience,
+            first_checkpoint=first_checkpoint,
+            seed=seed,
+            lora=lora,
+            keep_adapter=keep_adapter,
+            fmt=fmt,
+            log=log,
+        )
 
 
-def _run(source, texts, out: Path, tmp: Path, start, net, stream, start_params, *, text_field, max_docs, steps, lr,
-         batch_size, warmup, holdout, eval_every, patience, first_checkpoint, seed, lora, keep_adapter, fmt,
-         log) -> dict:
+def _run(
+    source,
+    texts,
+    out: Path,
+    tmp: Path,
+    start,
+    net,
+    stream,
+    start_params,
+    *,
+    text_field,
+    max_docs,
+    steps,
+    lr,
+    batch_size,
+    warmup,
+    holdout,
+    eval_every,
+    patience,
+    first_checkpoint,
+    seed,
+    lora,
+    keep_adapter,
+    fmt,
+    log,
+) -> dict:
     """Fine-tune and write the run into ``tmp`` (renamed to ``out`` by the caller)."""
     from soe.fileio import atomic_write_json
     from soe.specialists import lora as L
@@ -95,11 +163,19 @@ def _run(source, texts, out: Path, tmp: Path, start, net, stream, start_params, 
     saved: list[dict] = []
 
     def save(name: str, step: int, loss: float) -> None:
-        info = {**start.info, "finetune": {"source": str(source), "step": step, "holdout_loss": loss,
-                                           "lora": None if lora is None else {"rank": lora.rank, "alpha": lora.alpha}}}
+        info = {
+            **start.info,
+            "finetune": {
+                "source": str(source),
+                "step": step,
+                "holdout_loss": loss,
+                "lora": None if lora is None else {"rank": lora.rank, "alpha": lora.alpha},
+            },
+        }
         params = start_params if keep_adapter else L.merged_params(net)
-        d = save_specialist(tmp / name, params, net.cfg, tokenizer_file=start.tokenizer_file, eos_id=start.eos_id,
-                            info=info, fmt=fmt)
+        d = save_specialist(
+            tmp / name, params, net.cfg, tokenizer_file=start.tokenizer_file, eos_id=start.eos_id, info=info, fmt=fmt
+        )
         if keep_adapter:
             from safetensors.torch import save_file
 
@@ -112,19 +188,48 @@ def _run(source, texts, out: Path, tmp: Path, start, net, stream, start_params, 
     schedule = geometric_steps(steps, first_checkpoint)
     mode = f"LoRA r={lora.rank}" if lora is not None else "full"
     if log:
-        log(f"fine-tuning ({mode}) {source} on {len(stream):,} tokens of {texts}: {steps} steps, checkpoints at {schedule}")
+        log(
+            f"fine-tuning ({mode}) {source} on {len(stream):,} tokens of {texts}: {steps} steps, checkpoints at {schedule}"
+        )
     lr = lr or (1e-3 if lora is not None else 3e-4)
-    ft = finetune(net, stream, steps=steps, lr=lr, batch_size=batch_size, warmup=warmup, holdout=holdout,
-                  eval_every=eval_every, seed=seed, save_at=schedule, patience=patience, log=log,
-                  on_save=lambda step, loss: save(f"step-{step:06d}", step, loss))
+    ft = finetune(
+        net,
+        stream,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        warmup=warmup,
+        holdout=holdout,
+        eval_every=eval_every,
+        seed=seed,
+        save_at=schedule,
+        patience=patience,
+        log=log,
+        on_save=lambda step, loss: save(f"step-{step:06d}", step, loss),
+    )
     shutil.copytree(tmp / saved[-1]["dir"], tmp / "last")
     save("best", ft.best_step, ft.holdout_loss)  # finetune() left the model in its best state
-    record = {"source": str(source), "texts": str(texts), "text_field": text_field, "max_docs": max_docs,
-              "holdout": holdout, "mode": mode, "lr": lr, "steps": ft.steps,
-              "best_step": ft.best_step, "holdout_loss_start": ft.holdout_loss_start, "holdout_loss": ft.holdout_loss,
-              "tokens": ft.tokens, "wall_s": round(ft.wall_s, 2), "checkpoints": saved, "history": ft.history}
+    record = {
+        "source": str(source),
+        "texts": str(texts),
+        "text_field": text_field,
+        "max_docs": max_docs,
+        "holdout": holdout,
+        "mode": mode,
+        "lr": lr,
+        "steps": ft.steps,
+        "best_step": ft.best_step,
+        "holdout_loss_start": ft.holdout_loss_start,
+        "holdout_loss": ft.holdout_loss,
+        "tokens": ft.tokens,
+        "wall_s": round(ft.wall_s, 2),
+        "checkpoints": saved,
+        "history": ft.history,
+    }
     atomic_write_json(tmp / MARKER, record)
     if log:
-        log(f"held-out loss {ft.holdout_loss_start:.4f} -> {ft.holdout_loss:.4f} (best at step {ft.best_step}); "
-            f"wrote {out}/ ({len(saved) - 1} checkpoints, best/, last/, {MARKER})")
+        log(
+            f"held-out loss {ft.holdout_loss_start:.4f} -> {ft.holdout_loss:.4f} (best at step {ft.best_step}); "
+            f"wrote {out}/ ({len(saved) - 1} checkpoints, best/, last/, {MARKER})"
+        )
     return record

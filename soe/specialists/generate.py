@@ -11,8 +11,16 @@ from soe.core.model import LlamaLM
 
 
 @torch.no_grad()
-def generate(net: LlamaLM, tokenizer_file: str | os.PathLike, eos_id: int, prompt: str = "", max_new_tokens: int = 100,
-             temperature: float = 0.8, top_k: int | None = 50, seed: int = 0) -> str:
+def generate(
+    net: LlamaLM,
+    tokenizer_file: str | os.PathLike,
+    eos_id: int,
+    prompt: str = "",
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    seed: int = 0,
+) -> str:
     """Sample a continuation of ``prompt`` (temperature 0: greedy); stops at EOS. Returns prompt + text."""
     from tokenizers import Tokenizer
 
@@ -24,8 +32,10 @@ def generate(net: LlamaLM, tokenizer_file: str | os.PathLike, eos_id: int, promp
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as e:  # e.g. bytes of another encoding on the command line (surrogate escapes)
-        raise ValueError(f"prompt (--prompt) is not valid UTF-8 text: {prompt[e.start:e.end]!r} at character "
-                         f"{e.start}; expected UTF-8") from None
+        raise ValueError(
+            f"prompt (--prompt) is not valid UTF-8 text: {prompt[e.start : e.end]!r} at character "
+            f"{e.start}; expected UTF-8"
+        ) from None
     tok = Tokenizer.from_file(str(tokenizer_file))
     dev = next(net.parameters()).device
     ids = tok.encode(prompt).ids if prompt else []
@@ -34,7 +44,7 @@ def generate(net: LlamaLM, tokenizer_file: str | os.PathLike, eos_id: int, promp
     new: list[int] = []
     net.eval()
     for _ in range(max_new_tokens):
-        logits = net(idx[:, -net.cfg.max_seq_len:])[0, -1].float()  # (V,)
+        logits = net(idx[:, -net.cfg.max_seq_len :])[0, -1].float()  # (V,)
         if temperature == 0:
             nxt = int(logits.argmax())
         else:
@@ -48,4 +58,3 @@ def generate(net: LlamaLM, tokenizer_file: str | os.PathLike, eos_id: int, promp
         new.append(nxt)
         idx = torch.cat([idx, torch.tensor([[nxt]], device=dev)], dim=1)
     return prompt + tok.decode(new)
-

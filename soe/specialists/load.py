@@ -30,15 +30,15 @@ import torch
 from soe.checks import check_device
 from soe.core.model import LlamaLM
 from soe.core.weights import weights_dict
-from soe.weightspec import parse_weights
-from soe.fileio import read_json
 from soe.data.text import read_texts, token_stream
+from soe.fileio import read_json
 from soe.specialists import evaluate as ev
 from soe.specialists import export
 from soe.specialists.estimate import Estimate, estimate_weights
 from soe.specialists.generate import generate
 from soe.specialists.refine import Refinement, refine
 from soe.train.checkpoint import load_checkpoint, prepared_data
+from soe.weightspec import parse_weights
 
 
 def _device(device) -> torch.device:
@@ -48,7 +48,9 @@ def _device(device) -> torch.device:
 class Specialist:
     """A standalone dense model with its tokenizer (from a soup, or loaded from an export)."""
 
-    def __init__(self, model: LlamaLM, tokenizer_file: Path, eos_id: int, info: dict, instantiate_s: float | None = None):
+    def __init__(
+        self, model: LlamaLM, tokenizer_file: Path, eos_id: int, info: dict, instantiate_s: float | None = None
+    ):
         self.model, self.tokenizer_file, self.eos_id, self.info = model, Path(tokenizer_file), eos_id, info
         self.instantiate_s = instantiate_s
         """Seconds Θ(h) took to instantiate (None when loaded from disk)."""
@@ -61,19 +63,41 @@ class Specialist:
     def tokenizer_sha256(self) -> str | None:
         return self.info.get("tokenizer_sha256")
 
-    def save(self, out: str | os.PathLike, fmt: str = "hf", overwrite: bool = False,
-             dtype: torch.dtype = torch.float32) -> Path:
+    def save(
+        self, out: str | os.PathLike, fmt: str = "hf", overwrite: bool = False, dtype: torch.dtype = torch.float32
+    ) -> Path:
         """Export atomically as a Hugging Face directory ('hf') or the project's own format ('soe')."""
-        return export.save_specialist(out, dict(self.model.named_parameters()), self.model.cfg,
-                                      tokenizer_file=self.tokenizer_file, eos_id=self.eos_id, info=self.info,
-                                      fmt=fmt, overwrite=overwrite, dtype=dtype)
+        return export.save_specialist(
+            out,
+            dict(self.model.named_parameters()),
+            self.model.cfg,
+            tokenizer_file=self.tokenizer_file,
+            eos_id=self.eos_id,
+            info=self.info,
+            fmt=fmt,
+            overwrite=overwrite,
+            dtype=dtype,
+        )
 
-    def generate(self, prompt: str = "", max_new_tokens: int = 100, temperature: float = 0.8,
-                 top_k: int | None = 50, seed: int = 0) -> str:
+    def generate(
+        self,
+        prompt: str = "",
+        max_new_tokens: int = 100,
+        temperature: float = 0.8,
+        top_k: int | None = 50,
+        seed: int = 0,
+    ) -> str:
         return generate(self.model, self.tokenizer_file, self.eos_id, prompt, max_new_tokens, temperature, top_k, seed)
 
-    def evaluate(self, data: str | os.PathLike | None = None, sets: list[str] | None = None, split: str = "val",
-                 texts=None, max_windows: int | None = ev.DEFAULT_WINDOWS, label: str = "specialist") -> list[dict]:
+    def evaluate(
+        self,
+        data: str | os.PathLike | None = None,
+        sets: list[str] | None = None,
+        split: str = "val",
+        texts=None,
+        max_windows: int | None = ev.DEFAULT_WINDOWS,
+        label: str = "specialist",
+    ) -> list[dict]:
         """Rows of loss/perplexity/bits-per-byte on prepared sets of ``data`` and/or raw ``texts``."""
         return ev.evaluate({label: self}, _sets(data, sets, split, texts), max_windows)
 
@@ -112,11 +136,23 @@ class Soup:
         """Any accepted form of domain weights → validated h: (k,)."""
         return parse_weights(spec, self.domains, self.prior)
 
-    def estimate_weights(self, texts, max_docs: int | None = None, min_weight: float = 0.0,
-                         text_field: str = "text", temperature: float | None = None) -> Estimate:
+    def estimate_weights(
+        self,
+        texts,
+        max_docs: int | None = None,
+        min_weight: float = 0.0,
+        text_field: str = "text",
+        temperature: float | None = None,
+    ) -> Estimate:
         """h of in-house texts: the nearest-centroid histogram, or a soft one at ``temperature``."""
-        return estimate_weights(self.data_dir, texts, max_docs=max_docs, min_weight=min_weight, text_field=text_field,
-                                temperature=temperature)
+        return estimate_weights(
+            self.data_dir,
+            texts,
+            max_docs=max_docs,
+            min_weight=min_weight,
+            text_field=text_field,
+            temperature=temperature,
+        )
 
     def refine(self, texts, weights, max_docs: int | None = None, text_field: str = "text", **kw) -> Refinement:
         """Optimise h from ``weights`` on the in-house texts (see `soe.specialists.refine.refine` for options)."""
@@ -132,18 +168,24 @@ class Soup:
         d, meta = self._prepared()
         dense = self.model.n == 0
         if dense and not (isinstance(weights, str) and weights == "prior"):
-            raise ValueError(f"{self.source} is a dense checkpoint (n = 0 experts, the generic model): its model "
-                             f"does not depend on h, so weights {_short(weights)} would label it falsely; "
-                             "use weights 'prior' (--weights prior) to get the generic model")
+            raise ValueError(
+                f"{self.source} is a dense checkpoint (n = 0 experts, the generic model): its model "
+                f"does not depend on h, so weights {_short(weights)} would label it falsely; "
+                "use weights 'prior' (--weights prior) to get the generic model"
+            )
         h = self.weights(weights)
         t0 = time.perf_counter()
         net = self.model.specialist(h)
         if next(net.parameters()).is_cuda:
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
-        info = {"weights": None if dense else weights_dict(h, self.domains), "checkpoint": self.source,
-                "tokenizer_sha256": meta.tokenizer_sha256, "n_experts": self.model.n,
-                "corpus_lock_id": self.hp.get("corpus_lock_id")}
+        info = {
+            "weights": None if dense else weights_dict(h, self.domains),
+            "checkpoint": self.source,
+            "tokenizer_sha256": meta.tokenizer_sha256,
+            "n_experts": self.model.n,
+            "corpus_lock_id": self.hp.get("corpus_lock_id"),
+        }
         if dense:
             info["dense"] = "the generic model of a checkpoint without experts: independent of domain weights"
         return Specialist(net, d / meta.tokenizer_file, meta.eos_id, info, secs)
@@ -153,9 +195,16 @@ class Soup:
         spec.save(out, fmt, overwrite)
         return spec
 
-    def evaluate(self, weights: list | None = None, prior: bool = False, sets: list[str] | None = None,
-                 split: str = "val", texts=None, max_windows: int | None = ev.DEFAULT_WINDOWS,
-                 labels: list[str] | None = None) -> list[dict]:
+    def evaluate(
+        self,
+        weights: list | None = None,
+        prior: bool = False,
+        sets: list[str] | None = None,
+        split: str = "val",
+        texts=None,
+        max_windows: int | None = ev.DEFAULT_WINDOWS,
+        labels: list[str] | None = None,
+    ) -> list[dict]:
         """Rows of loss/perplexity/bits-per-byte for Θ(h) at each of ``weights`` (and at the prior), on the
         prepared sets of this soup's data (``sets``) and/or raw ``texts``."""
         weights = list(weights or [])
@@ -220,14 +269,18 @@ def load(path: str | os.PathLike, data: str | os.PathLike | None = None, device=
         except Exception as e:  # the tokenizers library raises its own error type on a corrupt file
             raise ValueError(f"{tok}: not a readable tokenizer ({type(e).__name__}: {str(e)[:200]})") from None
         if n_tok > net.cfg.vocab_size:  # its ids would index past the embedding
-            raise ValueError(f"{tok}: the tokenizer has {n_tok} tokens, more tokens than the model's vocabulary "
-                             f"({net.cfg.vocab_size}); expected the tokenizer the model was trained with")
+            raise ValueError(
+                f"{tok}: the tokenizer has {n_tok} tokens, more tokens than the model's vocabulary "
+                f"({net.cfg.vocab_size}); expected the tokenizer the model was trained with"
+            )
         eos = info.get("eos_id")
         if eos is None:
             eos = read_json(p / "config.json", "model config").get("eos_token_id")
         if not isinstance(eos, int) or isinstance(eos, bool) or not 0 <= eos < net.cfg.vocab_size:
-            raise ValueError(f"{p}: no eos_id in {export.SOE_FILE} or eos_token_id in config.json that is an "
-                             f"integer in [0, {net.cfg.vocab_size})")
+            raise ValueError(
+                f"{p}: no eos_id in {export.SOE_FILE} or eos_token_id in config.json that is an "
+                f"integer in [0, {net.cfg.vocab_size})"
+            )
         return Specialist(net, tok, eos, info)
     model, hp, ckpt = load_checkpoint(p, dev)
     return Soup(model, hp, ckpt, data)

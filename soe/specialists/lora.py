@@ -39,8 +39,9 @@ class LoRA:
             from peft import LoraConfig
         except ImportError as e:
             raise ImportError(f"LoRA needs peft ({e}); install soe[merge]") from None
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(self.targets), lora_dropout=0.0,
-                          bias="none")
+        return LoraConfig(
+            r=self.rank, lora_alpha=self.alpha, target_modules=list(self.targets), lora_dropout=0.0, bias="none"
+        )
 
 
 def add_lora(model: LlamaLM, spec: LoRA) -> LlamaLM:
@@ -66,8 +67,9 @@ def merged_params(model: LlamaLM) -> dict[str, torch.Tensor]:
     for m in layers:
         m.merge()
     try:
-        return {n.replace(".base_layer", ""): p.detach().clone() for n, p in model.named_parameters()
-                if "lora_" not in n}
+        return {
+            n.replace(".base_layer", ""): p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n
+        }
     finally:
         for m in layers:
             m.unmerge()

@@ -20,7 +20,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-
 from scipy.optimize import minimize
 
 from soe.core.soup import SoupOfExperts

@@ -51,11 +51,11 @@ class BankDDP:
     def __init__(self, group=None):
         self.group = group
         self.world = dist.get_world_size(group)
-        self.bytes = 0             # handed to collectives since the last optimizer step
-        self.last_step_bytes = 0   # … in the last optimizer step
+        self.bytes = 0  # handed to collectives since the last optimizer step
+        self.last_step_bytes = 0  # … in the last optimizer step
         self.total_bytes = 0
         self.steps = 0
-        self.gathered = 0          # reductions that fell back to all-gather (α differed across ranks)
+        self.gathered = 0  # reductions that fell back to all-gather (α differed across ranks)
 
     @classmethod
     def attach(cls, ddp: DistributedDataParallel, soup, soup_prefix: str = "soup.") -> "BankDDP":
@@ -63,8 +63,10 @@ class BankDDP:
         parameters) and count DDP's buckets with a comm hook (all-reduce mean, as DDP's default)."""
         missing = [nm for nm in ignored_names(soup_prefix, soup) if nm not in ddp.parameters_to_ignore]
         if missing:
-            raise ValueError(f"DDP reduces {missing}: the factored bank update needs them in the module's "
-                             "_ddp_params_and_buffers_to_ignore (set by SoupModule) before DDP wraps it")
+            raise ValueError(
+                f"DDP reduces {missing}: the factored bank update needs them in the module's "
+                "_ddp_params_and_buffers_to_ignore (set by SoupModule) before DDP wraps it"
+            )
         self = cls(ddp.process_group)
         with torch.no_grad():
             for E in soup.bank.values():
@@ -72,8 +74,10 @@ class BankDDP:
         try:
             ddp.register_comm_hook(self, BankDDP._hook)
         except RuntimeError as e:  # a hook given to the strategy (ddp_comm_hook) was registered first
-            raise ValueError("model.optim.bank_update=factored registers its own DDP comm hook (to count "
-                             f"bytes); drop the strategy's ddp_comm_hook ({e})") from e
+            raise ValueError(
+                "model.optim.bank_update=factored registers its own DDP comm hook (to count "
+                f"bytes); drop the strategy's ddp_comm_hook ({e})"
+            ) from e
         return self
 
     @staticmethod
@@ -90,13 +94,15 @@ class BankDDP:
         a = alpha.reshape(-1)
         both = torch.cat([a, -a])  # (2·K·n,): one MAX gives max and -min of every entry
         self._all_reduce(both, dist.ReduceOp.MAX)
-        if torch.equal(both[: a.numel()], -both[a.numel():]):  # same on every rank: all take this branch
+        if torch.equal(both[: a.numel()], -both[a.numel() :]):  # same on every rank: all take this branch
             G = G.contiguous()  # G may be a strided view of θ's gradient (M > 1); the collective needs it dense
             self._all_reduce(G, dist.ReduceOp.SUM)
             return alpha, G.div_(self.world)
         if not self.gathered:
-            warnings.warn("BankDDP: α differs across ranks (data.rank_h=per_rank?): the bank's factors are "
-                          f"all-gathered ({self.world}×{G.shape[0]} rows of {G.shape[1]}) instead of all-reduced")
+            warnings.warn(
+                "BankDDP: α differs across ranks (data.rank_h=per_rank?): the bank's factors are "
+                f"all-gathered ({self.world}×{G.shape[0]} rows of {G.shape[1]}) instead of all-reduced"
+            )
         self.gathered += 1
         return self._gather(alpha.contiguous()), self._gather(G.contiguous()).div_(self.world)
 

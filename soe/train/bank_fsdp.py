@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather, ReduceScatter
@@ -59,7 +58,11 @@ class _Counted(AllGather, ReduceScatter):
         return self.inner.allocate(size, dtype=dtype, device=device)
 
     def __call__(self, output_tensor, input_tensor, group, *args, **kwargs):
-        setattr(self.counter, self.attr, getattr(self.counter, self.attr) + input_tensor.numel() * input_tensor.element_size())
+        setattr(
+            self.counter,
+            self.attr,
+            getattr(self.counter, self.attr) + input_tensor.numel() * input_tensor.element_size(),
+        )
         return self.inner(output_tensor, input_tensor, group, *args, **kwargs)
 
 
@@ -68,7 +71,7 @@ class BankFSDP(BankDDP):
 
     def __init__(self, group=None):
         super().__init__(group)
-        self.gather_bytes = 0            # FSDP2's parameter all-gathers since the last optimizer step
+        self.gather_bytes = 0  # FSDP2's parameter all-gathers since the last optimizer step
         self.last_step_gather_bytes = 0
 
     @classmethod
@@ -85,8 +88,10 @@ class BankFSDP(BankDDP):
             raise ValueError("BankFSDP: set_reduce_scatter_unused_params(True) would send a zero ∂E; keep False")
         for E in soup.bank.values():
             if not isinstance(E, DTensor) or E.device_mesh.ndim != 1 or tuple(E.placements) != (Shard(0),):
-                raise ValueError(f"BankFSDP expects the bank sharded by rows on a 1-D mesh, got "
-                                 f"{getattr(E, 'placements', 'a plain tensor')}")
+                raise ValueError(
+                    f"BankFSDP expects the bank sharded by rows on a 1-D mesh, got "
+                    f"{getattr(E, 'placements', 'a plain tensor')}"
+                )
         self = cls(groups[0].mesh_info.shard_process_group)
         soup.set_custom_reduce_scatter(_Counted(groups[0]._reduce_scatter_comm, self, "bytes"))
         soup.set_custom_all_gather(_Counted(groups[0]._all_gather_comm, self, "gather_bytes"))
@@ -112,8 +117,11 @@ class BankFSDP(BankDDP):
             raise RuntimeError(f"BankFSDP: local shard has {local.shape[0]} rows, expected {len(R)}")
         state = opt.state[E]
         if not state:  # AdamW's lazy state, as `_update` would make it, but sharded like E
-            state["step"] = (torch.zeros((), dtype=torch.float32, device=local.device) if group["fused"]
-                             else torch.tensor(0.0, dtype=torch.float32))
+            state["step"] = (
+                torch.zeros((), dtype=torch.float32, device=local.device)
+                if group["fused"]
+                else torch.tensor(0.0, dtype=torch.float32)
+            )
             state["exp_avg"] = torch.zeros_like(E)
             state["exp_avg_sq"] = torch.zeros_like(E)
         if local.numel() == 0:  # more ranks than experts: nothing to update, but the step still counts
@@ -122,7 +130,7 @@ class BankFSDP(BankDDP):
         view = {k: v.to_local() if isinstance(v, DTensor) else v for k, v in state.items()}
         opt.state[local] = view
         try:
-            opt._update(local, alpha[:, R.start:R.stop], G, group)
+            opt._update(local, alpha[:, R.start : R.stop], G, group)
         finally:
             del opt.state[local]
         for k, v in view.items():

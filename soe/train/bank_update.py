@@ -38,7 +38,7 @@ def gram(G: Tensor, block: int = GRAM_BLOCK) -> Tensor:
         return G @ G.t()
     out = G.new_zeros(G.shape[0], G.shape[0])
     for c0 in range(0, P, block):
-        out.addmm_(G[:, c0:c0 + block], G[:, c0:c0 + block].t())
+        out.addmm_(G[:, c0 : c0 + block], G[:, c0 : c0 + block].t())
     return out
 
 
@@ -49,8 +49,10 @@ class BankAdamW(torch.optim.AdamW):
         super().__init__(params, **adamw_kwargs)
         for group in self.param_groups:
             if group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]:
-                raise ValueError("model.optim.bank_update=factored supports plain AdamW only "
-                                 "(no amsgrad, maximize, capturable or differentiable)")
+                raise ValueError(
+                    "model.optim.bank_update=factored supports plain AdamW only "
+                    "(no amsgrad, maximize, capturable or differentiable)"
+                )
         self._bank: dict[str, Tensor] = dict(soup.bank.items())  # {group: E (n, P)}
         if any(E not in self._group_of() for E in self._bank.values()):
             raise ValueError("BankAdamW: every bank parameter of the soup must be in the optimizer")
@@ -156,8 +158,12 @@ class BankAdamW(torch.optim.AdamW):
             self._update(E, alpha, G, group)
 
     def _workspace(self, numel: int, like: Tensor) -> Tensor:
-        if self._work is None or self._work.numel() < numel or self._work.dtype != like.dtype \
-                or self._work.device != like.device:
+        if (
+            self._work is None
+            or self._work.numel() < numel
+            or self._work.dtype != like.dtype
+            or self._work.device != like.device
+        ):
             self._work = torch.empty(numel, dtype=like.dtype, device=like.device)
         return self._work
 
@@ -170,8 +176,11 @@ class BankAdamW(torch.optim.AdamW):
         3.8× slower on the demo bank."""
         state = self.state[E]
         if not state:  # AdamW's own lazy state, so state_dict/load_state_dict need nothing new
-            state["step"] = (torch.zeros((), dtype=torch.float32, device=E.device) if group["fused"]
-                             else torch.tensor(0.0, dtype=torch.float32))
+            state["step"] = (
+                torch.zeros((), dtype=torch.float32, device=E.device)
+                if group["fused"]
+                else torch.tensor(0.0, dtype=torch.float32)
+            )
             state["exp_avg"] = torch.zeros_like(E, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(E, memory_format=torch.preserve_format)
         state["step"] += 1
@@ -182,15 +191,22 @@ class BankAdamW(torch.optim.AdamW):
         n, P = E.shape
         c = max(1, min(P, self._chunk // n))
         work = self._workspace(n * c, E)
-        kw = dict(lr=float(group["lr"]), beta1=float(group["betas"][0]), beta2=float(group["betas"][1]),
-                  weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False, maximize=False)
+        kw = dict(
+            lr=float(group["lr"]),
+            beta1=float(group["betas"][0]),
+            beta2=float(group["betas"][1]),
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            amsgrad=False,
+            maximize=False,
+        )
         for a0 in range(0, P, c):
             w = min(c, P - a0)
             grad = work[: n * w].view(n, w)
-            torch.mm(a_t, G[:, a0:a0 + w], out=grad)  # this chunk of αᵀG: (n, w)
+            torch.mm(a_t, G[:, a0 : a0 + w], out=grad)  # this chunk of αᵀG: (n, w)
             if self._scale is not None:
                 grad.mul_(self._scale)
             if cv is not None:
                 grad.clamp_(-cv, cv)
-            e, mc, vc = (t[:, a0:a0 + w].unbind(0) for t in (E, m, v))  # n contiguous rows each
+            e, mc, vc = (t[:, a0 : a0 + w].unbind(0) for t in (E, m, v))  # n contiguous rows each
             torch._fused_adamw_(e, grad.unbind(0), mc, vc, [], [step] * n, **kw)

@@ -56,8 +56,10 @@ def _unreadable(path: Path, e: Exception) -> str:
     # torch's advice to retry with weights_only=False (" Please use ...") is left out on purpose.
     refused = [ln.strip().split(" Please")[0][:200] for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
     if refused:
-        return (f"{path}: holds pickled objects other than tensors and plain values ({refused[0]}); "
-                "refused: checkpoints are loaded with weights_only=True, which runs no pickled code")
+        return (
+            f"{path}: holds pickled objects other than tensors and plain values ({refused[0]}); "
+            "refused: checkpoints are loaded with weights_only=True, which runs no pickled code"
+        )
     return f"{path}: not a readable checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
 
 
@@ -67,8 +69,10 @@ def check_hparams(hp: dict, path) -> dict:
     where = f"{path}: hyper-parameters"
     for key in ("net", "soup", "n_domains", "domain_names", "prior"):
         if key not in hp:
-            raise ValueError(f"{where} lack {key!r}; expected a checkpoint written by train.py (net, soup, n_domains, "
-                             "domain_names, prior)")
+            raise ValueError(
+                f"{where} lack {key!r}; expected a checkpoint written by train.py (net, soup, n_domains, "
+                "domain_names, prior)"
+            )
     for key, cls in (("net", ModelConfig), ("soup", SoupConfig)):
         if not isinstance(hp[key], dict):
             raise ValueError(f"{where}: {key}={hp[key]!r}; expected a mapping of {cls.__name__} fields")
@@ -77,12 +81,21 @@ def check_hparams(hp: dict, path) -> dict:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"{where}: n_domains={k!r}; expected an integer ≥ 1")
     names = hp["domain_names"]
-    if not isinstance(names, (list, tuple)) or len(names) != k or not all(isinstance(n, str) for n in names) \
-            or len(set(names)) != k:
+    if (
+        not isinstance(names, (list, tuple))
+        or len(names) != k
+        or not all(isinstance(n, str) for n in names)
+        or len(set(names)) != k
+    ):
         raise ValueError(f"{where}: domain_names={names!r}; expected {k} distinct domain names (n_domains={k})")
     prior = hp["prior"].tolist() if torch.is_tensor(hp["prior"]) else hp["prior"]
-    if not isinstance(prior, (list, tuple)) or len(prior) != k or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in prior):
+    if (
+        not isinstance(prior, (list, tuple))
+        or len(prior) != k
+        or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in prior
+        )
+    ):
         raise ValueError(f"{where}: prior={prior!r}; expected {k} finite non-negative weights (one per domain)")
     return hp
 
@@ -97,7 +110,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         soup = SoupOfExperts(ModelConfig(**hp["net"]), int(hp["n_domains"]), SoupConfig(**hp["soup"]))
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: hyper-parameters do not describe a soup ({type(e).__name__}: {e})") from e
-    weights = {k[len(PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(PREFIX)}
+    weights = {k[len(PREFIX) :]: v for k, v in state["state_dict"].items() if k.startswith(PREFIX)}
     try:
         soup.load_state_dict(weights, strict=True)
     except RuntimeError as e:
@@ -113,8 +126,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 def prepared_data(data_dir: str | os.PathLike | None, hp: dict, where: Path) -> tuple[Path, Meta]:
     """The prepared directory of a checkpoint, checked against it (tokenizer, vocabulary, domains)."""
     if data_dir is None:
-        raise ValueError(f"{where}: the checkpoint does not record its prepared-data directory; "
-                         "pass it with --data DIR (data=...)")
+        raise ValueError(
+            f"{where}: the checkpoint does not record its prepared-data directory; pass it with --data DIR (data=...)"
+        )
     data_dir = _existing_data_dir(Path(data_dir), hp, where)
     meta = load_meta(data_dir)
     check_tokenizer(meta, data_dir, expected_sha256=hp.get("tokenizer_sha256"), expected_vocab=hp["net"]["vocab_size"])
@@ -132,7 +146,13 @@ def _existing_data_dir(data_dir: Path, hp: dict, where: Path) -> Path:
     for cand in tried:
         if cand.is_dir():
             return cand
-    ran = f"training ran in {hp['trained_in']}" if hp.get("trained_in") else "the checkpoint does not record where training ran"
+    ran = (
+        f"training ran in {hp['trained_in']}"
+        if hp.get("trained_in")
+        else "the checkpoint does not record where training ran"
+    )
     paths = ", ".join(dict.fromkeys(str(c.absolute()) for c in tried))
-    raise FileNotFoundError(f"{where}: its prepared-data directory {hp['data_dir']!r} does not exist (tried {paths}; "
-                            f"{ran}); pass the prepared-data directory with --data DIR (data=...)")
+    raise FileNotFoundError(
+        f"{where}: its prepared-data directory {hp['data_dir']!r} does not exist (tried {paths}; "
+        f"{ran}); pass the prepared-data directory with --data DIR (data=...)"
+    )

@@ -15,8 +15,8 @@ import warnings
 
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from soe.core.model import ModelConfig
 from soe.core.soup import SoupConfig
@@ -33,8 +33,7 @@ from soe.train.trainer_checks import check_machine, check_settings
 
 PROG = "train.py"
 # Config groups built from dataclasses: validated before anything is instantiated, errors named by key.
-GROUPS = {"model.net": ModelConfig, "model.soup": SoupConfig, "model.optim": OptimConfig,
-          "data.mixture": MixtureConfig}
+GROUPS = {"model.net": ModelConfig, "model.soup": SoupConfig, "model.optim": OptimConfig, "data.mixture": MixtureConfig}
 _HELD: list[RunLock] = []  # run-directory locks of the fit in progress (soe/train/runlock.py)
 
 
@@ -66,9 +65,13 @@ class SoupCLI(LightningCLI):
         parser.link_arguments("data.num_domains", "model.n_domains", apply_on="instantiate")
         for attr in ("domain_names", "prior", "tokenizer_sha256", "corpus_lock_id"):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
-        parser.add_argument("--take_from_checkpoint", type=bool, default=False,
-                            help="With --ckpt_path: resume with the checkpoint's model and data settings where they "
-                                 "differ from the configuration (each is printed); without it such a resume is refused.")
+        parser.add_argument(
+            "--take_from_checkpoint",
+            type=bool,
+            default=False,
+            help="With --ckpt_path: resume with the checkpoint's model and data settings where they "
+            "differ from the configuration (each is printed); without it such a resume is refused.",
+        )
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -111,15 +114,18 @@ class SoupCLI(LightningCLI):
             return
         given = str(given)
         if cfg.get("weights_only") is False:
-            raise ValueError("--weights_only=false: train.py reads checkpoints with weights_only=True only (a soe "
-                             "checkpoint holds tensors and plain values; anything else would run pickled code)")
+            raise ValueError(
+                "--weights_only=false: train.py reads checkpoints with weights_only=True only (a soe "
+                "checkpoint holds tensors and plain values; anything else would run pickled code)"
+            )
         self._ckpt_tmp = tempfile.TemporaryDirectory(prefix="soe-ckpt-")  # removed with the CLI object
         path = shown = resume.localize(given, self._ckpt_tmp)
         if path != given:  # downloaded: named by its URL
             shown = given
         elif given in ("last", "best", "hpc") or given.startswith("registry"):  # as Trainer.fit resolves them
-            path = self.trainer._checkpoint_connector._parse_ckpt_path(fn, given, model_provided=True,
-                                                                      model_connected=False)
+            path = self.trainer._checkpoint_connector._parse_ckpt_path(
+                fn, given, model_provided=True, model_connected=False
+            )
             if path is None:  # 'last' with no checkpoint yet: Lightning warns and trains from scratch
                 return
             path, shown = str(path), f"{given} ({path})"
@@ -129,8 +135,11 @@ class SoupCLI(LightningCLI):
         if settable and cfg.get("take_from_checkpoint"):
             for key, (_, value) in settable.items():
                 cfg[key] = value
-            print(f"{PROG}: --take_from_checkpoint: resuming with the settings of {shown}: "
-                  + ", ".join(f"{k}={v[1]!r} (config: {v[0]!r})" for k, v in settable.items()), file=sys.stderr)
+            print(
+                f"{PROG}: --take_from_checkpoint: resuming with the settings of {shown}: "
+                + ", ".join(f"{k}={v[1]!r} (config: {v[0]!r})" for k, v in settable.items()),
+                file=sys.stderr,
+            )
             self.instantiate_classes()  # model, data and trainer rebuilt from the updated configuration
             init = self.config_init[self.config.subcommand]
             diffs = resume.differences(self._settings(), state, fn == TrainerFn.FITTING)
@@ -166,8 +175,15 @@ class SoupCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True, prog: str | None = None) -> SoupCLI:
-    return SoupCLI(SoupModule, SoupDataModule, save_config_kwargs={"overwrite": True}, args=args, run=run,
-                   auto_configure_optimizers=False, parser_kwargs={"prog": prog} if prog else None)
+    return SoupCLI(
+        SoupModule,
+        SoupDataModule,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+        parser_kwargs={"prog": prog} if prog else None,
+    )
 
 
 def cli_main(argv: list[str] | None = None, prog: str = PROG) -> int:

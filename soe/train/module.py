@@ -58,17 +58,28 @@ class SoupModule(L.LightningModule):
                 meta.json; None for data without a corpus lock): checkpoints name the corpus they saw.
         """
         super().__init__()
-        self.net_cfg, self.soup_cfg, self.optim_cfg = _as(ModelConfig, net), _as(SoupConfig, soup), _as(OptimConfig, optim)
+        self.net_cfg, self.soup_cfg, self.optim_cfg = (
+            _as(ModelConfig, net),
+            _as(SoupConfig, soup),
+            _as(OptimConfig, optim),
+        )
         self.domain_names = list(domain_names or [f"domain{i}" for i in range(n_domains)])
         if len(self.domain_names) != n_domains:
             raise ValueError(f"domain_names has {len(self.domain_names)} entries, n_domains={n_domains}")
         prior_t = check_h(prior if prior is not None else [1.0] * n_domains, n_domains, "prior")
         # Plain dicts in hparams: checkpoints then load with torch.load(weights_only=True).
-        self.save_hyperparameters({
-            "net": asdict(self.net_cfg), "soup": asdict(self.soup_cfg), "optim": asdict(self.optim_cfg),
-            "n_domains": n_domains, "domain_names": self.domain_names, "prior": prior_t.tolist(),
-            "tokenizer_sha256": tokenizer_sha256, "corpus_lock_id": corpus_lock_id,
-        })
+        self.save_hyperparameters(
+            {
+                "net": asdict(self.net_cfg),
+                "soup": asdict(self.soup_cfg),
+                "optim": asdict(self.optim_cfg),
+                "n_domains": n_domains,
+                "domain_names": self.domain_names,
+                "prior": prior_t.tolist(),
+                "tokenizer_sha256": tokenizer_sha256,
+                "corpus_lock_id": corpus_lock_id,
+            }
+        )
         self.soup = SoupOfExperts(self.net_cfg, n_domains, self.soup_cfg)
         self.register_buffer("prior_h", prior_t, persistent=False)
         self._t_last: float | None = None
@@ -86,8 +97,14 @@ class SoupModule(L.LightningModule):
         self.log("loss/train", loss, prog_bar=True)
         if alpha is not None and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             a = alpha.detach().reshape(-1, self.soup.n)  # α = φ(h) of this step's M h's: (M, n)
-            self.log_dict({"alpha/mean": a.mean(), "alpha/std": a.std() if a.numel() > 1 else a.new_zeros(()),
-                           "alpha/abs_max": a.abs().max(), "alpha/norm": a.norm(dim=-1).mean()})
+            self.log_dict(
+                {
+                    "alpha/mean": a.mean(),
+                    "alpha/std": a.std() if a.numel() > 1 else a.new_zeros(()),
+                    "alpha/abs_max": a.abs().max(),
+                    "alpha/norm": a.norm(dim=-1).mean(),
+                }
+            )
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -109,8 +126,10 @@ class SoupModule(L.LightningModule):
 
     def on_fit_start(self):
         if "bf16" in str(self.trainer.precision) and self.device.type == "cpu":
-            rank_zero_warn("bf16 on CPU is usually slower than fp32 (no AMX here) and less accurate; "
-                           "use trainer.precision=32-true on CPU and bf16-mixed on GPU")
+            rank_zero_warn(
+                "bf16 on CPU is usually slower than fp32 (no AMX here) and less accurate; "
+                "use trainer.precision=32-true on CPU and bf16-mixed on GPU"
+            )
 
     def configure_model(self):
         """Shard S, the bank and φ over the data-parallel mesh (FSDP2) under ModelParallelStrategy.
@@ -125,8 +144,10 @@ class SoupModule(L.LightningModule):
 
         dp = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
         if mesh.mesh_dim_names and "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
-            raise ValueError(f"tensor_parallel_size={mesh['tensor_parallel'].size()}: the soup supports data "
-                             "parallelism only; set ModelParallelStrategy(tensor_parallel_size=1)")
+            raise ValueError(
+                f"tensor_parallel_size={mesh['tensor_parallel'].size()}: the soup supports data "
+                "parallelism only; set ModelParallelStrategy(tensor_parallel_size=1)"
+            )
         fully_shard(self.soup, mesh=dp)
         self._sharded = True
 
@@ -166,7 +187,9 @@ class SoupModule(L.LightningModule):
 
     def on_validation_epoch_end(self):
         metrics = {k: s / n for k, (s, n) in self._val_sums.items() if n}
-        prior_terms = [(self.prior_h[i].item(), metrics.get(f"loss/val_prior/{d}")) for i, d in enumerate(self.domain_names)]
+        prior_terms = [
+            (self.prior_h[i].item(), metrics.get(f"loss/val_prior/{d}")) for i, d in enumerate(self.domain_names)
+        ]
         if all(v is not None for _, v in prior_terms):
             metrics["loss/val_prior/mixture"] = sum(w * v for w, v in prior_terms)
             spec = [metrics[f"loss/val/{d}"] for d in self.domain_names]
@@ -187,8 +210,10 @@ class SoupModule(L.LightningModule):
             own = self.state_dict()
             for name, t in checkpoint.get("state_dict", {}).items():
                 if name in own and tuple(own[name].shape) != tuple(t.shape):
-                    raise ValueError(f"the checkpoint's {name} has shape {tuple(t.shape)}, the model's "
-                                     f"{tuple(own[name].shape)}: it was not written by this model")
+                    raise ValueError(
+                        f"the checkpoint's {name} has shape {tuple(t.shape)}, the model's "
+                        f"{tuple(own[name].shape)}: it was not written by this model"
+                    )
 
     # ------------------------------------------------------------------ optimizer
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
@@ -204,8 +229,10 @@ class SoupModule(L.LightningModule):
         o = self.optim_cfg
         if o.bank_update == "factored":  # an fp16 GradScaler would unscale E.grad only (never built)
             if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-                raise ValueError(f"model.optim.bank_update=factored does not support trainer.precision="
-                                 f"{self.trainer.precision} (gradient scaler); use bf16-mixed or 32-true")
+                raise ValueError(
+                    f"model.optim.bank_update=factored does not support trainer.precision="
+                    f"{self.trainer.precision} (gradient scaler); use bf16-mixed or 32-true"
+                )
         opt = make_optimizer(self.soup, o)
         if o.bank_update == "factored":
             wrapped = self.trainer.strategy.model  # DDP(self) once DDPStrategy has wrapped it (before this hook)
@@ -214,12 +241,15 @@ class SoupModule(L.LightningModule):
             elif isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
                 opt.reducer = BankDDP.attach(wrapped, self.soup)  # all-reduces G, never ∂E
             elif self.trainer.world_size > 1:
-                raise ValueError(f"model.optim.bank_update=factored supports DDPStrategy and ModelParallelStrategy "
-                                 f"(FSDP2) only for several processes (got {type(self.trainer.strategy).__name__}); "
-                                 "or use =dense")
+                raise ValueError(
+                    f"model.optim.bank_update=factored supports DDPStrategy and ModelParallelStrategy "
+                    f"(FSDP2) only for several processes (got {type(self.trainer.strategy).__name__}); "
+                    "or use =dense"
+                )
         total = self.trainer.max_steps
         if total is None or total <= 0:
             raise ValueError(f"trainer.max_steps={total}: the cosine schedule needs a positive max_steps")
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_lambda(step, o.warmup_steps, total, o.min_lr_ratio))
+            opt, lambda step: lr_lambda(step, o.warmup_steps, total, o.min_lr_ratio)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -72,8 +72,10 @@ class OptimConfig:
             raise ValueError(f"OptimConfig.bank_update={self.bank_update!r}; expected one of {BANK_UPDATES}")
         if self.bank_update == "factored" and self.compile:
             # a compiled backward would not hand the factors to the optimizer: the bank would never move
-            raise ValueError("OptimConfig.bank_update='factored' does not work with compile=true; "
-                             "set model.optim.compile=false or model.optim.bank_update=dense")
+            raise ValueError(
+                "OptimConfig.bank_update='factored' does not work with compile=true; "
+                "set model.optim.compile=false or model.optim.bank_update=dense"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"OptimConfig.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
 
@@ -94,18 +96,26 @@ def param_groups(soup: SoupOfExperts, o: OptimConfig) -> list[dict]:
     wd_bank = o.weight_decay if o.weight_decay_bank is None else o.weight_decay_bank
     groups = []
     for g, p in soup.shared.items():
-        groups.append({"params": [p], "lr": o.lr, "weight_decay": o.weight_decay if g == "decay" else 0.0,
-                       "name": f"shared.{g}"})
+        groups.append(
+            {"params": [p], "lr": o.lr, "weight_decay": o.weight_decay if g == "decay" else 0.0, "name": f"shared.{g}"}
+        )
     for g, p in soup.bank.items():
-        groups.append({"params": [p], "lr": lr_bank, "weight_decay": wd_bank if g == "decay" else 0.0,
-                       "name": f"bank.{g}"})
+        groups.append(
+            {"params": [p], "lr": lr_bank, "weight_decay": wd_bank if g == "decay" else 0.0, "name": f"bank.{g}"}
+        )
     if soup.lowrank is not None:
-        groups.append({"params": list(soup.lowrank.parameters()), "lr": lr_bank, "weight_decay": wd_bank,
-                       "name": "bank.lowrank"})
+        groups.append(
+            {"params": list(soup.lowrank.parameters()), "lr": lr_bank, "weight_decay": wd_bank, "name": "bank.lowrank"}
+        )
     if soup.router is not None:
-        groups.append({"params": list(soup.router.parameters()),
-                       "lr": o.lr if o.lr_router is None else o.lr_router,
-                       "weight_decay": o.weight_decay_router, "name": "router"})
+        groups.append(
+            {
+                "params": list(soup.router.parameters()),
+                "lr": o.lr if o.lr_router is None else o.lr_router,
+                "weight_decay": o.weight_decay_router,
+                "name": "router",
+            }
+        )
     return groups
 
 

@@ -24,8 +24,17 @@ from typing import Any
 from soe.train.checkpoint import read_state
 
 # Optimizer settings that Lightning silently replaces with the optimizer state's on resume.
-OPTIM_RESTORED = ("lr", "lr_bank", "lr_router", "weight_decay", "weight_decay_bank", "weight_decay_router",
-                  "beta1", "beta2", "eps")
+OPTIM_RESTORED = (
+    "lr",
+    "lr_bank",
+    "lr_router",
+    "weight_decay",
+    "weight_decay_bank",
+    "weight_decay_router",
+    "beta1",
+    "beta2",
+    "eps",
+)
 # Model settings linked from the prepared data (train.py links them; they cannot be taken from a checkpoint).
 FROM_DATA = ("n_domains", "domain_names", "prior", "tokenizer_sha256")
 # Data settings that define the training stream (data_dir, workers and validation size may change).
@@ -67,8 +76,9 @@ def differences(now: dict[str, Any], state: dict, fitting: bool = True) -> dict[
     """{key: (configured value, checkpoint's value)} for the compared keys the checkpoint records
     (an older checkpoint without a key is not refused for it); the training stream only when ``fitting``."""
     ck = settings(state.get("hyper_parameters") or {}, state.get("datamodule_hyper_parameters") or {})
-    return {k: (now.get(k), v) for k, v in ck.items()
-            if not _same(now.get(k), v) and (fitting or not k.startswith("data."))}
+    return {
+        k: (now.get(k), v) for k, v in ck.items() if not _same(now.get(k), v) and (fitting or not k.startswith("data."))
+    }
 
 
 def _short(v: Any) -> str:
@@ -83,10 +93,16 @@ def from_data(key: str) -> bool:
 def refusal(diffs: dict[str, tuple[Any, Any]], ckpt: str) -> str:
     """'--ckpt_path CK: ... differ from the checkpoint's: model.net.d_model: 128 on the command line/config,
     64 in the checkpoint; ...' and what to do."""
-    listed = "; ".join(f"{k}: {_short(a)} {'from data.data_dir' if from_data(k) else 'on the command line/config'}, "
-                       f"{_short(b)} in the checkpoint" for k, (a, b) in diffs.items())
-    hint = ("resume with the prepared data the checkpoint was trained on (data.data_dir)" if any(map(from_data, diffs))
-            else "change them back, or pass --take_from_checkpoint=true to resume with the checkpoint's values")
+    listed = "; ".join(
+        f"{k}: {_short(a)} {'from data.data_dir' if from_data(k) else 'on the command line/config'}, "
+        f"{_short(b)} in the checkpoint"
+        for k, (a, b) in diffs.items()
+    )
+    hint = (
+        "resume with the prepared data the checkpoint was trained on (data.data_dir)"
+        if any(map(from_data, diffs))
+        else "change them back, or pass --take_from_checkpoint=true to resume with the checkpoint's values"
+    )
     return f"--ckpt_path {ckpt}: the run's settings differ from the checkpoint's: {listed}; {hint}"
 
 
@@ -103,8 +119,10 @@ def localize(ckpt_path: str, tmpdir: tempfile.TemporaryDirectory) -> str:
             raise OSError(f"--ckpt_path {ckpt_path}: could not download it ({type(e).__name__}: {e})") from e
         return str(dst)
     if "://" in ckpt_path:
-        raise ValueError(f"--ckpt_path {ckpt_path}: only local files and http(s)/ftp/file URLs can be resumed "
-                         "from; copy the checkpoint to a local file first")
+        raise ValueError(
+            f"--ckpt_path {ckpt_path}: only local files and http(s)/ftp/file URLs can be resumed "
+            "from; copy the checkpoint to a local file first"
+        )
     return ckpt_path
 
 

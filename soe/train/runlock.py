@@ -31,8 +31,9 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         if os.path.lexists(self.dir) and not self.dir.is_dir():
-            raise NotADirectoryError(f"checkpoint directory {self.dir} (ModelCheckpoint dirpath) exists and is not a "
-                                     "directory")
+            raise NotADirectoryError(
+                f"checkpoint directory {self.dir} (ModelCheckpoint dirpath) exists and is not a directory"
+            )
         self._made_dir = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -42,13 +43,23 @@ class RunLock:
             holder = _read(fd)
             os.close(fd)
             self._undo_dir()
-            raise RunDirInUse(f"checkpoint directory {self.dir} is in use by another training (pid "
-                              f"{holder.get('pid', '?')} on {holder.get('host', '?')}, started "
-                              f"{holder.get('started', '?')}; {self.path}): wait for it to end or set another "
-                              "ModelCheckpoint dirpath") from None
+            raise RunDirInUse(
+                f"checkpoint directory {self.dir} is in use by another training (pid "
+                f"{holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+                f"{holder.get('started', '?')}; {self.path}): wait for it to end or set another "
+                "ModelCheckpoint dirpath"
+            ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n").encode(), 0)
+        os.pwrite(
+            fd,
+            (
+                json.dumps(
+                    {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                )
+                + "\n"
+            ).encode(),
+            0,
+        )
         self._fd = fd
         return self
 

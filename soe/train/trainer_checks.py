@@ -42,8 +42,10 @@ def check_seed(seed) -> None:
     if seed is None or isinstance(seed, bool):  # true: a random seed, false: none
         return
     if not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed_everything={seed!r}: expected an integer in [0, {MAX_SEED}] (numpy's seed range), "
-                         "or true (a random seed) / false (none)")
+        raise ValueError(
+            f"seed_everything={seed!r}: expected an integer in [0, {MAX_SEED}] (numpy's seed range), "
+            "or true (a random seed) / false (none)"
+        )
 
 
 def check_accelerator(acc) -> str | None:
@@ -75,14 +77,21 @@ def devices_value(devices, accelerator: str | None):
         raise ValueError(f"trainer.devices={devices!r}: expected {DEVICES}")
     if isinstance(value, numbers.Integral):
         if value < 1 and not (value == -1 and accelerator in ("cuda", "auto")):
-            raise ValueError(f"trainer.devices={devices!r}: expected {DEVICES}"
-                             + ("" if accelerator == "cuda" else " (-1 only with a GPU accelerator)"))
+            raise ValueError(
+                f"trainer.devices={devices!r}: expected {DEVICES}"
+                + ("" if accelerator == "cuda" else " (-1 only with a GPU accelerator)")
+            )
         return int(value)
     if accelerator == "cpu":
-        raise ValueError(f"trainer.devices={devices!r}: a list of device indices needs a GPU accelerator; with cpu "
-                         "expected a number of processes ≥ 1")
-    if not value or len(set(value)) != len(value) or any(
-            isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0 for i in value):
+        raise ValueError(
+            f"trainer.devices={devices!r}: a list of device indices needs a GPU accelerator; with cpu "
+            "expected a number of processes ≥ 1"
+        )
+    if (
+        not value
+        or len(set(value)) != len(value)
+        or any(isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0 for i in value)
+    ):
         raise ValueError(f"trainer.devices={devices!r}: expected distinct GPU indices ≥ 0")
     return list(value)
 
@@ -100,21 +109,27 @@ def check_devices(devices, accelerator: str | None) -> None:
         if value == -1:
             return
         if isinstance(value, int) and value > gpus or isinstance(value, list) and max(value) >= gpus:
-            raise ValueError(f"trainer.devices={devices!r}: only {gpus} CUDA device(s) here"
-                             + (f" (indices 0..{gpus - 1})" if isinstance(value, list) and gpus else ""))
+            raise ValueError(
+                f"trainer.devices={devices!r}: only {gpus} CUDA device(s) here"
+                + (f" (indices 0..{gpus - 1})" if isinstance(value, list) and gpus else "")
+            )
         return
     cores = os.cpu_count() or 1
     if isinstance(value, int) and value > cores:  # one training process per device: 99 would exhaust memory
-        raise ValueError(f"trainer.devices={devices!r} on {accelerator}: one process per device on {cores} CPU "
-                         f"core(s); expected at most {cores}")
+        raise ValueError(
+            f"trainer.devices={devices!r} on {accelerator}: one process per device on {cores} CPU "
+            f"core(s); expected at most {cores}"
+        )
 
 
 def check_available(acc: str | None, given=None) -> None:
     """The accelerator exists on this machine (checked before anything is built, not when only parsing)."""
     given = acc if given is None else given
     if acc == "cuda" and _cuda_count() == 0:
-        raise ValueError(f"trainer.accelerator={given!r}: this torch sees no CUDA device (CPU-only build or no GPU); "
-                         "expected cpu or auto")
+        raise ValueError(
+            f"trainer.accelerator={given!r}: this torch sees no CUDA device (CPU-only build or no GPU); "
+            "expected cpu or auto"
+        )
     if acc == "mps":
         import torch
 
