@@ -63,6 +63,8 @@ def parse(name: str, args: list[str]) -> None:
         from soe.experiments.experiment import build_parser
     elif name == "soe.experiments.ablate":
         from soe.experiments.ablate import build_parser
+    elif name == "soe.experiments.search":
+        from soe.experiments.search import build_parser
     elif name == "soe.merge_experiment":
         from soe.merge_experiment.__main__ import build_parser
     elif name == "data_prep.prepare":
