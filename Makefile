@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 DEMO_OUT ?= demo_out
-LINTED := soe tests bench data_prep train.py demo.py  # ruff (pyproject.toml): lint and format, checked by make test
+LINTED := soe studies tests bench data_prep train.py demo.py  # ruff (pyproject.toml): lint and format, checked by make test
 
 .PHONY: venv test test-all demo merging bench gpu-check clean
 
@@ -39,7 +39,7 @@ demo: $(STAMP)
 # ~15 min of training, then ~40 min on 2 CPU cores.
 merging: $(STAMP)
 	$(PY) -m data_prep.prepare --config data_prep/configs/demo.yaml --out data/demo
-	$(PY) -m soe.merge_experiment --config experiments/merging.yaml --out merging_out --runs merging_out/runs
+	$(PY) -m studies.merging --config experiments/merging.yaml --out merging_out --runs merging_out/runs
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

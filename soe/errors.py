@@ -1,7 +1,7 @@
 """How every entry point reports a bad input: one line naming it (what, where from, what was expected),
 exit status 2, and a traceback only with ``--debug``.
 
-``train.py``, ``soe`` / ``python -m soe``, ``python -m soe.experiments`` and ``python -m data_prep.prepare`` all
+``train.py``, ``soe`` / ``python -m soe``, ``python -m studies.experiments`` and ``python -m data_prep.prepare`` all
 end in `run_entry`. The errors caught are the ones a user's input causes (a missing or corrupt file, a value out
 of range, an optional package not installed); anything else is a bug and keeps its traceback. Error handling
 only: each entry point sets the allocator itself, as its own first step (`soe.malloc.keep_freed_memory`).

@@ -16,7 +16,7 @@ from pathlib import Path
 ENTRIES = {
     "soe": ("soe.cli", "main"),
     "train": ("soe.train.cli", "cli_main"),
-    "experiment": ("soe.experiments.experiment", "main"),
+    "experiment": ("studies.experiments.experiment", "main"),
     "prepare": ("data_prep.prepare", "main"),
 }
 

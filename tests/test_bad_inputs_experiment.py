@@ -1,4 +1,4 @@
-"""Bad inputs of ``python -m soe.experiment``: each refused in one line naming it, before anything trains.
+"""Bad inputs of ``python -m studies.experiments``: each refused in one line naming it, before anything trains.
 
 A row is (id, experiment YAML or a patch of the valid one, extra arguments, expected fragment of the error).
 The valid config trains two tiny runs; every row must be refused while nothing under the config directory,
@@ -94,7 +94,7 @@ def test_bad_experiment_input_is_refused_before_training(
 
 
 def test_debug_raises_with_the_traceback(tmp_path):
-    from soe.experiments.experiment import main
+    from studies.experiments.experiment import main
 
     with pytest.raises(FileNotFoundError, match="experiment config .* not found"):
         main(["--config", str(tmp_path / "missing.yaml"), "--debug"])
@@ -115,7 +115,7 @@ ABLATION_ROWS = [
 
 @pytest.mark.parametrize("case, patch, expect", ABLATION_ROWS, ids=[r[0] for r in ABLATION_ROWS])
 def test_bad_ablation_config_is_refused(tmp_path, capsys, case, patch, expect):
-    from soe.experiments.ablate import main
+    from studies.experiments.ablate import main
 
     cfg = {
         "out": str(tmp_path / "out"),
@@ -126,5 +126,5 @@ def test_bad_ablation_config_is_refused(tmp_path, capsys, case, patch, expect):
     path.write_text(yaml.safe_dump({**cfg, **patch}))
     assert main(["--config", str(path), "--table", str(tmp_path / "t.md")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("soe.experiments.ablate: error: ") and expect in last and str(path) in last, last
+    assert last.startswith("studies.experiments.ablate: error: ") and expect in last and str(path) in last, last
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ablate.yaml"]

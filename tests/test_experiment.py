@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from soe.experiments.experiment import ExperimentConfig, load_config, run
+from studies.experiments.experiment import ExperimentConfig, load_config, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def test_report_losses_equal_soe_evaluate(fixture_prepared, tmp_path, monkeypatc
 
 
 def test_runs_with_different_token_budgets_are_refused_before_training(fixture_prepared, tmp_path, monkeypatch):
-    from soe.experiments.experiment import plan
+    from studies.experiments.experiment import plan
 
     monkeypatch.chdir(ROOT)
     cfg = load_config(ROOT / "experiments/tiny.yaml")
@@ -136,7 +136,7 @@ def test_bad_experiment_config(tmp_path):
 def test_ablation_appends_rows_and_shares_the_generic_run(fixture_prepared, tmp_path, monkeypatch):
     import yaml
 
-    from soe.experiments.ablate import main as ablate
+    from studies.experiments.ablate import main as ablate
 
     monkeypatch.chdir(ROOT)
     cfg = yaml.safe_load((ROOT / "experiments/recipe-tiny.yaml").read_text())
@@ -170,9 +170,9 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
     from that checkpoint by the next experiment call, not retrained from step 0."""
     import torch
 
-    from soe.experiments.runs import budget, fit_args
-    from soe.experiments.runs import train as train_run
     from soe.train.checkpoint import load_checkpoint
+    from studies.experiments.runs import budget, fit_args
+    from studies.experiments.runs import train as train_run
 
     def train(name, config, runs, cfg, extra):
         common = [
@@ -225,17 +225,17 @@ def test_interrupted_run_resumes_from_its_checkpoint(fixture_prepared, tmp_path,
 def test_every_shipped_experiment_config_parses(path):
     import yaml
 
-    from soe.experiments.search import SEARCH_KEYS, load_search
+    from studies.experiments.search import SEARCH_KEYS, load_search
 
     raw = yaml.safe_load((ROOT / "experiments" / path).read_text())
-    if "variants" in raw and any(k in v for v in raw["variants"] for k in SEARCH_KEYS):  # soe.experiments.search
+    if "variants" in raw and any(k in v for v in raw["variants"] for k in SEARCH_KEYS):  # studies.experiments.search
         cfg = load_search(str(ROOT / "experiments" / path))[0]
-    elif "variants" in raw:  # an ablation (soe.experiments.ablate): one experiment and named variants of it
-        from soe.experiments.ablate import load_ablation
+    elif "variants" in raw:  # an ablation (studies.experiments.ablate): one experiment and named variants of it
+        from studies.experiments.ablate import load_ablation
 
         cfg = load_ablation(str(ROOT / "experiments" / path))[0]
-    elif "teams" in raw:  # the merging experiment (soe.merge_experiment)
-        from soe.merge_experiment.config import load_config as load_merging
+    elif "teams" in raw:  # the merging experiment (studies.merging)
+        from studies.merging.config import load_config as load_merging
 
         cfg = load_merging(ROOT / "experiments" / path)
     else:
@@ -245,7 +245,7 @@ def test_every_shipped_experiment_config_parses(path):
 
 
 def test_report_never_picks_the_soe_column_on_the_evaluation_split():
-    from soe.experiments.report import set_table, soe_answer
+    from studies.experiments.report import set_table, soe_answer
 
     row = {"generic": 5.0, "soe_hist": 4.8, "soe_refined": 4.9, "dedicated": 4.6}  # refined worse on eval
     assert soe_answer(row) == 4.9  # the refined h is the answer when it was computed
@@ -282,7 +282,7 @@ def test_window_losses_average_to_model_loss_and_intervals_cover_the_truth():
 
 def _tiny_run(name, config, runs, data_dir, steps=2):
     """One experiment training run (runs.train) of ``config`` at test size, as run() would launch it."""
-    from soe.experiments.runs import budget, fit_args, train
+    from studies.experiments.runs import budget, fit_args, train
 
     common = [f"--data.data_dir={data_dir}", "--seed_everything=0", f"--trainer.max_steps={steps}"]
     over = ["--trainer.enable_progress_bar=false", "--model.net.n_layer=1", "--trainer.val_check_interval=2"]
@@ -356,7 +356,7 @@ def test_truncated_state_file_is_named_and_the_run_retrained(fixture_prepared, t
 
 
 def test_report_names_the_prepared_data_and_its_corpus_lock():
-    from soe.experiments.report import data_line
+    from studies.experiments.report import data_line
 
     data = {"data_dir": "data/demo", "prepared_data.meta_sha256": "ab" * 32}
     assert (
@@ -368,7 +368,7 @@ def test_report_names_the_prepared_data_and_its_corpus_lock():
 
 
 def test_corpus_lock_in_meta_is_part_of_the_key(tmp_path):
-    from soe.experiments.runkey import data_manifest
+    from studies.experiments.runkey import data_manifest
 
     (tmp_path / "meta.json").write_text(json.dumps({"domains": ["a"], "corpus_lock": {"id": "9f3c", "packages": []}}))
     assert data_manifest(tmp_path)["prepared_data.corpus_lock"] == "9f3c"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from soe.experiments.config import ExperimentConfig, validate
-from soe.experiments.experiment import plan
-from soe.experiments.runs import resolve, train
+from studies.experiments.config import ExperimentConfig, validate
+from studies.experiments.experiment import plan
+from studies.experiments.runs import resolve, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/tiny.yaml")

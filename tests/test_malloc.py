@@ -72,7 +72,7 @@ def test_every_entry_point_sets_the_allocator_itself():
 
     assert "malloc" not in (ROOT / "soe" / "errors.py").read_text().split('"""', 2)[2]
     entries, missing = [], []
-    for path in sorted([*(ROOT / "soe").rglob("*.py"), *(ROOT / "data_prep").rglob("*.py")]):
+    for path in sorted(p for pkg in ("soe", "data_prep", "studies") for p in (ROOT / pkg).rglob("*.py")):
         for fn in ast.walk(ast.parse(path.read_text())):
             if isinstance(fn, ast.FunctionDef) and "run_entry" in _calls(fn) and fn.name != "run_entry":
                 entries.append(f"{path.relative_to(ROOT)}:{fn.name}")

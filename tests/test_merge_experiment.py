@@ -15,12 +15,12 @@ from specialize_helpers import make_docs, text_env
 
 from soe.cli import main as soe_main
 from soe.data.windows import eval_windows
-from soe.merge_experiment import __main__ as entry
-from soe.merge_experiment import evaluate as E
-from soe.merge_experiment import study as ST
-from soe.merge_experiment import teams as TM
-from soe.merge_experiment.config import load_config
 from soe.merging.stopping import greedy_checkpoints
+from studies.merging import __main__ as entry
+from studies.merging import evaluate as E
+from studies.merging import study as ST
+from studies.merging import teams as TM
+from studies.merging.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"[-+]?\d+\.\d+")

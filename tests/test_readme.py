@@ -1,7 +1,7 @@
 """Every command in README.md's code blocks parses with the entry point it names, as written.
 
 Each ``soe …`` (``soe prepare`` and ``soe train`` through the parsers they hand their arguments to), ``python -m
-soe …``, ``python -m soe.experiments[.ablate] …``, ``python -m data_prep.prepare …``, ``python demo.py …`` and
+soe …``, ``python -m studies.experiments[.ablate] …``, ``python -m data_prep.prepare …``, ``python demo.py …`` and
 ``python train.py fit …`` line (also under torchrun/srun) goes through the real argument parser of its entry point; nothing trains or runs. Files the commands name as configs must exist.
 The Python block's API names must exist. (The commands' end-to-end runs are the other tests and `make demo`.)
 """
@@ -59,14 +59,14 @@ def parse(name: str, args: list[str]) -> None:
         return parse_train(args[1:])
     if name == "soe":
         from soe.cli import build_parser
-    elif name == "soe.experiments":
-        from soe.experiments.experiment import build_parser
-    elif name == "soe.experiments.ablate":
-        from soe.experiments.ablate import build_parser
-    elif name == "soe.experiments.search":
-        from soe.experiments.search import build_parser
-    elif name == "soe.merge_experiment":
-        from soe.merge_experiment.__main__ import build_parser
+    elif name == "studies.experiments":
+        from studies.experiments.experiment import build_parser
+    elif name == "studies.experiments.ablate":
+        from studies.experiments.ablate import build_parser
+    elif name == "studies.experiments.search":
+        from studies.experiments.search import build_parser
+    elif name == "studies.merging":
+        from studies.merging.__main__ import build_parser
     elif name == "data_prep.prepare":
         from data_prep.prepare import build_parser
     elif name == "demo.py":
@@ -102,7 +102,7 @@ def parse_train(args: list[str]) -> None:
 
 def test_readme_has_commands():
     names = {entry(a)[0] for a in commands()}
-    assert {"soe", "soe.experiments", "soe.experiments.ablate", "data_prep.prepare", "train.py"} <= names, names
+    assert {"soe", "studies.experiments", "studies.experiments.ablate", "data_prep.prepare", "train.py"} <= names, names
     front = {tuple(a[1:2]) for a in commands() if a[0] == "soe"}
     assert {("prepare",), ("train",)} <= front, front
 

@@ -1,4 +1,4 @@
-"""python -m soe.experiments.search: variants scored on validation targets, one table row each.
+"""python -m studies.experiments.search: variants scored on validation targets, one table row each.
 
 End to end on the committed fixture prepared with validation targets (tests/test_targets.py's settings), with
 two variants of a few training steps; plus the table, interval and nonlinearity helpers, and the refusals.
@@ -20,8 +20,8 @@ from test_targets import TARGETS, fixture_raw, prepare
 
 from soe.core.model import ModelConfig
 from soe.core.soup import SoupConfig, SoupOfExperts
-from soe.experiments.config import ExperimentConfig
-from soe.experiments.search import HEADER, append_row, main, mean_interval, nonlinearity, variant_config
+from studies.experiments.config import ExperimentConfig
+from studies.experiments.search import HEADER, append_row, main, mean_interval, nonlinearity, variant_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/tiny.yaml")
@@ -151,7 +151,7 @@ TARGETS_EXPECTED = [
 # ---------------------------------------------------------------------------------------------- refusals
 @pytest.fixture
 def entries(monkeypatch):
-    monkeypatch.setitem(bad_inputs.ENTRIES, "search", ("soe.experiments.search", "main"))
+    monkeypatch.setitem(bad_inputs.ENTRIES, "search", ("studies.experiments.search", "main"))
 
 
 def refused(capsys, cfg: Path, extra: list[str], expect: str, tmp_path: Path, data_dir: Path) -> None:
@@ -203,7 +203,7 @@ def test_bad_variant_is_refused(entries, targets_prepared, tmp_path, capsys, var
 
 
 def test_plain_ablation_refuses_search_keys(tmp_path):
-    from soe.experiments.ablate import load_ablation
+    from studies.experiments.ablate import load_ablation
 
     cfg = search_yaml(tmp_path / "a.yaml", tmp_path, tmp_path / "out", [{"name": "a", "shared_overrides": []}])
     with pytest.raises(ValueError, match="expected a mapping with keys among"):

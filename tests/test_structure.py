@@ -1,8 +1,8 @@
 """The house's rules, read from the code's imports (ast, nothing is imported or run).
 
 - the layers, bottom to top, each importing only its own layer and the layers below it (`LAYERS`):
-      foundation   soe.checks, soe.fileio, soe.errors, soe.malloc: argument checks, atomic files, one-line
-                   errors, the allocator (the standard library and torch only)
+      foundation   soe.checks, soe.fileio, soe.errors, soe.malloc, soe.moved: argument checks, atomic files,
+                   one-line errors, the allocator, the moved studies' message (the standard library and torch only)
       core         soe.core, soe.weightspec: the dense model, the soup (S, bank, φ), domain weights h
       data         soe.data: shards, embedders, text and windows, π and mix(h), the data module
       train        soe.train: the LightningModule, optimizer, checkpoints, the LightningCLI
@@ -13,13 +13,15 @@
       serve        soe.serve: one soup served as specialists over HTTP
       data_prep    the data_prep package: raw text -> token shards (it writes soe.data's format)
       cli          soe.cli, soe/__main__.py: the one ``soe`` command line (``soe prepare`` runs data_prep)
-      experiments  soe.experiments: generic vs SoE comparisons, ablations, reports
-      studies      soe.merge_experiment: the merging study
+      old names    soe.experiments, soe.merge_experiment: the studies' old names, one line naming the new ones
+      experiments  studies.experiments (not installed): generic vs SoE comparisons, ablations, reports
+      merging study  studies.merging, the studies/ package itself (not installed): the merging study
   (soe/__init__.py and docs/README.md list the same order);
-- every module of soe and data_prep belongs to a stated layer (a new part is placed, not defaulted);
+- every module of soe, data_prep and studies belongs to a stated layer (a new part is placed, not defaulted);
+- ``soe`` never imports ``studies`` (the library installs without the lab);
 - ``soe`` imports ``data_prep`` only at the front door ``soe prepare`` (soe/cli/pipeline.py);
 - no import cycle between modules, counting imports inside functions too (a lazy import cannot hide one);
-- no file of ``soe`` over 300 lines.
+- no file of ``soe`` or ``studies`` over 300 lines.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("soe", "data_prep")
-# Bottom to top: (layer, the parts in it). A part is soe.<part>, "__init__" (the package) or "data_prep".
+PACKAGES = ("soe", "data_prep", "studies")
+# Bottom to top: (layer, the parts in it). A part is soe.<part>, "__init__" (the package), "data_prep" or
+# studies.<part> ("studies": the studies/ package itself).
 LAYERS = [
-    ("foundation", {"checks", "fileio", "errors", "malloc"}),
+    ("foundation", {"checks", "fileio", "errors", "malloc", "moved"}),
     ("core", {"core", "weightspec"}),
     ("data", {"data"}),
     ("train", {"train"}),
@@ -44,8 +47,9 @@ LAYERS = [
     ("serve", {"serve"}),
     ("data_prep", {"data_prep"}),
     ("cli", {"cli", "__main__"}),
-    ("experiments", {"experiments"}),
-    ("studies", {"merge_experiment"}),
+    ("old names", {"experiments", "merge_experiment"}),
+    ("experiments", {"studies.experiments"}),
+    ("merging study", {"studies", "studies.merging"}),
 ]
 MAX_LINES = 300
 
@@ -84,7 +88,11 @@ def graph() -> dict[str, set[str]]:
 
 def part(module: str) -> str:
     parts = module.split(".")
-    return "data_prep" if parts[0] == "data_prep" else parts[1] if len(parts) > 1 else "__init__"
+    if parts[0] == "data_prep":
+        return "data_prep"
+    if parts[0] == "studies":
+        return ".".join(parts[:2])
+    return parts[1] if len(parts) > 1 else "__init__"
 
 
 def layer(module: str) -> int | None:
@@ -110,6 +118,13 @@ def test_soe_never_imports_data_prep():
         if t.startswith("data_prep") and (m, t) not in FRONT_DOOR
     )
     assert not bad, f"soe must not depend on data_prep (only soe prepare calls it): {bad}"
+
+
+def test_soe_never_imports_studies():
+    bad = sorted(
+        f"{m} -> {t}" for m, ts in graph().items() if m.startswith("soe") for t in ts if t.startswith("studies")
+    )
+    assert not bad, f"the library must not depend on the studies (studies/ is not installed): {bad}"
 
 
 def test_no_import_cycles():
@@ -152,7 +167,8 @@ def test_parts_import_only_the_parts_below_them():
 def test_files_stay_small():
     big = {
         str(p.relative_to(ROOT)): n
-        for p in (ROOT / "soe").rglob("*.py")
+        for pkg in ("soe", "studies")
+        for p in (ROOT / pkg).rglob("*.py")
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not big, f"split these files (over {MAX_LINES} lines): {big}"
@@ -164,17 +180,17 @@ def test_the_checks_can_fail(tmp_path, monkeypatch):
     (pkg / "core").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "core" / "__init__.py").write_text("")
-    (pkg / "core" / "a.py").write_text("def f():\n    from soe.experiments import b\n")
-    (pkg / "experiments").mkdir()
-    (pkg / "experiments" / "__init__.py").write_text("")
-    (pkg / "experiments" / "b.py").write_text("from ..core import a\n")
+    (pkg / "core" / "a.py").write_text("def f():\n    from soe.serve import b\n")
+    (pkg / "serve").mkdir()
+    (pkg / "serve" / "__init__.py").write_text("")
+    (pkg / "serve" / "b.py").write_text("from ..core import a\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     monkeypatch.setattr(__import__(__name__), "PACKAGES", ("soe",))
     g = graph()
-    assert g["soe.core.a"] == {"soe.experiments.b"} and g["soe.experiments.b"] == {"soe.core.a"}
+    assert g["soe.core.a"] == {"soe.serve.b"} and g["soe.serve.b"] == {"soe.core.a"}
     with pytest.raises(AssertionError, match="cycles"):
         test_no_import_cycles()
-    with pytest.raises(AssertionError, match=r"soe.core.a \(core\) -> soe.experiments.b \(experiments\)"):
+    with pytest.raises(AssertionError, match=r"soe.core.a \(core\) -> soe.serve.b \(serve\)"):
         test_parts_import_only_the_parts_below_them()
     (pkg / "newpart").mkdir()
     (pkg / "newpart" / "__init__.py").write_text("")

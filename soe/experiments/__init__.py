@@ -1,2 +1,5 @@
-"""Measured comparisons: generic vs SoE vs dedicated models (experiment.py, its training runs in runs.py),
-recipe ablations (ablate.py), and their reports (report.py). ``python -m soe.experiments`` runs one."""
+"""Moved: the studies are ``python -m studies.experiments[.ablate|.search]`` in a checkout (soe/moved.py)."""
+
+from soe.moved import refuse
+
+refuse("soe.experiments", "studies.experiments")

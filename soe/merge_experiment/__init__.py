@@ -1,1 +1,5 @@
-"""The merging experiment: python -m soe.merge_experiment (study.py)."""
+"""Moved: the merging study is ``python -m studies.merging`` in a checkout (soe/moved.py)."""
+
+from soe.moved import refuse
+
+refuse("soe.merge_experiment", "studies.merging")

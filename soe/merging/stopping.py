@@ -5,7 +5,7 @@ that is best for one expert alone need not be best for the merge. The rule (gree
 from each model's individually best checkpoint; for model 1, try each of its checkpoints with the others fixed and
 keep the one whose merge has the lowest validation loss; then model 2 with model 1's choice fixed; and so on, one
 pass. Cost: Σ_u (checkpoints of u) merges and validations. Used by ``soe finetune --stop-for-merge`` and by the
-merging experiment (soe/merge_experiment).
+merging experiment (studies/merging).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def method_table(results: dict, kind: str) -> list[str]:
 
 
 def write_report(out: Path, cfg, results: dict, selections: dict, meta: dict) -> str:
-    from soe.merge_experiment.plots import plot_curve
+    from studies.merging.plots import plot_curve
 
     seeds = list(results)
     full = {s: _full(results[s]) for s in seeds}

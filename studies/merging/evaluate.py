@@ -14,10 +14,10 @@ import numpy as np
 from soe.core.weights import parse_weights
 from soe.data.shards import load_meta, open_shard
 from soe.data.windows import eval_windows
-from soe.merge_experiment import finetunes as FT
-from soe.merge_experiment.grid import Candidate, Scorer, ensemble_losses
-from soe.merge_experiment.teams import evaluation_windows, marker_scores
 from soe.specialists.evaluate import paired_interval, window_losses
+from studies.merging import finetunes as FT
+from studies.merging.grid import Candidate, Scorer, ensemble_losses
+from studies.merging.teams import evaluation_windows, marker_scores
 
 
 def _flat(w: dict[str, np.ndarray]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""PNG figures of an experiment's report (soe/experiments/report.py writes the markdown around them)."""
+"""PNG figures of an experiment's report (studies/experiments/report.py writes the markdown around them)."""
 
 from __future__ import annotations
 

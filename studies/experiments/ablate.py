@@ -1,8 +1,8 @@
 """Ablations of the soup's training recipe against one generic baseline of the same budget.
 
-    python -m soe.experiments.ablate --config experiments/recipe.yaml [--only name1,name2] [--table experiments/RECIPE.md]
+    python -m studies.experiments.ablate --config experiments/recipe.yaml [--only name1,name2] [--table experiments/RECIPE.md]
 
-The config holds one experiment (see soe/experiments/experiment.py; usually dedicated: false) and a list of
+The config holds one experiment (see studies/experiments/experiment.py; usually dedicated: false) and a list of
 variants, each a set of train.py overrides for the soup only. Every variant trains one soup with the
 same data, seed, steps, batch and evaluation windows; the generic model is trained once and shared.
 Each finished variant appends one row to the results table (markdown), with the command that
@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 from soe.errors import pop_debug, run_entry
-from soe.experiments.config import ExperimentConfig, check_files, from_mapping, read_yaml
-from soe.experiments.experiment import run
-from soe.experiments.report import soe_answer
 from soe.fileio import atomic_write_text
 from soe.malloc import keep_freed_memory
+from studies.experiments.config import ExperimentConfig, check_files, from_mapping, read_yaml
+from studies.experiments.experiment import run
+from studies.experiments.report import soe_answer
 
 HEADER = (
     "| variant | change vs naive | steps | domains won (one-hot h) | mean Δ domains | sets won (estimated h) | "
@@ -51,7 +51,7 @@ def summarise(name: str, change: str, res: dict, command: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m soe.experiments.ablate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m studies.experiments.ablate", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="ablation YAML: {experiment: {...}, out: DIR, variants: [...]}")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
     ap.add_argument("--table", default="experiments/RECIPE.md", help="markdown file the rows are appended to")
@@ -65,7 +65,7 @@ def load_ablation(
     path: str, extra_keys: tuple[str, ...] = (), other_keys: tuple[str, ...] = ()
 ) -> tuple[ExperimentConfig, Path, list[dict]]:
     """The experiment, output directory and variants of an ablation YAML, every field checked. ``extra_keys``:
-    further override lists a variant may carry (soe/experiments/search.py: generic_overrides, shared_overrides);
+    further override lists a variant may carry (studies/experiments/search.py: generic_overrides, shared_overrides);
     ``other_keys``: further keys the caller checks itself."""
     keys = (*VARIANT_KEYS, *extra_keys, *other_keys)
     raw = read_yaml(path, "ablation config")
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    return run_entry("soe.experiments.ablate", lambda: _main(args), debug)
+    return run_entry("studies.experiments.ablate", lambda: _main(args), debug)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -128,7 +128,7 @@ def _main(args: argparse.Namespace) -> int:
             soe_name=f"soe-{v['name']}",
             source=f"{args.config}: experiment",
         )
-        command = f"python -m soe.experiments.ablate --config {args.config} --only {v['name']}"
+        command = f"python -m studies.experiments.ablate --config {args.config} --only {v['name']}"
         row = summarise(v["name"], v.get("change", " ".join(cfg.soe_overrides) or "—"), res, command)
         text = table.read_text() if table.exists() else ""
         if HEADER.splitlines()[0] not in text:  # start the table (after any prose already in the file)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from soe.experiments.config import build, check_fields, read_yaml
 from soe.merging.config import METHODS, parse_config
+from studies.experiments.config import build, check_fields, read_yaml
 
 # method -> grid of merge parameters; the first point is the method's untuned default
 DEFAULT_GRIDS: dict[str, list[dict]] = {
@@ -99,7 +99,7 @@ class MergingConfig:
     """method -> list of merge parameter sets (first = untuned default); every method of `soe merge` but
     dare_linear by default."""
     predictions: dict = field(default_factory=dict)
-    """claim id -> what we expect, written before the runs (ids: soe/merge_experiment/report.py CLAIMS); copied
+    """claim id -> what we expect, written before the runs (ids: studies/merging/report.py CLAIMS); copied
     into predictions.md when the experiment starts and into the report with whether each held."""
 
 
@@ -147,7 +147,7 @@ def validate(cfg: MergingConfig, source: str) -> MergingConfig:
             parse_config(
                 {"merge_method": method, "base_model": "x", "models": [model], "parameters": params}, f"{where}[{i}]"
             )
-    from soe.merge_experiment.report import CLAIMS
+    from studies.merging.report import CLAIMS
 
     unknown = sorted(set(cfg.predictions) - set(CLAIMS))
     if unknown or not all(isinstance(v, str) for v in cfg.predictions.values()):

@@ -1,4 +1,4 @@
-"""``python -m soe.merge_experiment --config experiments/merging.yaml --out DIR [--runs RUNS]`` (soe/merge_experiment/study.py)."""
+"""``python -m studies.merging --config experiments/merging.yaml --out DIR [--runs RUNS]`` (studies/merging/study.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from soe.errors import pop_debug, run_entry
 from soe.fileio import atomic_write_json, atomic_write_text, read_json
 from soe.malloc import keep_freed_memory
-from soe.merge_experiment.config import MergingConfig, check_files, load_config, validate
+from studies.merging.config import MergingConfig, check_files, load_config, validate
 
 
 def _settings(cfg: MergingConfig) -> dict:
@@ -55,13 +55,13 @@ def run(
     command: str = "",
     log=print,
 ) -> dict:
-    from soe.experiments.config import ExperimentConfig
-    from soe.experiments.experiment import plan
-    from soe.experiments.runs import train
-    from soe.merge_experiment import report
-    from soe.merge_experiment.evaluate import Evaluation
-    from soe.merge_experiment.study import Study, estimate_hs
     from soe.train.checkpoint import load_checkpoint
+    from studies.experiments.config import ExperimentConfig
+    from studies.experiments.experiment import plan
+    from studies.experiments.runs import train
+    from studies.merging import report
+    from studies.merging.evaluate import Evaluation
+    from studies.merging.study import Study, estimate_hs
 
     validate(cfg, source)
     check_files(cfg, source)
@@ -112,7 +112,7 @@ def run(
     pred = (out / "predictions.md").read_text().splitlines()[0]
     meta = {
         "config": source,
-        "command": command or f"python -m soe.merge_experiment --config {source} --out {out}",
+        "command": command or f"python -m studies.merging --config {source} --out {out}",
         "schedule": study.schedule(),
         "wall_min": (time.perf_counter() - t0) / 60,
         "soup": runs["soe"]["checkpoint"],
@@ -137,7 +137,7 @@ def run(
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m soe.merge_experiment",
+        prog="python -m studies.merging",
         description="Merging soup specialists: methods, bases, stopping, markers (report.md).",
     )
     ap.add_argument("--config", required=True, help="experiment YAML (experiments/merging*.yaml)")
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    return run_entry("soe.merge_experiment", lambda: _main(args, argv), debug)
+    return run_entry("studies.merging", lambda: _main(args, argv), debug)
 
 
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
@@ -167,7 +167,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     runs = Path(args.runs) if args.runs else None
     if runs is not None and not runs.is_dir():
         raise FileNotFoundError(f"--runs {runs} is not a directory")
-    run(cfg, out, runs, source=args.config, command="python -m soe.merge_experiment " + " ".join(argv))
+    run(cfg, out, runs, source=args.config, command="python -m studies.merging " + " ".join(argv))
     return 0
 
 

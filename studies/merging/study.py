@@ -1,15 +1,15 @@
 """The merging experiment's stages: pretraining runs, fine-tunes, selection (validation only), evaluation.
 
-    python -m soe.merge_experiment --config experiments/merging.yaml --out DIR [--runs RUNS]
+    python -m studies.merging --config experiments/merging.yaml --out DIR [--runs RUNS]
 
 1. The soup and the generic model are trained once, or reused from ``--runs`` when their resolved configuration
-   matches (soe/experiments/runs.py). Each team's h is estimated from its in-house sample.
+   matches (studies/experiments/runs.py). Each team's h is estimated from its in-house sample.
 2. Per seed, every team is fine-tuned from Θ(h_u) (full and LoRA) and, as a control, from the generic model,
    with checkpoints at 4, 8, …, T; plus the references: a multi-task fine-tune on the union of the teams' data,
    and a sequential fine-tune team after team (both from Θ(h̄)).
 3. Selection, for every seed before any evaluation split is read: each method's grid point per base, the best
    method and base, the undertraining curve, the greedy mergeability-aware checkpoints — all on validation parts.
-4. Evaluation (soe/merge_experiment/evaluate.py) of what was chosen, then report.md (report.py).
+4. Evaluation (studies/merging/evaluate.py) of what was chosen, then report.md (report.py).
 Everything is resumable: fine-tunes keep their checkpoints, every validation score is cached in scores.json.
 """
 
@@ -25,10 +25,10 @@ from soe.core.weights import parse_weights
 from soe.data.shards import load_meta
 from soe.data.windows import eval_windows
 from soe.fileio import atomic_write_json, read_json
-from soe.merge_experiment import finetunes as FT
-from soe.merge_experiment.config import MergingConfig
-from soe.merge_experiment.grid import Candidate, Inputs, Scorer, candidates, mean_score
-from soe.merge_experiment.teams import Team, load_teams, make_markers
+from studies.merging import finetunes as FT
+from studies.merging.config import MergingConfig
+from studies.merging.grid import Candidate, Inputs, Scorer, candidates, mean_score
+from studies.merging.teams import Team, load_teams, make_markers
 
 CURVE_METHODS = ("linear", "task_arithmetic", "ties", "cat")
 GREEDY_METHODS = ("task_arithmetic", "ties")

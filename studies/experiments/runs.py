@@ -5,7 +5,7 @@ resolves a run's full configuration through the same LightningCLI parser that tr
 instantiated) and returns the tokens it will see: steps × batch × sequence length × gradient accumulation
 × processes. `train` then trains the run, or resumes it when it was interrupted under the same configuration
 (``launch.json`` is written before training, ``run.json`` after), or reuses it when finished under the same
-configuration (its key: soe/experiments/runkey.py). A run that cannot be reused or resumed (another
+configuration (its key: studies/experiments/runkey.py). A run that cannot be reused or resumed (another
 configuration, no key, a corrupt state file) is moved aside to ``<name>.stale-<n>``, never overwritten.
 """
 
@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from soe.data.datamodule import SoupDataModule
-from soe.experiments.runkey import describe_changes, run_key, with_added_settings
 from soe.fileio import atomic_write_json, read_json
 from soe.train.cli import SoupCLI
 from soe.train.cli import main as cli_main
 from soe.train.module import SoupModule
+from studies.experiments.runkey import describe_changes, run_key, with_added_settings
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """A recipe comparison that costs minutes, scored on validation targets, never on the evaluation sets.
 
-    python -m soe.experiments.search --config experiments/search.yaml [--only a,b] [--seed N]
+    python -m studies.experiments.search --config experiments/search.yaml [--only a,b] [--seed N]
                                      [--table experiments/RECIPE.md]
 
-The config is an ablation YAML (soe/experiments/ablate.py): one experiment and its variants. A variant may
+The config is an ablation YAML (studies/experiments/ablate.py): one experiment and its variants. A variant may
 change the soup (``overrides``), the generic baseline (``generic_overrides``) or both (``shared_overrides``,
 e.g. the token budget); the generic model of each budget is trained once and reused by every variant that
 shares it. Each variant's soup is scored on the prepared data's **validation targets** (``targets:`` in the
@@ -39,15 +39,15 @@ from soe.core.weights import parse_weights
 from soe.data.shards import load_meta, open_shard
 from soe.data.windows import eval_windows
 from soe.errors import pop_debug, run_entry
-from soe.experiments.ablate import load_ablation
-from soe.experiments.config import ExperimentConfig, check_files, validate
-from soe.experiments.experiment import plan
-from soe.experiments.runs import train
 from soe.fileio import atomic_write_json, atomic_write_text
 from soe.malloc import keep_freed_memory
 from soe.specialists.estimate import estimate_weights
 from soe.specialists.evaluate import paired_interval, window_losses
 from soe.train.checkpoint import load_checkpoint
+from studies.experiments.ablate import load_ablation
+from studies.experiments.config import ExperimentConfig, check_files, validate
+from studies.experiments.experiment import plan
+from studies.experiments.runs import train
 
 HEADER = ("| variant | change | seed | steps | tokens/param | targets won (lost) outside noise | mean Δ targets [95 %] | "
           "Δ prior mixture | one-hot domains won | φ nonlinearity | wall | command |\n"
@@ -184,7 +184,7 @@ def append_row(text: str, line: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m soe.experiments.search", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m studies.experiments.search", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="search YAML: {experiment: {...}, out: DIR, variants: [...]}")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
     ap.add_argument("--seed", type=int, default=None, help="seed of every run (data stream, init; default: the config's)")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    return run_entry("soe.experiments.search", lambda: _main(args), debug)
+    return run_entry("studies.experiments.search", lambda: _main(args), debug)
 
 
 SEARCH_KEYS = ("generic_overrides", "shared_overrides", "soup", "temperature")  # beyond an ablation's
@@ -246,7 +246,7 @@ def _main(args: argparse.Namespace) -> int:
         s = score(cfg, soe_run["checkpoint"], gen_run["checkpoint"], weights[T])
         wall = time.perf_counter() - t0
         seed = f" --seed {args.seed}" if args.seed is not None else ""
-        command = f"python -m soe.experiments.search --config {args.config} --only {name}{seed}"
+        command = f"python -m studies.experiments.search --config {args.config} --only {name}{seed}"
         line = row(name, v.get("change", " ".join(cfg.soe_overrides) or "—"), cfg, soe_run, s, wall, command)
         vdir = out / f"{name}{'-seed' + str(cfg.seed) if cfg.seed else ''}"
         vdir.mkdir(parents=True, exist_ok=True)

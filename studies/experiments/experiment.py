@@ -1,6 +1,6 @@
 """The comparison protocol: generic vs Soup-of-Experts specialists vs dedicated models.
 
-    python -m soe.experiments --config experiments/demo.yaml [--out DIR] [--runs RUNS_DIR]
+    python -m studies.experiments --config experiments/demo.yaml [--out DIR] [--runs RUNS_DIR]
 
 Every model sees the same number of training tokens (checked on the resolved configurations before anything
 trains: steps × batch × sequence length × accumulation × processes) and instantiates the same dense size:
@@ -13,8 +13,8 @@ trains: steps × batch × sequence length × accumulation × processes) and inst
 All are evaluated as dense models on the same windows (soe/data/windows.py, ``eval_windows`` of them) of each
 set's evaluation split and of each pretraining domain's validation split, by the function ``soe evaluate``
 uses. Training runs are resumable and reused only when their resolved configuration, prepared data and soe
-version are the ones they were trained under (soe/experiments/runs.py). The experiment config is checked
-field by field before anything trains (soe/experiments/config.py).
+version are the ones they were trained under (studies/experiments/runs.py). The experiment config is checked
+field by field before anything trains (studies/experiments/config.py).
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ from soe.core.weights import parse_weights
 from soe.data.shards import load_meta, open_shard
 from soe.data.windows import eval_windows
 from soe.errors import pop_debug, run_entry
-from soe.experiments.config import ExperimentConfig, check_files, load_config, validate
-from soe.experiments.report import write_report
-from soe.experiments.runkey import data_manifest
-from soe.experiments.runs import budget, fit_args, resolve, train
 from soe.fileio import atomic_write_json
 from soe.malloc import keep_freed_memory
 from soe.specialists.estimate import estimate_weights
@@ -42,6 +38,10 @@ from soe.specialists.evaluate import paired_interval, window_losses
 from soe.specialists.finetune import finetune
 from soe.specialists.refine import refine
 from soe.train.checkpoint import load_checkpoint
+from studies.experiments.config import ExperimentConfig, check_files, load_config, validate
+from studies.experiments.report import write_report
+from studies.experiments.runkey import data_manifest
+from studies.experiments.runs import budget, fit_args, resolve, train
 
 
 # ------------------------------------------------------------------------------------ the protocol
@@ -192,7 +192,7 @@ def budget_curve(cfg: ExperimentConfig, curve_plans: dict, runs: dict, soe_name:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m soe.experiments", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m studies.experiments", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="experiment YAML (see experiments/*.yaml)")
     ap.add_argument("--out", default=None, help="output directory (default: experiments/out/<config name>)")
     ap.add_argument("--runs", default=None, help="training runs directory to reuse/extend (default: OUT/runs), "
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # an entry point: freed memory stays in the process (soe/malloc.py)
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    return run_entry("soe.experiment", lambda: _main(args), debug)
+    return run_entry("studies.experiments", lambda: _main(args), debug)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -1,12 +1,12 @@
-"""Markdown tables and PNG plots for an experiment's results.json (see soe/experiments/experiment.py)."""
+"""Markdown tables and PNG plots for an experiment's results.json (see studies/experiments/experiment.py)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from soe.experiments.plots import plot_bars, plot_curve, plot_curves, scalars
 from soe.fileio import atomic_write_text
+from studies.experiments.plots import plot_bars, plot_curve, plot_curves, scalars
 
 MODEL_COLUMNS = (
     ("generic", "generic"),
@@ -196,7 +196,7 @@ def budget_line(results: dict) -> str:
     """What the experiment checked about the runs' budgets (it refuses to train runs whose tokens differ)."""
     runs = results["runs"]
     tokens = {r["tokens"] for r in runs.values()}
-    if len(tokens) != 1:  # only possible for runs reused from an older experiment (soe.experiments --runs)
+    if len(tokens) != 1:  # only possible for runs reused from an older experiment (studies.experiments --runs)
         return "**The runs did not see the same tokens**: " + ", ".join(f"{n} {r['tokens']:,}" for n, r in runs.items())
     b = next(iter(runs.values())).get("budget")
     how = ""

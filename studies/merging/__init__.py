@@ -1,0 +1,1 @@
+"""The merging experiment: python -m studies.merging (study.py)."""
