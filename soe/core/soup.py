@@ -10,8 +10,9 @@ model runs through ``torch.func.functional_call`` on named views of the result:
 
 Groups split tensors by whether they get weight decay (matrices/embeddings: "decay"; RMSNorm
 gains: "no_decay"), so the optimizer can treat them differently without per-tensor buffers.
-Autograd then gives ∂E = α ⊗ g, ∂S = g, ∂α = E g. With n = 0 the soup *is* the dense model:
-the views are views of S, nothing else is added. This module knows nothing of Lightning or data.
+The gradients are ∂E = α ⊗ g, ∂S = g, ∂α = E g, written by hand in `soe.core.mix.Mix`. With n = 0 the
+soup *is* the dense model: the views are views of S, nothing else is added. The router φ is router.py,
+low-rank experts lowrank.py. This module knows nothing of Lightning or data.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from soe.core.lowrank import LowRankBank
+from soe.core.mix import Mix
 from soe.core.model import LlamaLM, ModelConfig
 from soe.core.router import ROUTER_INPUTS, ROUTER_OUTPUTS, Router
 from soe.core.weights import check_h
@@ -79,44 +81,16 @@ class SoupConfig:
         if self.expert_rank < 0:
             raise ValueError(f"SoupConfig.expert_rank={self.expert_rank} must be >= 0 (0: full-rank experts)")
         if self.router_depth < 0 or self.router_hidden <= 0:
-            raise ValueError(f"SoupConfig router_depth={self.router_depth}, router_hidden={self.router_hidden}: "
-                             "expected depth >= 0 and hidden > 0")
-
-
-class _Mix(torch.autograd.Function):
-    """θ = S + Eᵀα with a hand-written backward: ∂S = g, ∂E = α ⊗ g written contiguously in E's
-    (n, P) layout (autograd's addmv backward builds g ⊗ α as (P, n) and transposes it: ~3× slower
-    on CPU), ∂α = E g.
-
-    With M domain weights per step (alpha: (M, n)) it instantiates all M models in one GEMM,
-    θ: (M, P), and the backward reads and writes the bank once for all of them: ∂S = Σ_m g_m,
-    ∂E = αᵀ G, ∂α = G Eᵀ (M micro-batches of gradient accumulation would touch it M times).
-    With a ``sink`` list (the factored bank update, soe/train/bank_update.py) ∂E is never built: the
-    backward appends (α: (M, n), G: (M, P)) to it and leaves E.grad None."""
-
-    @staticmethod
-    def forward(ctx, S, E, alpha, sink=None):  # S: (P,), E: (n, P), alpha: (n,) or (M, n)
-        ctx.save_for_backward(E, alpha)
-        ctx.sink = sink
-        return torch.addmv(S, E.t(), alpha) if alpha.ndim == 1 else torch.addmm(S, alpha, E)
-
-    @staticmethod
-    def backward(ctx, g):  # g: (P,) or (M, P)
-        E, alpha = ctx.saved_tensors
-        if ctx.sink is not None and ctx.needs_input_grad[1]:  # keep the factors, not their (n, P) product
-            ctx.sink.append((alpha.reshape(-1, alpha.shape[-1]), g.reshape(-1, g.shape[-1])))
-        gE = ctx.sink is None and ctx.needs_input_grad[1]
-        if alpha.ndim == 1:
-            gE = torch.outer(alpha, g) if gE else None
-            ga = torch.mv(E, g) if ctx.needs_input_grad[2] else None
-            return g, gE, ga, None
-        gE = alpha.t() @ g if gE else None                        # (n, M) @ (M, P)
-        # (n, P) @ (P, M), transposed: on CPU 2.4× faster than g @ Eᵀ, whose GEMM splits its tiny output
-        ga = (E @ g.t()).t() if ctx.needs_input_grad[2] else None
-        return g.sum(0), gE, ga, None
+            raise ValueError(
+                f"SoupConfig router_depth={self.router_depth}, router_hidden={self.router_hidden}: "
+                "expected depth >= 0 and hidden > 0"
+            )
 
 
 class SoupOfExperts(nn.Module):
+    """S, the bank E and φ for a dense model ``net`` and k = ``n_domains`` domains; `instantiate` /
+    `forward` / `specialist` turn domain weights h: (k,) (or (M, k), M models at once) into Θ(h)."""
+
     def __init__(self, net: ModelConfig, n_domains: int, soup: SoupConfig | None = None):
         super().__init__()
         soup = soup or SoupConfig()
@@ -129,14 +103,16 @@ class SoupOfExperts(nn.Module):
         named = dict(dense.named_parameters())
         for pat in soup.souped:
             if not any(fnmatch.fnmatchcase(nm, pat) for nm in named):
-                raise ValueError(f"SoupConfig.souped pattern {pat!r} matches no parameter; names look like "
-                                 f"{list(named)[:3]}")
+                raise ValueError(
+                    f"SoupConfig.souped pattern {pat!r} matches no parameter; names look like {list(named)[:3]}"
+                )
         is_souped = {nm: any(fnmatch.fnmatchcase(nm, p) for p in soup.souped) for nm in named}
 
         # Low-rank experts (expert_rank = r > 0) for souped matrices where r < min(out, in).
         r = soup.expert_rank
-        is_lowrank = {nm: bool(self.n and r and is_souped[nm] and p.ndim == 2 and r < min(p.shape))
-                      for nm, p in named.items()}
+        is_lowrank = {
+            nm: bool(self.n and r and is_souped[nm] and p.ndim == 2 and r < min(p.shape)) for nm, p in named.items()
+        }
         shape_rank = {}
         for nm, p in named.items():
             if is_lowrank[nm]:
@@ -168,10 +144,16 @@ class SoupOfExperts(nn.Module):
                 if soup.expert_init == "normal":
                     E.normal_(0.0, soup.expert_init_std, generator=gen)
                 self.bank[g] = nn.Parameter(E)
-        self.lowrank = LowRankBank(self.n, r, lowrank_shapes, soup.expert_init, soup.expert_init_std, gen) \
-            if lowrank_shapes else None
-        self.router = Router(n_domains, self.n, soup.router_hidden, soup.router_depth, soup.router_output,
-                             gen, soup.router_input) if self.n else None  # φ from init_seed too, never the global RNG
+        self.lowrank = (
+            LowRankBank(self.n, r, lowrank_shapes, soup.expert_init, soup.expert_init_std, gen)
+            if lowrank_shapes
+            else None
+        )
+        self.router = (
+            Router(n_domains, self.n, soup.router_hidden, soup.router_depth, soup.router_output, gen, soup.router_input)
+            if self.n
+            else None
+        )  # φ from init_seed too, never the global RNG
         # The dense network is a stateless template on the meta device: it holds no memory and
         # is hidden from nn.Module so that .to()/state_dict()/optimizers never see it.
         with torch.device("meta"):
@@ -201,13 +183,17 @@ class SoupOfExperts(nn.Module):
             if self.n and g in self.bank:
                 # S[:ps] + E^T α  — E: (n, ps), α: (n,) → (ps,)
                 sink = None if self.bank_grad_sink is None else self.bank_grad_sink.setdefault(g, [])
-                parts.append(_Mix.apply(S[:ps], self.bank[g], alpha.to(S.dtype), sink))
+                parts.append(Mix.apply(S[:ps], self.bank[g], alpha.to(S.dtype), sink))
             else:
                 parts.append(S[:ps])
             end = ps
             if g == "decay" and self.lowrank is not None:
                 end = ps + self.lowrank.numel
-                delta = self.lowrank.delta(alpha) if alpha.ndim == 1 else torch.stack([self.lowrank.delta(a) for a in alpha])
+                delta = (
+                    self.lowrank.delta(alpha)
+                    if alpha.ndim == 1
+                    else torch.stack([self.lowrank.delta(a) for a in alpha])
+                )
                 parts.append(S[ps:end] + delta)  # Σ_j α_j A_j B_jᵀ, (numel,) or (M, numel)
             if end < S.numel():
                 parts.append(S[end:])
@@ -234,8 +220,15 @@ class SoupOfExperts(nn.Module):
         """S alone as HF-named views (Θ with every α_j = 0, without computing α: the seed phase)."""
         return self._named(dict(self.shared.items()))
 
-    def forward(self, idx: torch.Tensor, h: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                params: dict[str, torch.Tensor] | None = None, experts: bool = True, return_alpha: bool = False):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        h: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        params: dict[str, torch.Tensor] | None = None,
+        experts: bool = True,
+        return_alpha: bool = False,
+    ):
         """Run Θ(h) (or pre-instantiated ``params``) on idx: (B, T). Returns logits, or (logits, loss); with
         ``return_alpha`` also α = φ(h) as the last element ((n,) or (M, n); None when Θ did not use α: n = 0,
         the seed phase, or ``params`` given), so that a caller logs the α of this very step.

@@ -3,7 +3,7 @@
 With M domain weights per step (``data.h_per_step``) the bank's gradient is ∂E = αᵀG, α: (M, n) the
 router's coefficients and G: (M, P) the gradient w.r.t. the M instantiated models' souped prefix. The dense
 path writes it into a fresh (n, P) buffer every step, the clip reads it again and zero_grad frees it. Here
-the soup's backward (``soe.core.soup._Mix``) hands (α, G) to ``SoupOfExperts.bank_grad_sink`` instead and
+the soup's backward (``soe.core.mix.Mix``) hands (α, G) to ``SoupOfExperts.bank_grad_sink`` instead and
 leaves E.grad None; `BankAdamW` then
 
 - adds the bank's share to the global grad norm exactly from K×K Gram matrices (K = M times the backward
