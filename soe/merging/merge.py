@@ -25,7 +25,8 @@ from soe.merging.config import DATA_METHODS, MergeConfig
 from soe.merging.features import Features, collect, exemplar_windows
 from soe.merging.inputs import Tensors, Weights, open_inputs
 from soe.merging.soupbase import bank_projection
-from soe.specialists.export import SOE_FILE, WEIGHTS_FILE, atomic_dir
+from soe.specialists.atomic import atomic_dir
+from soe.specialists.export import SOE_FILE, WEIGHTS_FILE
 
 
 @dataclass
@@ -223,7 +224,7 @@ def merge(cfg: MergeConfig, out: str | os.PathLike, overwrite: bool = False, log
 
     from soe.checks import check_finite
     from soe.merging.config import check_paths
-    from soe.specialists.export import check_out, recover
+    from soe.specialists.atomic import check_out, recover
 
     check_paths(cfg, out)
     recover(out)

@@ -71,8 +71,9 @@ def stop_for_merge(config, out, overwrite: bool = False, log=print) -> dict:
     from soe.fileio import atomic_write_json, read_json
     from soe.merging.config import load_config
     from soe.merging.merge import merge
+    from soe.specialists.atomic import check_out
     from soe.specialists.evaluate import model_loss
-    from soe.specialists.export import check_out, load_specialist
+    from soe.specialists.export import load_specialist
 
     cfg = load_config(config)
     check_out(out, overwrite)

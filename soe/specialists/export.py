@@ -11,33 +11,31 @@ parameter names (no renaming: ``soe.core.model`` already uses them) and the prep
 Exports are atomic: everything is written into a hidden temporary directory beside the target
 and renamed into place at the end, so an interrupted export never leaves a half-written model.
 Overwriting replaces only a directory this project wrote (`check_out`); an export killed during the
-swap is repaired by the next export or `soe.load` (`recover`).
+swap is repaired by the next export or `soe.load` (`recover`). Those three live in atomic.py, shared
+with merging and fine-tuning (imported from here too: ``from soe.specialists.export import check_out``).
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 import shutil
-import uuid
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from soe.checks import check_fields, check_finite, check_out_parent
+from soe.checks import check_fields, check_finite
 from soe.core.model import LlamaLM, ModelConfig
-from soe.fileio import disk_full, read_json
+from soe.fileio import read_json
 from soe.specialists.adapter import ADAPTER_FILE, fold_adapter
+from soe.specialists.atomic import LEFTOVER, SOE_FILE, atomic_dir
+from soe.specialists.atomic import check_out as check_out  # re-exported: soe/cli imports it from here
+from soe.specialists.atomic import recover as recover  # re-exported: soe/cli imports it from here
 
 FORMATS = ("hf", "soe")
-SOE_FILE = "soe_specialist.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
-LEFTOVER = re.compile(r"\..+\.(tmp|old)-[0-9a-f]{8}")  # .OUT.tmp-*: being written; .OUT.old-*: swapped out
 
 
 def hf_config(cfg: ModelConfig, eos_id: int, bos_id: int | None = None, dtype: str = "float32") -> dict:
@@ -45,24 +43,56 @@ def hf_config(cfg: ModelConfig, eos_id: int, bos_id: int | None = None, dtype: s
 
     rope_theta is written both at top level (transformers 4.x) and in rope_parameters (5.x)."""
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.ff_dim,
-        "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
-        "attention_dropout": 0.0, "initializer_range": cfg.init_std, "pretraining_tp": 1, "use_cache": True,
-        "bos_token_id": eos_id if bos_id is None else bos_id, "eos_token_id": eos_id, "pad_token_id": None,
-        "torch_dtype": dtype, "dtype": dtype,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.ff_dim,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": cfg.init_std,
+        "pretraining_tp": 1,
+        "use_cache": True,
+        "bos_token_id": eos_id if bos_id is None else bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": None,
+        "torch_dtype": dtype,
+        "dtype": dtype,
     }
 
 
-HF_TYPES = {"vocab_size": int, "num_hidden_layers": int, "num_attention_heads": int, "num_key_value_heads": int,
-            "hidden_size": int, "intermediate_size": int, "max_position_embeddings": int, "rms_norm_eps": (int, float),
-            "rope_theta": (int, float), "tie_word_embeddings": bool}
-HF_REQUIRED = ("vocab_size", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size",
-               "max_position_embeddings", "rms_norm_eps")
+HF_TYPES = {
+    "vocab_size": int,
+    "num_hidden_layers": int,
+    "num_attention_heads": int,
+    "num_key_value_heads": int,
+    "hidden_size": int,
+    "intermediate_size": int,
+    "max_position_embeddings": int,
+    "rms_norm_eps": (int, float),
+    "rope_theta": (int, float),
+    "tie_word_embeddings": bool,
+}
+HF_REQUIRED = (
+    "vocab_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "hidden_size",
+    "intermediate_size",
+    "max_position_embeddings",
+    "rms_norm_eps",
+)
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -72,101 +102,27 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"config.json has model_type={hf.get('model_type')!r}; expected 'llama'")
     for key, kind in HF_TYPES.items():  # ModelConfig would accept them and fail inside the first forward
         v = hf.get(key)
-        if (key in hf or key in HF_REQUIRED) and not (v is None and key not in HF_REQUIRED) and (
-                isinstance(v, bool) != (kind is bool) or not isinstance(v, kind)):
-            raise ValueError(f"config.json: {key}={v!r} ({type(v).__name__}); expected "
-                             f"{'a number' if kind == (int, float) else kind.__name__}")
-    return ModelConfig(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
-                       n_kv_head=hf.get("num_key_value_heads"), d_model=hf["hidden_size"], d_ff=hf["intermediate_size"],
-                       max_seq_len=hf["max_position_embeddings"], rope_theta=rope, norm_eps=hf["rms_norm_eps"],
-                       tie_embeddings=hf.get("tie_word_embeddings", True))
-
-
-def _leftovers(out: Path, kind: str) -> list[Path]:
-    """Hidden directories an export to ``out`` leaves beside it: ``tmp`` (being written), ``old`` (swapped out)."""
-    return sorted(out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"), key=lambda q: q.stat().st_mtime)
-
-
-def interrupted(out: str | os.PathLike) -> bool:
-    """Whether an export to ``out`` was killed between the two renames of its swap."""
-    return bool(_leftovers(Path(out), "old"))
-
-
-def recover(out: str | os.PathLike) -> None:
-    """Repair what an export killed part-way left beside ``out``.
-
-    The overwrite swap is two renames (out → .out.old-*, then the new .out.tmp-* → out). Killed between
-    them, ``out`` is missing and the previous model waits in .out.old-*: it is renamed back. Then every
-    .out.tmp-* (never finished, or finished but not swapped in) and .out.old-* is deleted. Called before
-    every export to ``out`` and by `soe.load` when ``out`` is missing. Not safe against a concurrent
-    export to the same ``out`` (two writers of one directory are a user error anyway)."""
-    out = Path(out)
-    old = _leftovers(out, "old")
-    if old and not os.path.lexists(out):
-        os.replace(old.pop(), out)  # the most recent previous model
-    for d in _leftovers(out, "tmp") + old:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def check_out(out: str | os.PathLike, overwrite: bool = False, marker: str = SOE_FILE) -> None:
-    """Refuse an output path that an export must not replace (called before any work is done).
-
-    An existing ``out`` is replaced only with ``overwrite`` and only if this project wrote it (it holds
-    ``marker`` (soe_specialist.json; a finetune run: finetune.json) or it is an empty directory: --overwrite
-    never deletes anything else."""
-    out = Path(out)
-    if not os.path.lexists(out):
-        check_out_parent(out)
-        return
-    if not overwrite:
-        raise FileExistsError(f"output directory {out} already exists; pass --overwrite (overwrite=True) to replace it")
-    if out.is_symlink() or not out.is_dir():
-        raise FileExistsError(f"output path {out} exists and is not a directory; refusing to replace it")
-    if (out / marker).is_file() or not any(out.iterdir()):
-        return
-    names = sorted(q.name for q in out.iterdir())
-    raise FileExistsError(f"output directory {out} was not written by soe (no {marker}; it holds "
-                          f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); --overwrite replaces only "
-                          "soe specialist directories: remove it yourself or choose another --out")
-
-
-@contextmanager
-def atomic_dir(out: str | os.PathLike, overwrite: bool = False, marker: str = SOE_FILE):
-    """Yield a fresh temporary directory beside ``out``; on success rename it to ``out``.
-
-    Refuses ``out`` as `check_out` does. On any error the temporary directory is removed and ``out`` is
-    left as it was; a process killed at any point leaves ``out`` old or new, or (between the two renames
-    of an overwrite) the old one in .out.old-*, which `recover` puts back."""
-    out = Path(out)
-    recover(out)
-    check_out(out, overwrite, marker)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    old = None
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in tmp.iterdir():  # some writers (safetensors) create 0600 files; exports are meant to be shared
-            if f.is_file():
-                os.chmod(f, 0o666 & ~umask)
-        if os.path.lexists(out):  # overwrite: move the old one aside first so the swap is two renames
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException as e:
-        if old is not None and old.exists() and not os.path.lexists(out):
-            os.replace(old, out)  # the second rename failed: put the previous model back
-        shutil.rmtree(tmp, ignore_errors=True)
-        if disk_full(e):  # e.g. safetensors' "I/O error: ... (os error 28)", raised from the middle of a file
-            raise OSError(f"output {out} (--out): cannot be written ({disk_full(e)}); nothing was written, "
-                          f"{'the previous one is unchanged' if os.path.lexists(out) else 'it does not exist'}") \
-                from None
-        raise
+        if (
+            (key in hf or key in HF_REQUIRED)
+            and not (v is None and key not in HF_REQUIRED)
+            and (isinstance(v, bool) != (kind is bool) or not isinstance(v, kind))
+        ):
+            raise ValueError(
+                f"config.json: {key}={v!r} ({type(v).__name__}); expected "
+                f"{'a number' if kind == (int, float) else kind.__name__}"
+            )
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=hf["num_attention_heads"],
+        n_kv_head=hf.get("num_key_value_heads"),
+        d_model=hf["hidden_size"],
+        d_ff=hf["intermediate_size"],
+        max_seq_len=hf["max_position_embeddings"],
+        rope_theta=rope,
+        norm_eps=hf["rms_norm_eps"],
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+    )
 
 
 def _hf_tokenizer_files(directory: Path, tokenizer_file: Path, eos_id: int, max_len: int) -> None:
@@ -174,12 +130,15 @@ def _hf_tokenizer_files(directory: Path, tokenizer_file: Path, eos_id: int, max_
         from tokenizers import Tokenizer
         from transformers import PreTrainedTokenizerFast
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"the 'hf' export format needs transformers ({e}); install soe[hf] or use --format soe") from e
+        raise ImportError(
+            f"the 'hf' export format needs transformers ({e}); install soe[hf] or use --format soe"
+        ) from e
     eos = Tokenizer.from_file(str(tokenizer_file)).id_to_token(eos_id)
     if eos is None:
         raise ValueError(f"{tokenizer_file}: eos_id={eos_id} from meta.json is not in the tokenizer's vocabulary")
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos, bos_token=eos,
-                                  model_max_length=max_len)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_file), eos_token=eos, bos_token=eos, model_max_length=max_len
+    )
     tok.save_pretrained(str(directory))
     # Keep the data's tokenizer.json byte for byte (its sha256 is what every reader checks), and
     # name the class both transformers 4.x and 5.x resolve.
@@ -190,9 +149,18 @@ def _hf_tokenizer_files(directory: Path, tokenizer_file: Path, eos_id: int, max_
     tc_path.write_text(json.dumps(tc, indent=2) + "\n")
 
 
-def save_specialist(out: str | os.PathLike, params: dict[str, torch.Tensor], cfg: ModelConfig, *,
-                    tokenizer_file: str | os.PathLike, eos_id: int, info: dict, fmt: str = "hf",
-                    overwrite: bool = False, dtype: torch.dtype = torch.float32) -> Path:
+def save_specialist(
+    out: str | os.PathLike,
+    params: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    *,
+    tokenizer_file: str | os.PathLike,
+    eos_id: int,
+    info: dict,
+    fmt: str = "hf",
+    overwrite: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write a dense specialist (HF-named ``params``) to ``out`` atomically; returns ``out``.
 
     info: provenance stored in soe_specialist.json (domain weights, checkpoint, tokenizer sha256...)."""
@@ -205,16 +173,24 @@ def save_specialist(out: str | os.PathLike, params: dict[str, torch.Tensor], cfg
         raise FileNotFoundError(f"tokenizer file {tokenizer_file} not found (it is copied into the export)")
     expected = set(dict(LlamaLM(cfg).to("meta").named_parameters()))
     if set(params) != expected:
-        raise ValueError(f"parameters do not match ModelConfig: missing {sorted(expected - set(params))[:3]}, "
-                         f"unexpected {sorted(set(params) - expected)[:3]}")
+        raise ValueError(
+            f"parameters do not match ModelConfig: missing {sorted(expected - set(params))[:3]}, "
+            f"unexpected {sorted(set(params) - expected)[:3]}"
+        )
     # Own, contiguous copies: safetensors refuses views that share storage.
     tensors = {nm: t.detach().to("cpu", dtype).contiguous().clone() for nm, t in params.items()}
     dname = str(dtype).removeprefix("torch.")
     out = Path(out)
     with atomic_dir(out, overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        meta = {"format_version": FORMAT_VERSION, "format": fmt, "model": asdict(cfg), "dtype": dname,
-                "eos_id": eos_id, **info}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "format": fmt,
+            "model": asdict(cfg),
+            "dtype": dname,
+            "eos_id": eos_id,
+            **info,
+        }
         (tmp / SOE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if fmt == "hf":
             (tmp / "config.json").write_text(json.dumps(hf_config(cfg, eos_id, dtype=dname), indent=2) + "\n")
@@ -234,8 +210,10 @@ def load_specialist(directory: str | os.PathLike, device: str | torch.device = "
         raise FileNotFoundError(f"specialist directory {d} not found")
     for p in (d.absolute(), *d.absolute().parents):  # complete or not, never a finished model: refused
         if LEFTOVER.fullmatch(p.name):
-            raise ValueError(f"{d}: left by an interrupted export or fine-tuning ({p.name}), not a finished model; "
-                             f"expected the directory it was writing ({p.parent / p.name[1:].rsplit('.', 1)[0]})")
+            raise ValueError(
+                f"{d}: left by an interrupted export or fine-tuning ({p.name}), not a finished model; "
+                f"expected the directory it was writing ({p.parent / p.name[1:].rsplit('.', 1)[0]})"
+            )
     info: dict = {}
     if (d / SOE_FILE).is_file():
         where = d / SOE_FILE

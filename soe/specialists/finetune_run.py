@@ -83,7 +83,7 @@ def run_finetune(
     from soe.checks import check_seed
     from soe.data.text import read_texts, token_stream
     from soe.specialists import lora as L
-    from soe.specialists.export import atomic_dir
+    from soe.specialists.atomic import atomic_dir
     from soe.specialists.finetune import check_stream_size
 
     # every input is checked before --out is touched: a refusal leaves the file system as it was

@@ -32,8 +32,8 @@ from soe.core.model import LlamaLM
 from soe.core.weights import weights_dict
 from soe.data.text import read_texts, token_stream
 from soe.fileio import read_json
+from soe.specialists import atomic, export
 from soe.specialists import evaluate as ev
-from soe.specialists import export
 from soe.specialists.estimate import Estimate, estimate_weights
 from soe.specialists.generate import generate
 from soe.specialists.refine import Refinement, refine
@@ -247,7 +247,7 @@ def fetch_checkpoint(url: str) -> Path:
 def load(path: str | os.PathLike, data: str | os.PathLike | None = None, device=None) -> Soup | Specialist:
     """A training checkpoint (file, directory holding last.ckpt, or http(s)/file URL) → `Soup`; an exported
     specialist directory → `Specialist`. ``data``: the prepared directory (needed when the checkpoint lacks it).
-    An export killed while replacing ``path`` is repaired first (`soe.specialists.export.recover`)."""
+    An export killed while replacing ``path`` is repaired first (`soe.specialists.atomic.recover`)."""
     dev = _device(device)
     if isinstance(path, str) and _URL.match(path):
         model, hp, ckpt = load_checkpoint(fetch_checkpoint(path), dev)
@@ -255,8 +255,8 @@ def load(path: str | os.PathLike, data: str | os.PathLike | None = None, device=
         soup.source = path
         return soup
     p = Path(path)
-    if not os.path.lexists(p) and export.interrupted(p):
-        export.recover(p)
+    if not os.path.lexists(p) and atomic.interrupted(p):
+        atomic.recover(p)
     if p.is_dir() and ((p / export.SOE_FILE).is_file() or (p / "config.json").is_file()):
         net, info = export.load_specialist(p, dev)
         tok = p / "tokenizer.json"
