@@ -107,7 +107,7 @@ ROWS = [
     ("yaml-empty", with_cfg(text=""), "expected a mapping with a 'sources' list", True),
     ("unknown-top-key", with_cfg(sets("tokeniser", {"vocab_size": 300})), "unknown keys ['tokeniser']", True),
     ("unknown-section-key", with_cfg(sets("shards.every", 3)), "unknown keys ['every']", True),
-    ("seed-not-int", with_cfg(sets("seed", "zero")), "seed='zero': expected int", True),
+    ("seed-not-int", with_cfg(sets("seed", "zero")), "seed='zero': expected an integer", True),
     ("bool-for-count", with_cfg(sets("chunking.min_chars", True)), "min_chars=True", True),
     ("vocab-too-small", with_cfg(sets("tokenizer.vocab_size", 100)), "tokenizer.vocab_size=100", True),
     ("vocab-too-large", with_cfg(sets("tokenizer.vocab_size", 10**9)), "tokenizer.vocab_size=1000000000", True),

@@ -1,8 +1,9 @@
 """The house's rules, read from the code's imports (ast, nothing is imported or run).
 
 - the layers, bottom to top, each importing only its own layer and the layers below it (`LAYERS`):
-      foundation   soe.checks, soe.fileio, soe.errors, soe.malloc, soe.moved: argument checks, atomic files,
-                   one-line errors, the allocator, the moved studies' message (the standard library and torch only)
+      foundation   soe.checks, soe.configfile, soe.fileio, soe.errors, soe.malloc, soe.moved: argument checks, the
+                   config-file system (dataclasses validated by pydantic), atomic files, one-line errors, the
+                   allocator, the moved studies' message (the standard library, torch, yaml and pydantic only)
       core         soe.core, soe.weightspec: the dense model, the soup (S, bank, φ), domain weights h
       data         soe.data: shards, embedders, text and windows, π and mix(h), the data module
       train        soe.train: the LightningModule, optimizer, checkpoints, the LightningCLI
@@ -36,7 +37,7 @@ PACKAGES = ("soe", "data_prep", "studies")
 # Bottom to top: (layer, the parts in it). A part is soe.<part>, "__init__" (the package), "data_prep" or
 # studies.<part> ("studies": the studies/ package itself).
 LAYERS = [
-    ("foundation", {"checks", "fileio", "errors", "malloc", "moved"}),
+    ("foundation", {"checks", "configfile", "fileio", "errors", "malloc", "moved"}),
     ("core", {"core", "weightspec"}),
     ("data", {"data"}),
     ("train", {"train"}),
