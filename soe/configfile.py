@@ -125,9 +125,11 @@ def _message(cls, errors: list[dict]) -> str:
         parent = unknown[0]["loc"][:-1]
         keys = sorted(str(e["loc"][-1]) for e in unknown if e["loc"][:-1] == parent)
         where, hint = _walk(cls, parent)
-        fields = sorted(f.name for f in dataclasses.fields(_strip(hint))) if _is_dataclass(hint) else []
+        fields = sorted(_fields(_strip(hint))) if _is_dataclass(hint) else []
         return f"{_prefix(where)}unknown keys {keys}; expected some of {fields}"
-    e = errors[0]
+    # A union (``str | {soup: ..., h: ...}``) reports one error per member: the deepest one is in the member
+    # whose shape the value has, so it names the key that is actually wrong.
+    e = max((x for x in errors if x["loc"][:1] == errors[0]["loc"][:1]), key=lambda x: len(x["loc"]))
     where, hint = _walk(cls, e["loc"])
     key = where or "the config"
     if e["type"] == "missing":
@@ -138,10 +140,9 @@ def _message(cls, errors: list[dict]) -> str:
     tip = ""
     if isinstance(value, str) and _is_float_text(value) and "number" in describe(hint):
         tip = f" (YAML reads {value} as text: write it with a dot, e.g. {float(value):.1e})"
-    expected = describe(hint)
     if e["type"] == "finite_number":
-        expected = f"a finite number ({expected})"
-    return f"{key}={value!r}: expected {expected}{tip}"
+        return f"{key}={value!r} is not finite; expected {describe(hint)}"
+    return f"{key}={value!r}: expected {describe(hint)}{tip}"
 
 
 def _prefix(where: str) -> str:
@@ -156,10 +157,15 @@ def _walk(cls, loc: tuple) -> tuple[str, Any]:
         hint = _optional_member(hint)
         base = _strip(hint)
         if _is_dataclass(base) and isinstance(item, str):
-            hints = typing.get_type_hints(base, include_extras=True)
-            if item not in hints:
+            fields = _fields(base)
+            if item not in fields:
                 break
-            hint, key = hints[item], f"{key}.{item}" if key else item
+            hint, key = fields[item], f"{key}.{item}" if key else item
+        elif _union_args(hint) and isinstance(item, str):  # a member's tag: descend into a section member
+            members = [a for a in _union_args(hint) if _is_dataclass(a) and _strip(a).__name__ == item]
+            if not members:
+                break
+            hint = members[0]
         elif typing.get_origin(base) is list and isinstance(item, int):
             hint, key = typing.get_args(base)[0], f"{key}[{item}]"
         elif typing.get_origin(base) is dict:
@@ -167,6 +173,15 @@ def _walk(cls, loc: tuple) -> tuple[str, Any]:
         else:
             break  # a union member's tag, or a constraint's
     return key, hint
+
+
+def _fields(dc) -> dict[str, Any]:
+    """A config dataclass's keys as a file spells them (a field's alias, e.g. ``lambda``) -> their type hints."""
+    out = {}
+    for name, hint in typing.get_type_hints(dc, include_extras=True).items():
+        alias = next((m.alias for m in _metadata(hint) if getattr(m, "alias", None)), None)
+        out[alias or name] = hint
+    return out
 
 
 def _strip(hint):

@@ -27,13 +27,17 @@ span of the expert bank in α-space and only their residuals by the method.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from soe.checks import safe_load_yaml
-from soe.merging.methods import RESCALES
+from annotated_types import Ge, Interval, MinLen
+from pydantic import Field
+
+from soe.configfile import Bool, ConfigError, Count, Expect, Float, Int, Str, config, parse, read_yaml
 
 # method -> (needs a base model, default of ``normalize``); mergekit's defaults
 METHODS = {
@@ -48,33 +52,94 @@ METHODS = {
     "semantic": (True, False),
 }
 DATA_METHODS = ("regmean", "lot", "cat")
-DTYPES = ("float32", "bfloat16", "float16")
-GLOBAL_KEYS = {
-    "lambda",
-    "normalize",
-    "trim",
-    "rescale",
-    "seed",
-    "int8_mask",
-    "exemplar_tokens",
-    "alpha",
-    "ridge",
-    "rank",
-    "conflict_lambda",
-    "norm_share",
-    "bank_projection",
-}
 PROJECTABLE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
-MODEL_KEYS = {"weight", "density", "exemplars"}
-# data-aware knobs: key -> (default, lower bound, upper bound, integer)
-DATA_KNOBS = {
-    "exemplar_tokens": (4096, 1, None, True),
-    "alpha": (0.9, 0.0, 1.0, False),
-    "ridge": (1e-6, 0.0, None, False),
-    "rank": (4, 0, None, True),
-    "conflict_lambda": (1.0, 0.0, None, False),
-    "norm_share": (0.1, 0.0, 1.0, False),
-}
+Method = Literal["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "regmean", "lot", "cat", "semantic"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+# -- the file, as written (mergekit's conventions) -------------------------------------------------------------
+
+
+@config
+@dataclass
+class ModelParameters:
+    """``models[i].parameters``."""
+
+    weight: Annotated[Float, Ge(0)] = 1.0
+    """The model's weight (normalized by the weights' sum where the method normalizes)."""
+    density: Annotated[Float, Interval(gt=0, le=1)] = 1.0
+    """Share of the task vector kept by TIES / DARE."""
+    exemplars: Str | None = None
+    """Unlabelled texts of this model's task (.txt/.jsonl/.json/.parquet; data-aware methods only)."""
+
+
+@config
+@dataclass
+class ModelEntry:
+    """``models[i]``: ``{model: DIR, parameters: {...}}`` (or just ``DIR``)."""
+
+    model: Str
+    """A specialist directory (model.safetensors + soe_specialist.json or config.json)."""
+    parameters: ModelParameters = field(default_factory=ModelParameters)
+
+
+@config
+@dataclass
+class SoupBase:
+    """``base_model: {soup: CKPT, h: ...}``: the soup's own model at h as the base (soe/merging/soupbase.py)."""
+
+    soup: Str
+    """The soup checkpoint."""
+    h: Str | dict[str, Any] | list[Any] = "alpha-mean"
+    """mean, alpha-mean or domain weights."""
+
+
+@config
+@dataclass
+class MergeParameters:
+    """The global ``parameters`` (every key optional; mergekit's defaults)."""
+
+    lam: Annotated[Float, Field(alias="lambda")] = 1.0
+    """``lambda``: scale of the merged task vector."""
+    normalize: Bool | None = None
+    """Divide by the weights' sum (default per method, as in mergekit)."""
+    trim: Literal["tensor", "model"] = "tensor"
+    """TIES: ``tensor`` trims each tensor to its density (mergekit), ``model`` the whole flattened model (paper)."""
+    rescale: Literal["l1", "inverse", "none"] = "l1"
+    """DARE: ``l1`` keeps each task vector's L1 norm (mergekit), ``inverse`` divides by the density (paper)."""
+    seed: Int = 0
+    """DARE's drop masks."""
+    int8_mask: Bool = False
+    """mergekit's option, accepted for compatibility (soe's masks are bool tensors)."""
+    exemplar_tokens: Count = 4096
+    """Data-aware methods: exemplar tokens per model."""
+    alpha: Annotated[Float, Interval(ge=0, le=1)] = 0.9
+    """RegMean's shrinkage of the Gram matrices' off-diagonal."""
+    ridge: Annotated[Float, Ge(0)] = 1e-6
+    """LOT's ridge."""
+    rank: Annotated[Int, Ge(0)] = 4
+    """CAT's c."""
+    conflict_lambda: Annotated[Float, Ge(0)] = 1.0
+    """CAT's λ."""
+    norm_share: Annotated[Float, Interval(ge=0, le=1)] = 0.1
+    """CAT's share of gain dimensions."""
+    bank_projection: Bool = False
+    """Soup base only (task_arithmetic, ties, dare_*): merge the task vectors' parts in the span of the expert
+    bank in α-space and only their residuals by the method."""
+
+
+@config
+@dataclass
+class MergeFile:
+    merge_method: Method
+    models: Annotated[list[Str | ModelEntry], MinLen(1), Expect("a non-empty list of {model: DIR, parameters: {...}}")]
+    base_model: Str | SoupBase | None = None
+    """A specialist directory, or {soup: CKPT, h: ...} (required by all methods but linear and regmean)."""
+    parameters: MergeParameters = field(default_factory=MergeParameters)
+    dtype: Dtype = "float32"
+
+
+# -- what the merge reads --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -94,6 +159,7 @@ class MergeConfig:
     base_model: str | dict | None = None
     """A specialist directory, or {soup: CKPT, h: ...}."""
     parameters: dict = field(default_factory=dict)
+    """The global parameters as given (validated by `MergeParameters`; absent keys take its defaults)."""
     dtype: str = "float32"
     source: str = "<dict>"
     """Where the config came from (for error messages)."""
@@ -103,137 +169,65 @@ class MergeConfig:
         return float(self.parameters.get("lambda", 1.0))
 
     def knob(self, key: str):
-        return self.parameters.get(key, DATA_KNOBS[key][0])
+        return self.parameters.get(key, _DEFAULTS[key])
 
     @property
     def normalize(self) -> bool:
         return bool(self.parameters.get("normalize", METHODS[self.merge_method][1]))
 
 
-def _number(v, where: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{where}: {v!r} is not a number")
-    v = float(v)
-    if not math.isfinite(v):
-        raise ValueError(f"{where}: {v} is not finite; expected a finite number")
-    if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
-        rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else '∞'}]"
-        raise ValueError(f"{where}: {v} is outside {rng}")
-    return v
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MergeParameters)}
 
 
 def parse_config(raw: dict, source: str = "<dict>") -> MergeConfig:
     """A validated MergeConfig from a mergekit-style mapping; every error names ``source`` and the key."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: expected a mapping with merge_method and models, got {type(raw).__name__}")
-    unknown = set(raw) - {"merge_method", "models", "base_model", "parameters", "dtype"}
-    if unknown:
-        raise ValueError(
-            f"{source}: unknown key(s) {sorted(unknown)}; expected merge_method, models, base_model, parameters, dtype"
-        )
-    method = raw.get("merge_method")
-    if method not in METHODS:
-        raise ValueError(f"{source}: merge_method {method!r}; expected one of {', '.join(METHODS)}")
-    models = raw.get("models")
-    if not isinstance(models, list) or not models:
-        raise ValueError(f"{source}: models must be a non-empty list of {{model: DIR, parameters: {{...}}}}")
+        raise ConfigError(f"{source}: expected a mapping with merge_method and models, got {type(raw).__name__}")
+    raw = {k: ({} if k == "parameters" and v is None else v) for k, v in raw.items()}
+    if isinstance(raw.get("models"), list):  # `parameters:` left empty means the defaults
+        raw["models"] = [
+            {**m, "parameters": {}} if isinstance(m, dict) and m.get("parameters", 0) is None else m
+            for m in raw["models"]
+        ]
+    f = parse(MergeFile, raw, source)
+    method, params, base = f.merge_method, dict(raw.get("parameters") or {}), raw.get("base_model")
     specs = []
-    for i, m in enumerate(models):
-        where = f"{source}: models[{i}]"
-        if isinstance(m, str):
-            m = {"model": m}
-        if not isinstance(m, dict) or not isinstance(m.get("model"), str) or set(m) - {"model", "parameters"}:
-            raise ValueError(f"{where}: expected {{model: DIR, parameters: {{weight, density}}}}, got {m!r}")
-        p = m.get("parameters") or {}
-        if not isinstance(p, dict) or set(p) - MODEL_KEYS:
-            raise ValueError(f"{where}.parameters: expected keys among {sorted(MODEL_KEYS)}, got {p!r}")
-        ex = p.get("exemplars")
-        if method in DATA_METHODS and not isinstance(ex, str):
-            raise ValueError(
-                f"{where}.parameters.exemplars: merge_method {method} needs a file of a few unlabelled "
-                f"texts of this model's task, got {ex!r}"
+    for i, m in enumerate(f.models):
+        m = ModelEntry(m) if isinstance(m, str) else m
+        if method in DATA_METHODS and m.parameters.exemplars is None:
+            raise ConfigError(
+                f"{source}: models[{i}].parameters.exemplars: merge_method {method} needs a file of a few unlabelled "
+                "texts of this model's task, got None"
             )
-        specs.append(
-            ModelSpec(
-                m["model"],
-                _number(p.get("weight", 1.0), f"{where}.parameters.weight", 0),
-                _number(p.get("density", 1.0), f"{where}.parameters.density", 0, 1, lo_open=True),
-                ex,
-            )
-        )
-    if sum(m.weight for m in specs) <= 0:
-        raise ValueError(f"{source}: the models' weights sum to 0; expected a positive total")
-    if not math.isfinite(sum(m.weight for m in specs)):
-        raise ValueError(f"{source}: the models' weights sum to inf; expected weights whose sum is finite")
+        p = m.parameters
+        specs.append(ModelSpec(m.model, float(p.weight), float(p.density), p.exemplars))
+    total = sum(m.weight for m in specs)
+    if total <= 0:
+        raise ConfigError(f"{source}: the models' weights sum to 0; expected a positive total")
+    if not math.isfinite(total):
+        raise ConfigError(f"{source}: the models' weights sum to inf; expected weights whose sum is finite")
     seen: dict[str, int] = {}
     for i, m in enumerate(specs):
         key = os.path.normpath(m.model)
         if key in seen:
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: models[{i}] {m.model!r} is models[{seen[key]}] again; expected each model "
                 "once (give it a larger weight instead)"
             )
         seen[key] = i
-    params = raw.get("parameters") or {}
-    if not isinstance(params, dict) or set(params) - GLOBAL_KEYS:
-        raise ValueError(f"{source}: parameters: expected keys among {sorted(GLOBAL_KEYS)}, got {params!r}")
-    if "lambda" in params:
-        _number(params["lambda"], f"{source}: parameters.lambda")
-    for key in ("normalize", "int8_mask"):
-        if key in params and not isinstance(params[key], bool):
-            raise ValueError(f"{source}: parameters.{key}: expected true or false, got {params[key]!r}")
-    for key, (_, lo, hi, integer) in DATA_KNOBS.items():
-        if key in params:
-            _number(params[key], f"{source}: parameters.{key}", lo, hi)
-            if integer and not isinstance(params[key], int):
-                raise ValueError(f"{source}: parameters.{key}: expected an integer, got {params[key]!r}")
-    if params.get("trim", "tensor") not in ("tensor", "model"):
-        raise ValueError(f"{source}: parameters.trim {params['trim']!r}: expected tensor or model")
-    if params.get("rescale", "l1") not in RESCALES:
-        raise ValueError(f"{source}: parameters.rescale {params['rescale']!r}: expected one of {', '.join(RESCALES)}")
-    if "seed" in params and (isinstance(params["seed"], bool) or not isinstance(params["seed"], int)):
-        raise ValueError(f"{source}: parameters.seed: expected an integer, got {params['seed']!r}")
-    base = raw.get("base_model")
-    if isinstance(base, dict):
-        if not isinstance(base.get("soup"), str) or set(base) - {"soup", "h"}:
-            raise ValueError(
-                f"{source}: base_model: expected a directory or {{soup: CKPT, h: mean | alpha-mean | "
-                f"<weights>}}, got {base!r}"
-            )
-        if isinstance(base.get("h"), bool) or not isinstance(base.get("h", "alpha-mean"), (str, dict, list)):
-            raise ValueError(f"{source}: base_model.h: expected mean, alpha-mean or domain weights, got {base['h']!r}")
-    elif base is not None and not isinstance(base, str):
-        raise ValueError(
-            f"{source}: base_model: expected a specialist directory or {{soup: CKPT, h: ...}}, got {base!r}"
-        )
-    if params.get("bank_projection", False) not in (True, False):
-        raise ValueError(
-            f"{source}: parameters.bank_projection: expected true or false, got {params['bank_projection']!r}"
-        )
-    if params.get("bank_projection") and not (isinstance(base, dict) and method in PROJECTABLE):
-        raise ValueError(
+    if f.parameters.bank_projection and not (isinstance(f.base_model, SoupBase) and method in PROJECTABLE):
+        raise ConfigError(
             f"{source}: parameters.bank_projection needs base_model: {{soup: CKPT, ...}} and a merge_method "
             f"among {', '.join(PROJECTABLE)}"
         )
     if METHODS[method][0] and base is None:
-        raise ValueError(f"{source}: merge_method {method} needs base_model (the model the task vectors start from)")
-    dtype = raw.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ValueError(f"{source}: dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    return MergeConfig(method, specs, base, dict(params), dtype, source)
+        raise ConfigError(f"{source}: merge_method {method} needs base_model (the model the task vectors start from)")
+    return MergeConfig(method, specs, base, params, f.dtype, source)
 
 
 def load_config(path: str | os.PathLike) -> MergeConfig:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"merge config {path} not found")
-    import yaml
-
-    try:
-        raw = safe_load_yaml(path.read_text(), str(path))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    cfg = parse_config(raw, str(path))
+    cfg = parse_config(read_yaml(path, "merge config"), str(path))
 
     # Relative model paths are relative to the config file, as a user reading it would expect...
     # ...unless they exist relative to the working directory (mergekit resolves against the cwd).
