@@ -1,2 +1,3 @@
-"""Measured comparisons: generic vs SoE vs dedicated models (experiment.py, its training runs in runs.py),
-recipe ablations (ablate.py), and their reports (report.py). ``python -m studies.experiments`` runs one."""
+"""Measured comparisons: generic vs SoE vs dedicated models (experiment.py, its training runs in runs.py, its
+budget curve in curve.py), recipe ablations (ablate.py), and their reports (report.py). ``python -m
+studies.experiments`` runs one."""

@@ -14,7 +14,8 @@ All are evaluated as dense models on the same windows (soe/data/windows.py, ``ev
 set's evaluation split and of each pretraining domain's validation split, by the function ``soe evaluate``
 uses. Training runs are resumable and reused only when their resolved configuration, prepared data and soe
 version are the ones they were trained under (studies/experiments/runs.py). The experiment config is checked
-field by field before anything trains (studies/experiments/config.py).
+field by field before anything trains (studies/experiments/config.py). The optional budget curve (shorter runs,
+SoE − generic at each budget) is studies/experiments/curve.py.
 """
 
 from __future__ import annotations
@@ -39,25 +40,38 @@ from soe.specialists.finetune import finetune
 from soe.specialists.refine import refine
 from soe.train.checkpoint import load_checkpoint
 from studies.experiments.config import ExperimentConfig, check_files, load_config, validate
+from studies.experiments.curve import budget_curve
 from studies.experiments.report import write_report
 from studies.experiments.runkey import data_manifest
 from studies.experiments.runs import budget, fit_args, resolve, train
 
 
 # ------------------------------------------------------------------------------------ the protocol
-def plan(cfg: ExperimentConfig, runs_dir: Path, soe_name: str, dedicated: dict[str, torch.Tensor],
-         max_steps: int | None = None, suffix: str = "") -> dict:
+def plan(
+    cfg: ExperimentConfig,
+    runs_dir: Path,
+    soe_name: str,
+    dedicated: dict[str, torch.Tensor],
+    max_steps: int | None = None,
+    suffix: str = "",
+) -> dict:
     """Every training run of the experiment, {name: (train.py args, the run's own args, Budget)}, resolved
     before anything trains. Refuses runs that would see different numbers of tokens. ``max_steps``/``suffix``:
     a budget of the curve (runs named ``generic<suffix>``, ``<soe_name><suffix>``)."""
     steps = cfg.max_steps if max_steps is None else max_steps
     # seed means what it says: the data stream and the initialisation change with it, not only seed_everything
-    common = [f"--data.data_dir={cfg.data_dir}", f"--seed_everything={cfg.seed}", f"--data.seed={cfg.seed}",
-              f"--model.soup.init_seed={cfg.seed}"]
+    common = [
+        f"--data.data_dir={cfg.data_dir}",
+        f"--seed_everything={cfg.seed}",
+        f"--data.seed={cfg.seed}",
+        f"--model.soup.init_seed={cfg.seed}",
+    ]
     common += [f"--trainer.max_steps={steps}"] if steps is not None else []
     dense = ["--model.soup.n_experts=0", *cfg.generic_overrides]  # baselines: the same code with no experts
-    own = {"generic" + suffix: (cfg.generic_config, dense + ["--data.mixture.fixed_h=prior"]),
-           soe_name + suffix: (cfg.soe_config, list(cfg.soe_overrides))}
+    own = {
+        "generic" + suffix: (cfg.generic_config, dense + ["--data.mixture.fixed_h=prior"]),
+        soe_name + suffix: (cfg.soe_config, list(cfg.soe_overrides)),
+    }
     for s, h in dedicated.items():
         fixed = "[" + ",".join(f"{w:.6g}" for w in h.tolist()) + "]"
         own[f"dedicated-{s}"] = (cfg.generic_config, dense + [f"--data.mixture.fixed_h={fixed}"])
@@ -67,14 +81,22 @@ def plan(cfg: ExperimentConfig, runs_dir: Path, soe_name: str, dedicated: dict[s
         runs[name] = (args, extra, budget(args, resolve(args, f"run {name}")))
     tokens = {name: b.tokens for name, (_, _, b) in runs.items()}
     if len(set(tokens.values())) > 1:
-        raise ValueError("the runs of this experiment would not see the same tokens, so their losses would not be "
-                         "comparable:\n" + "\n".join(f"  {n}: {b.describe()}" for n, (_, _, b) in runs.items()) +
-                         "\nmake steps (max_steps), data.batch_size, data.seq_len and accumulation agree")
+        raise ValueError(
+            "the runs of this experiment would not see the same tokens, so their losses would not be "
+            "comparable:\n"
+            + "\n".join(f"  {n}: {b.describe()}" for n, (_, _, b) in runs.items())
+            + "\nmake steps (max_steps), data.batch_size, data.seq_len and accumulation agree"
+        )
     return runs
 
 
-def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name: str = "soe",
-        source: str = "experiment config") -> dict:
+def run(
+    cfg: ExperimentConfig,
+    out: Path,
+    runs_dir: Path | None = None,
+    soe_name: str = "soe",
+    source: str = "experiment config",
+) -> dict:
     """Train what is missing, evaluate, write out/results.json and out/report.md. ``runs_dir`` (default
     out/runs) may be shared between experiments so that e.g. ablations reuse one generic run. ``source``
     names the config in errors."""
@@ -98,12 +120,16 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
     planned = plan(cfg, runs_dir, soe_name, h_hist if cfg.dedicated else {})
     main_steps = next(iter(planned.values()))[2].steps
     if cfg.budgets and cfg.budgets[-1] >= main_steps:
-        raise ValueError(f"{source}: budgets: expected step counts below the runs' {main_steps} steps "
-                         f"(the main runs are the curve's last point), got {cfg.budgets}")
+        raise ValueError(
+            f"{source}: budgets: expected step counts below the runs' {main_steps} steps "
+            f"(the main runs are the curve's last point), got {cfg.budgets}"
+        )
     curve_plans = {b: plan(cfg, runs_dir, soe_name, {}, max_steps=b, suffix=f"-{b}steps") for b in cfg.budgets}
     out.mkdir(parents=True, exist_ok=True)  # only once every input has been checked
-    runs = {("soe" if name == soe_name else name): train(name, runs_dir, args, extra, b)
-            for name, (args, extra, b) in planned.items()}
+    runs = {
+        ("soe" if name == soe_name else name): train(name, runs_dir, args, extra, b)
+        for name, (args, extra, b) in planned.items()
+    }
     soup, hp, _ = load_checkpoint(runs["soe"]["checkpoint"])
     generic_soup = load_checkpoint(runs["generic"]["checkpoint"])[0]  # n = 0: Θ is the same for every h
     generic = generic_soup.specialist(None)
@@ -116,20 +142,34 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
         return float(wloss(net, shard).mean())
 
     # ---- specialist sets: histogram h (and refined h), dedicated models, fine-tuned models
-    results: dict = {"sets": {}, "domains": {}, "runs": runs, "config": dataclasses.asdict(cfg),
-                     "tokens_per_run": runs["soe"]["tokens"], "eval": {"windows": cfg.eval_windows, "seq_len": T},
-                     "data": {"data_dir": str(data_dir), **data_manifest(data_dir)}}
+    results: dict = {
+        "sets": {},
+        "domains": {},
+        "runs": runs,
+        "config": dataclasses.asdict(cfg),
+        "tokens_per_run": runs["soe"]["tokens"],
+        "eval": {"windows": cfg.eval_windows, "seq_len": T},
+        "data": {"data_dir": str(data_dir), **data_manifest(data_dir)},
+    }
     main_windows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for s in sets:
         h = h_hist[s]
         evalset = open_shard(spec_dir, spec_meta, s, "val")
         win = {"generic": wloss(generic, evalset), "soe_hist": wloss(soup.specialist(h), evalset)}
-        row = {"h_hist": estimates[s].weights, "alpha_hist": soup.coefficients(h).tolist(), "n_docs": estimates[s].n_docs}
+        row = {
+            "h_hist": estimates[s].weights,
+            "alpha_hist": soup.coefficients(h).tolist(),
+            "n_docs": estimates[s].n_docs,
+        }
         stream = np.asarray(open_shard(spec_dir, spec_meta, s, "train"), dtype=np.int64)  # in-house tokens
         if cfg.refine:
             ref = refine(soup, h, stream, domains, steps=cfg.refine_steps)
             win["soe_refined"] = wloss(soup.specialist(parse_weights(ref.weights, domains)), evalset)
-            row.update(h_refined=ref.weights, refine_fit=[ref.fit_loss_start, ref.fit_loss], refine_holdout=[ref.holdout_loss_start, ref.holdout_loss])
+            row.update(
+                h_refined=ref.weights,
+                refine_fit=[ref.fit_loss_start, ref.fit_loss],
+                refine_holdout=[ref.holdout_loss_start, ref.holdout_loss],
+            )
         if cfg.dedicated:
             win["dedicated"] = wloss(load_checkpoint(runs[f"dedicated-{s}"]["checkpoint"])[0].specialist(None), evalset)
         row.update({m: float(w.mean()) for m, w in win.items()}, windows=len(win["generic"]))
@@ -138,14 +178,28 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
                 row[f"ci_{m}"] = paired_interval(win[m], win["generic"], cfg.bootstrap, seed=cfg.seed)
         if cfg.finetune:
             for key, net in (("generic_ft", generic_soup.specialist(None)), ("soe_ft", soup.specialist(h))):
-                ft = finetune(net, stream, steps=cfg.finetune_steps, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size,
-                              seq_len=T, seed=cfg.seed)
+                ft = finetune(
+                    net,
+                    stream,
+                    steps=cfg.finetune_steps,
+                    lr=cfg.finetune_lr,
+                    batch_size=cfg.finetune_batch_size,
+                    seq_len=T,
+                    seed=cfg.seed,
+                )
                 win[key] = wloss(net, evalset)
                 row[key], row[key + "_run"] = float(win[key].mean()), dataclasses.asdict(ft)
             row["ci_soe_ft"] = paired_interval(win["soe_ft"], win["generic_ft"], cfg.bootstrap, seed=cfg.seed)
         results["sets"][s] = row
         main_windows[s] = (win["generic"], win["soe_hist"])  # the curve's last point: not evaluated twice
-        print(f"[experiment] {s}: " + ", ".join(f"{m}={row[m]:.3f}" for m in ("generic", "soe_hist", "soe_refined", "dedicated", "generic_ft", "soe_ft") if m in row))
+        print(
+            f"[experiment] {s}: "
+            + ", ".join(
+                f"{m}={row[m]:.3f}"
+                for m in ("generic", "soe_hist", "soe_refined", "dedicated", "generic_ft", "soe_ft")
+                if m in row
+            )
+        )
 
     # ---- pretraining domains: the specialist at the one-hot h vs generic; soup at the prior
     prior = parse_weights("prior", domains, meta.prior("train"))
@@ -153,50 +207,35 @@ def run(cfg: ExperimentConfig, out: Path, runs_dir: Path | None = None, soe_name
     for i, d in enumerate(domains):
         val = open_shard(data_dir, meta, d, "val")
         onehot = parse_weights(d, domains)
-        results["domains"][d] = {"prior_weight": float(prior[i]), "generic": loss(generic, val),
-                                 "soe_onehot": loss(soup.specialist(onehot), val), "soe_prior": loss(at_prior, val),
-                                 "alpha_onehot": soup.coefficients(onehot).tolist()}
-    results["curve"] = budget_curve(cfg, curve_plans, runs, soe_name, sets, h_hist, spec_dir, spec_meta, wloss,
-                                    main_windows)
+        results["domains"][d] = {
+            "prior_weight": float(prior[i]),
+            "generic": loss(generic, val),
+            "soe_onehot": loss(soup.specialist(onehot), val),
+            "soe_prior": loss(at_prior, val),
+            "alpha_onehot": soup.coefficients(onehot).tolist(),
+        }
+    results["curve"] = budget_curve(
+        cfg, curve_plans, runs, soe_name, sets, h_hist, spec_dir, spec_meta, wloss, main_windows
+    )
     dom = results["domains"]
-    results["mixture"] = {m: sum(v["prior_weight"] * v[m] for v in dom.values()) for m in ("generic", "soe_prior", "soe_onehot")}
+    results["mixture"] = {
+        m: sum(v["prior_weight"] * v[m] for v in dom.values()) for m in ("generic", "soe_prior", "soe_onehot")
+    }
     atomic_write_json(out / "results.json", results)
     write_report(results, out, hp["domain_names"])
     return results
-
-
-def budget_curve(cfg: ExperimentConfig, curve_plans: dict, runs: dict, soe_name: str, sets: list[str], h_hist: dict,
-                 spec_dir: Path, spec_meta, wloss, main_windows: dict) -> list[dict]:
-    """SoE (histogram h) − generic on every specialist set at each budget (the main runs are the last point)."""
-    if not curve_plans:
-        return []
-    points = [(cfg.max_steps or runs["soe"]["steps"], runs["generic"], runs["soe"])]
-    for b, planned in curve_plans.items():
-        trained = {name: train(name, Path(runs["generic"]["dir"]).parent, *p) for name, p in planned.items()}
-        points.append((b, trained[f"generic-{b}steps"], trained[f"{soe_name}-{b}steps"]))
-    curve = []
-    for steps, g_run, s_run in sorted(points, key=lambda p: p[1]["tokens"]):
-        main = s_run is runs["soe"]
-        soup, generic = load_checkpoint(s_run["checkpoint"])[0], load_checkpoint(g_run["checkpoint"])[0].specialist(None)
-        point = {"steps": g_run["steps"], "tokens": g_run["tokens"],
-                 "tokens_per_param": g_run["tokens"] / g_run["params_instantiated"], "sets": {}}
-        for s in sets:
-            evalset = open_shard(spec_dir, spec_meta, s, "val")
-            g, e = main_windows[s] if main else (wloss(generic, evalset), wloss(soup.specialist(h_hist[s]), evalset))
-            point["sets"][s] = {"generic": float(g.mean()), "soe_hist": float(e.mean()), "delta": float((e - g).mean()),
-                                "ci": paired_interval(e, g, cfg.bootstrap, seed=cfg.seed)}
-        curve.append(point)
-        print(f"[experiment] curve at {point['tokens']:,} tokens ({point['tokens_per_param']:.1f}/param): " +
-              ", ".join(f"{s} {v['delta']:+.3f}" for s, v in point["sets"].items()))
-    return curve
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m studies.experiments", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="experiment YAML (see experiments/*.yaml)")
     ap.add_argument("--out", default=None, help="output directory (default: experiments/out/<config name>)")
-    ap.add_argument("--runs", default=None, help="training runs directory to reuse/extend (default: OUT/runs), "
-                                                 "e.g. another experiment's runs for a variant of its evaluation")
+    ap.add_argument(
+        "--runs",
+        default=None,
+        help="training runs directory to reuse/extend (default: OUT/runs), "
+        "e.g. another experiment's runs for a variant of its evaluation",
+    )
     return ap
 
 
