@@ -7,15 +7,15 @@
 2. Per seed, every team is fine-tuned from Θ(h_u) (full and LoRA) and, as a control, from the generic model,
    with checkpoints at 4, 8, …, T; plus the references: a multi-task fine-tune on the union of the teams' data,
    and a sequential fine-tune team after team (both from Θ(h̄)).
-3. Selection, for every seed before any evaluation split is read: each method's grid point per base, the best
-   method and base, the undertraining curve, the greedy mergeability-aware checkpoints — all on validation parts.
+3. Selection (studies/merging/selection.py), for every seed before any evaluation split is read: each method's
+   grid point per base, the best method and base, the undertraining curve, the greedy mergeability-aware
+   checkpoints — all on validation parts.
 4. Evaluation (studies/merging/evaluate.py) of what was chosen, then report.md (report.py).
 Everything is resumable: fine-tunes keep their checkpoints, every validation score is cached in scores.json.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +27,18 @@ from soe.data.windows import eval_windows
 from soe.fileio import atomic_write_json, read_json
 from studies.merging import finetunes as FT
 from studies.merging.config import MergingConfig
-from studies.merging.grid import Candidate, Inputs, Scorer, candidates, mean_score
+from studies.merging.grid import Inputs
+from studies.merging.selection import Selection
 from studies.merging.teams import Team, load_teams, make_markers
 
-CURVE_METHODS = ("linear", "task_arithmetic", "ties", "cat")
-GREEDY_METHODS = ("task_arithmetic", "ties")
 
+class Study(Selection):
+    """Shared state of one experiment: models, teams, caches. ``log``: progress lines. Stages 1–2 (data, bases,
+    fine-tunes) are here; stage 3, `select` and what it calls, is the `Selection` it inherits (selection.py)."""
 
-class Study:
-    """Shared state of one experiment: models, teams, caches. ``log``: progress lines."""
-
-    def __init__(self, cfg: MergingConfig, out: Path, soup, generic_state: dict, domains: list[str], hs: dict,
-                 log=print):
+    def __init__(
+        self, cfg: MergingConfig, out: Path, soup, generic_state: dict, domains: list[str], hs: dict, log=print
+    ):
         self.cfg, self.out, self.soup, self.log = cfg, Path(out), soup, log
         self.generic_state, self.domains, self.hs = generic_state, domains, hs
         self.net_cfg = soup.net_cfg
@@ -57,8 +57,17 @@ class Study:
 
     def teams(self, seed: int) -> dict[str, Team]:
         c = self.cfg
-        return load_teams(c.data_dir, c.teams, self.hs, c.validation_share, self.markers(seed), c.marker_copies,
-                          self.T, self.eos_id, seed)
+        return load_teams(
+            c.data_dir,
+            c.teams,
+            self.hs,
+            c.validation_share,
+            self.markers(seed),
+            c.marker_copies,
+            self.T,
+            self.eos_id,
+            seed,
+        )
 
     @torch.no_grad()
     def state(self, h: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -80,7 +89,9 @@ class Study:
         if self._bank is None:
             n = self.soup.n
             zero = self.soup.instantiate(alpha=torch.zeros(n))
-            self._bank = {k: (v - zero[k]).detach().float() for k, v in self.soup.instantiate(alpha=torch.eye(n)).items()}
+            self._bank = {
+                k: (v - zero[k]).detach().float() for k, v in self.soup.instantiate(alpha=torch.eye(n)).items()
+            }
         return self._bank
 
     def start(self, kind: str, team: str) -> dict[str, torch.Tensor]:
@@ -93,30 +104,59 @@ class Study:
     def run_dir(self, seed: int, kind: str, team: str) -> Path:
         return self.out / "finetunes" / f"seed-{seed}" / kind / team
 
+    def schedule(self) -> list[int]:
+        """The fine-tunes' checkpoint steps: first_checkpoint, doubling, up to steps."""
+        return FT.geometric_steps(self.cfg.steps, self.cfg.first_checkpoint)
+
     # ------------------------------------------------------------------ stage 2: fine-tunes
     def finetune_all(self, seed: int) -> None:
         c, teams = self.cfg, self.teams(seed)
-        common = dict(steps=c.steps, first=c.first_checkpoint, batch_size=c.batch_size, val_windows=c.val_windows,
-                      log=self.log)
+        common = dict(
+            steps=c.steps, first=c.first_checkpoint, batch_size=c.batch_size, val_windows=c.val_windows, log=self.log
+        )
         for kind in self.kinds():
             lora = c.lora_rank if kind.endswith("lora") else 0
             for u, (name, team) in enumerate(teams.items()):
-                FT.run(self.run_dir(seed, kind, name), self.start(kind, name), self.net_cfg, team.stream,
-                       holdout_of(team), lr=c.lora_lr if lora else c.lr, seed=seed * 100 + u, lora_rank=lora, **common)
+                FT.run(
+                    self.run_dir(seed, kind, name),
+                    self.start(kind, name),
+                    self.net_cfg,
+                    team.stream,
+                    holdout_of(team),
+                    lr=c.lora_lr if lora else c.lr,
+                    seed=seed * 100 + u,
+                    lora_rank=lora,
+                    **common,
+                )
         mean_start = self.bases("soup-full")["mean"]
         if c.multitask:  # the union of the fine-tune parts, then the union of the validation parts
             ft = np.concatenate([t.finetune for t in teams.values()])
             val = np.concatenate([t.validation for t in teams.values()])
             stream = np.concatenate([ft, val])
-            FT.run(self.out / "finetunes" / f"seed-{seed}" / "multitask", mean_start, self.net_cfg, stream,
-                   (len(val) - 0.5) / len(stream), lr=c.lr, seed=seed * 100 + 99, **{**common,
-                   "batch_size": c.batch_size * len(teams), "val_windows": c.val_windows * len(teams)})
+            FT.run(
+                self.out / "finetunes" / f"seed-{seed}" / "multitask",
+                mean_start,
+                self.net_cfg,
+                stream,
+                (len(val) - 0.5) / len(stream),
+                lr=c.lr,
+                seed=seed * 100 + 99,
+                **{**common, "batch_size": c.batch_size * len(teams), "val_windows": c.val_windows * len(teams)},
+            )
         if c.sequential:
             state = mean_start
             for i, name in enumerate(self.order(seed)):
                 d = self.out / "finetunes" / f"seed-{seed}" / "sequential" / f"{i}-{name}"
-                rec = FT.run(d, state, self.net_cfg, teams[name].stream, holdout_of(teams[name]), lr=c.lr,
-                             seed=seed * 100 + 50 + i, **common)
+                rec = FT.run(
+                    d,
+                    state,
+                    self.net_cfg,
+                    teams[name].stream,
+                    holdout_of(teams[name]),
+                    lr=c.lr,
+                    seed=seed * 100 + 50 + i,
+                    **common,
+                )
                 state = FT.load_state(d, rec["best_step"])
 
     def order(self, seed: int) -> list[str]:
@@ -133,101 +173,11 @@ class Study:
         names = self.cfg.teams
         steps = steps or [self.record(seed, kind, t)["best_step"] for t in names]
         thetas = [FT.load_state(self.run_dir(seed, kind, t), s) for t, s in zip(names, steps)]
-        ex = [eval_windows(teams[t].finetune, self.T, max(1, self.cfg.exemplar_tokens // self.T))[:, :self.T]
-              for t in names]
+        ex = [
+            eval_windows(teams[t].finetune, self.T, max(1, self.cfg.exemplar_tokens // self.T))[:, : self.T]
+            for t in names
+        ]
         return Inputs(self.net_cfg, thetas, self.bases(kind), ex, self.bank() if kind == "soup-full" else None, seed)
-
-    # ------------------------------------------------------------------ stage 3: selection (validation only)
-    def validation_scorer(self, teams: dict[str, Team]) -> Scorer:
-        return Scorer(self.net_cfg, {t: eval_windows(team.validation, self.T, self.cfg.val_windows)
-                                     for t, team in teams.items()})
-
-    def score(self, key: str, compute) -> dict:
-        """The cached validation losses of ``key`` (computed by ``compute()`` -> {team: loss} or a dict)."""
-        if key not in self.scores:
-            self.scores[key] = compute()
-            self._unsaved += 1
-            if self._unsaved >= 10:
-                self.flush()
-        return self.scores[key]
-
-    def flush(self) -> None:
-        atomic_write_json(self.scores_path, self.scores)
-        self._unsaved = 0
-
-    def grid_candidates(self, kind: str) -> list[Candidate]:
-        if kind == "soup-full":
-            return candidates(self.cfg.grids, ["mean", "alpha-mean"], projection_base="alpha-mean")
-        return candidates(self.cfg.grids, ["alpha-mean"] if kind.startswith("soup") else ["generic"])
-
-    def select(self, seed: int) -> dict:
-        """Every choice of the seed, from validation parts only (cached in selection.json)."""
-        path = self.out / f"seed-{seed}" / "selection.json"
-        if path.is_file():
-            return read_json(path, "selection")
-        teams = self.teams(seed)
-        scorer = self.validation_scorer(teams)
-        sel: dict = {"kinds": {}}
-        for kind in self.kinds():
-            self.log(f"[merging] seed {seed}: choosing merges of the {kind} specialists on validation")
-            inp = self.inputs(seed, kind, teams=teams)
-
-            def run(c: Candidate) -> dict:
-                sd, secs = inp.merge(c)
-                return {"val": scorer.losses(sd), "seconds": secs}
-
-            rows = {c.key: self.score(f"{seed}/{kind}/{c.key}", lambda c=c: run(c)) for c in self.grid_candidates(kind)}
-            sel["kinds"][kind] = choose(self.grid_candidates(kind), rows)
-        self.flush()
-        sel["curve"] = self.curve(seed, teams, scorer, sel["kinds"]["soup-full"])
-        sel["greedy"] = self.greedy(seed, teams, scorer, sel["kinds"]["soup-full"])
-        self.flush()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, sel)
-        return sel
-
-    def schedule(self) -> list[int]:
-        return FT.geometric_steps(self.cfg.steps, self.cfg.first_checkpoint)
-
-    def curve(self, seed: int, teams, scorer: Scorer, chosen: dict) -> dict:
-        """Undertraining vs mergeability: each method (at its chosen base and point) merging every team's
-        checkpoint of the same step; and the individual models' validation loss at that step."""
-        out = {"individual": {}, "merged": {}}
-        for s in self.schedule():
-            out["individual"][str(s)] = float(np.mean([self.record(seed, "soup-full", t)["checkpoints"][str(s)]
-                                                       for t in self.cfg.teams]))
-        for method in CURVE_METHODS:
-            if method not in chosen["methods"]:
-                continue
-            c = Candidate(**chosen["labels"][chosen["methods"][method]]["candidate"])
-            out["merged"][method] = {}
-            for s in self.schedule():
-                def run(s=s, c=c):
-                    sd, _ = self.inputs(seed, "soup-full", [s] * len(self.cfg.teams), teams).merge(c)
-                    return {"val": scorer.losses(sd)}
-                out["merged"][method][str(s)] = mean_score(self.score(f"{seed}/curve/{c.key}/{s}", run)["val"])
-        return out
-
-    def greedy(self, seed: int, teams, scorer: Scorer, chosen: dict) -> dict:
-        """The mergeability-aware stopping rule (soe.merging.stopping.greedy_checkpoints) per method."""
-        from soe.merging.stopping import greedy_checkpoints
-
-        names, out = self.cfg.teams, {}
-        start = [self.record(seed, "soup-full", t)["best_step"] for t in names]
-        options = [sorted(set(self.schedule()) | {b}) for b in start]
-        for method in GREEDY_METHODS:
-            c = Candidate(**chosen["labels"][chosen["methods"][method]]["candidate"])
-
-            def value(steps: list[int], c=c) -> float:
-                def run():
-                    sd, _ = self.inputs(seed, "soup-full", list(steps), teams).merge(c)
-                    return {"val": scorer.losses(sd)}
-                return mean_score(self.score(f"{seed}/greedy/{c.key}/{','.join(map(str, steps))}", run)["val"])
-
-            choice, history = greedy_checkpoints(options, start, value)
-            out[method] = {"candidate": c.__dict__, "individual": start, "greedy": choice, "history": history,
-                           "val_individual": value(start), "val_greedy": value(choice)}
-        return out
 
 
 def holdout_of(team: Team) -> float:
@@ -235,25 +185,6 @@ def holdout_of(team: Team) -> float:
     cut rounds down, so half a token of margin)."""
     n = len(team.finetune) + len(team.validation)
     return (len(team.validation) - 0.5) / n
-
-
-def choose(cands: list[Candidate], rows: dict[str, dict]) -> dict:
-    """Per label (method/base), its best grid point by mean validation loss, and its default (first) point; the
-    best label overall; per method, its best label."""
-    labels: dict[str, dict] = {}
-    for c in cands:
-        v = mean_score(rows[c.key]["val"])
-        lab = labels.setdefault(c.label, {"default": {"candidate": c.__dict__, "val": v}, "points": 0})
-        lab["points"] += 1
-        if "best_val" not in lab or v < lab["best_val"]:
-            lab.update(best_val=v, candidate=c.__dict__, seconds=rows[c.key].get("seconds"))
-    methods: dict[str, str] = {}
-    for label, lab in labels.items():
-        m = label.split("/")[0]
-        if m not in methods or lab["best_val"] < labels[methods[m]]["best_val"]:
-            methods[m] = label
-    best = min(labels, key=lambda k: labels[k]["best_val"])
-    return {"labels": labels, "methods": methods, "best": best, "rows": {k: mean_score(v["val"]) for k, v in rows.items()}}
 
 
 def estimate_hs(cfg: MergingConfig, out: Path, domains: list[str]) -> dict[str, torch.Tensor]:
@@ -264,10 +195,8 @@ def estimate_hs(cfg: MergingConfig, out: Path, domains: list[str]) -> dict[str, 
     cached = read_json(path, "team estimates") if path.is_file() else {}
     for t in cfg.teams:
         if t not in cached:
-            cached[t] = estimate_weights(cfg.data_dir, str(Path(cfg.data_dir) / "specialists" / t / "inhouse.jsonl")).weights
+            cached[t] = estimate_weights(
+                cfg.data_dir, str(Path(cfg.data_dir) / "specialists" / t / "inhouse.jsonl")
+            ).weights
     atomic_write_json(path, cached)
     return {t: parse_weights(cached[t], domains) for t in cfg.teams}
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True)
