@@ -60,6 +60,7 @@ def run(
     from studies.experiments.experiment import plan
     from studies.experiments.runs import train
     from studies.merging import report
+    from studies.merging.claims import verdicts
     from studies.merging.evaluate import Evaluation
     from studies.merging.study import Study, estimate_hs
 
@@ -118,7 +119,7 @@ def run(
         "soup": runs["soe"]["checkpoint"],
         "generic": runs["generic"]["checkpoint"],
         "predicted_at": pred.split("written ")[-1].split(" before")[0],
-        "verdicts": report.verdicts(results, selections, cfg.predictions),
+        "verdicts": verdicts(results, selections, cfg.predictions),
         "timings_s": timings,
     }
     atomic_write_json(

@@ -1,8 +1,8 @@
-"""report.md (+ PNG plots) of the merging experiment, and the verdict on every prediction.
+"""report.md (+ PNG plots) of the merging experiment.
 
-A claim is a number per seed whose sign says whether it held (> 0: held); it holds only if it held in every seed.
-`CLAIMS` maps a prediction id of the config to that number; the report copies the predictions as they were written
-before the runs (predictions.md) and gives each one's per-seed values and verdict.
+The report copies the predictions as they were written before the runs (predictions.md) with each one's per-seed
+values and verdict (computed by claims.py; its `CLAIMS` is importable from here too), then the tables of the
+three questions: which method and base, undertraining and mergeability, sequential vs parallel.
 """
 
 from __future__ import annotations
@@ -11,62 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _full(r: dict) -> dict:
-    return r["kinds"]["soup-full"]
-
-
-def _row(r: dict, kind: str, label: str) -> dict | None:
-    return r["kinds"].get(kind, {}).get("rows", {}).get(label)
-
-
-def _argmin_step(curve: dict) -> int:
-    return int(min(curve, key=lambda s: curve[s]))
-
-
-# claim id -> (what the number is, function of one seed's results and selection); > 0 means it held
-CLAIMS = {
-    "best_beats_ta": ("tuned TA − best method/base (eval loss)", lambda r, s: _full(r)["rows"][_full(r)["ta"]]["mean"] - _full(r)["rows"][_full(r)["best"]]["mean"]),
-    "data_aware_best": ("1 if the best method is cat, lot or regmean else −1",
-                        lambda r, s: 1.0 if _full(r)["best"].split("/")[0] in ("cat", "lot", "regmean") else -1.0),
-    "alpha_mean_base_beats_mean": ("TA on Θ(h̄) − TA on α-mean (eval loss)",
-                                   lambda r, s: _row(r, "soup-full", "task_arithmetic/mean")["mean"] - _row(r, "soup-full", "task_arithmetic/alpha-mean")["mean"]),
-    "projection_helps": ("TA − TA with bank projection, α-mean base (eval loss)",
-                         lambda r, s: _row(r, "soup-full", "task_arithmetic/alpha-mean")["mean"] - _row(r, "soup-full", "task_arithmetic/alpha-mean+proj")["mean"]),
-    "soup_more_mergeable": ("R_mean of tuned TA: soup start − generic start",
-                            lambda r, s: _row(r, "soup-full", _full(r)["ta"])["R_mean"] - r["kinds"]["generic-full"]["rows"][r["kinds"]["generic-full"]["ta"]]["R_mean"]),
-    "greedy_beats_individual_ta": ("TA merge: individually early-stopped − greedy checkpoints (eval loss)",
-                                   lambda r, s: r["stopping"]["task_arithmetic"]["individual"] - r["stopping"]["task_arithmetic"]["greedy"]),
-    "greedy_beats_individual_ties": ("TIES merge: individually early-stopped − greedy checkpoints (eval loss)",
-                                     lambda r, s: r["stopping"]["ties"]["individual"] - r["stopping"]["ties"]["greedy"]),
-    "merge_prefers_earlier_steps": ("best step of the individuals − best step of the TA merge (validation curve)",
-                                    lambda r, s: _argmin_step(s["curve"]["individual"]) - _argmin_step(s["curve"]["merged"]["task_arithmetic"])),
-    "hard_examples_forgotten": ("merge − expert gap: hardest quintile − easiest quintile",
-                                lambda r, s: r["buckets"]["gap"][-1] - r["buckets"]["gap"][0]),
-    "specific_erodes_more_parallel": ("parallel merge: shared − specific marker retention",
-                                      lambda r, s: r["markers"]["parallel_merge"]["shared"] - r["markers"]["parallel_merge"]["specific"]),
-    "specific_erodes_more_sequential": ("sequential end: shared − first team's specific marker retention",
-                                        lambda r, s: r["markers"]["sequential"][-1]["shared"] - r["markers"]["sequential"][-1]["first_team_specific"]),
-    "parallel_beats_sequential": ("sequential end − parallel best merge (eval loss, mean over teams)",
-                                  lambda r, s: r["markers"]["sequential"][-1]["mean"] - _full(r)["rows"][_full(r)["best"]]["mean"]),
-}
-
-
-def verdicts(results: dict, selections: dict, predictions: dict[str, str]) -> list[dict]:
-    out = []
-    for cid, text in predictions.items():
-        what, fn = CLAIMS[cid]
-        vals = {}
-        for seed, r in results.items():
-            try:
-                vals[seed] = float(fn(r, selections[seed]))
-            except (KeyError, TypeError, IndexError):
-                vals[seed] = float("nan")
-        ok = all(v > 0 for v in vals.values()) and bool(vals)
-        mixed = any(v > 0 for v in vals.values()) and not ok
-        out.append({"id": cid, "prediction": text, "measure": what, "values": vals,
-                    "verdict": "held" if ok else ("mixed (sign not the same in every seed)" if mixed else "did not hold")})
-    return out
+from studies.merging.claims import CLAIMS as CLAIMS  # re-exported: studies/merging/config.py imports it from here
 
 
 def _f(x, nd=3) -> str:
@@ -84,17 +29,25 @@ def method_table(results: dict, kind: str) -> list[str]:
     seeds = list(results)
     labels = list(results[seeds[0]]["kinds"][kind]["rows"])
     ta = {s: results[s]["kinds"][kind]["rows"][results[s]["kinds"][kind]["ta"]]["mean"] for s in seeds}
-    lines = ["| method / base | eval loss (mean ± sd over seeds) | − tuned TA, per seed | R mean | R worst | untuned default | merge s | grid points |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method / base | eval loss (mean ± sd over seeds) | − tuned TA, per seed | R mean | R worst | untuned default | merge s | grid points |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     order = sorted(labels, key=lambda lab: np.mean([results[s]["kinds"][kind]["rows"][lab]["mean"] for s in seeds]))
     for lab in order:
         rows = [results[s]["kinds"][kind]["rows"][lab] for s in seeds]
         delta = ", ".join(f"{r['mean'] - ta[s]:+.3f}" for s, r in zip(seeds, rows))
-        lines.append(f"| {lab} | {_ms([r['mean'] for r in rows])} | {delta} | {_ms([r['R_mean'] for r in rows], 2)} | "
-                     f"{_ms([r['R_worst'] for r in rows], 2)} | {_ms([r['default_mean'] for r in rows])} | "
-                     f"{_ms([r['seconds'] for r in rows], 2)} | {rows[0]['grid_points']} |")
-    lines.append(f"| *each team's own specialist* | {_ms([results[s]['kinds'][kind]['own_mean'] for s in seeds])} | | 1 | 1 | | | |")
-    lines.append(f"| *starting points (no fine-tuning)* | {_ms([results[s]['kinds'][kind]['start_mean'] for s in seeds])} | | 0 | 0 | | | |")
+        lines.append(
+            f"| {lab} | {_ms([r['mean'] for r in rows])} | {delta} | {_ms([r['R_mean'] for r in rows], 2)} | "
+            f"{_ms([r['R_worst'] for r in rows], 2)} | {_ms([r['default_mean'] for r in rows])} | "
+            f"{_ms([r['seconds'] for r in rows], 2)} | {rows[0]['grid_points']} |"
+        )
+    lines.append(
+        f"| *each team's own specialist* | {_ms([results[s]['kinds'][kind]['own_mean'] for s in seeds])} | | 1 | 1 | | | |"
+    )
+    lines.append(
+        f"| *starting points (no fine-tuning)* | {_ms([results[s]['kinds'][kind]['start_mean'] for s in seeds])} | | 0 | 0 | | | |"
+    )
     return lines
 
 
@@ -102,43 +55,83 @@ def write_report(out: Path, cfg, results: dict, selections: dict, meta: dict) ->
     from studies.merging.plots import plot_curve
 
     seeds = list(results)
-    full = {s: _full(results[s]) for s in seeds}
-    L = [f"# Merging soup specialists — {meta['config']}", "",
-         f"Command: `{meta['command']}`  ", f"Teams (m = {len(cfg.teams)}): {', '.join(cfg.teams)}; seeds {seeds}; "
-         f"fine-tuning {cfg.steps} steps × {cfg.batch_size} sequences (checkpoints at {meta['schedule']}); "
-         f"{cfg.eval_windows} evaluation windows per team; wall time {meta['wall_min']:.1f} min.  ",
-         f"Soup: `{meta['soup']}`; generic: `{meta['generic']}`; data `{cfg.data_dir}`.", "",
-         "Every choice (checkpoints, grid points, bases, methods) was made on the teams' validation parts; the "
-         "evaluation splits were read only afterwards. Losses: nats/token on the evaluation split, mean over teams.", ""]
-    L += ["## Predictions (written before the runs) and whether they held", "",
-          f"Written {meta.get('predicted_at', '?')} (predictions.md), before any fine-tuning. A claim holds only if its "
-          "sign holds in every seed.", "", "| prediction | measure (> 0: held) | per seed | verdict |", "|---|---|---|---|"]
+    full = {s: results[s]["kinds"]["soup-full"] for s in seeds}
+    L = [
+        f"# Merging soup specialists — {meta['config']}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Teams (m = {len(cfg.teams)}): {', '.join(cfg.teams)}; seeds {seeds}; "
+        f"fine-tuning {cfg.steps} steps × {cfg.batch_size} sequences (checkpoints at {meta['schedule']}); "
+        f"{cfg.eval_windows} evaluation windows per team; wall time {meta['wall_min']:.1f} min.  ",
+        f"Soup: `{meta['soup']}`; generic: `{meta['generic']}`; data `{cfg.data_dir}`.",
+        "",
+        "Every choice (checkpoints, grid points, bases, methods) was made on the teams' validation parts; the "
+        "evaluation splits were read only afterwards. Losses: nats/token on the evaluation split, mean over teams.",
+        "",
+    ]
+    L += [
+        "## Predictions (written before the runs) and whether they held",
+        "",
+        f"Written {meta.get('predicted_at', '?')} (predictions.md), before any fine-tuning. A claim holds only if its "
+        "sign holds in every seed.",
+        "",
+        "| prediction | measure (> 0: held) | per seed | verdict |",
+        "|---|---|---|---|",
+    ]
     for v in meta["verdicts"]:
-        L.append(f"| {v['prediction']} | {v['measure']} | {', '.join(_f(x) for x in v['values'].values())} | **{v['verdict']}** |")
+        L.append(
+            f"| {v['prediction']} | {v['measure']} | {', '.join(_f(x) for x in v['values'].values())} | **{v['verdict']}** |"
+        )
     L += ["", "## 1. Which method, which base (soup specialists, full fine-tuning)", ""]
     best = [full[s]["best"] for s in seeds]
-    L += [f"Best on validation per seed: {', '.join(best)}. Best − tuned TA on evaluation, 95 % paired bootstrap "
-          "interval per seed: " + "; ".join(f"seed {s}: {full[s]['rows'][full[s]['best']]['mean'] - full[s]['rows'][full[s]['ta']]['mean']:+.4f} "
-                                            f"[{full[s]['ci_best_vs_ta'][0]:+.4f}, {full[s]['ci_best_vs_ta'][1]:+.4f}]" for s in seeds), ""]
+    L += [
+        f"Best on validation per seed: {', '.join(best)}. Best − tuned TA on evaluation, 95 % paired bootstrap "
+        "interval per seed: "
+        + "; ".join(
+            f"seed {s}: {full[s]['rows'][full[s]['best']]['mean'] - full[s]['rows'][full[s]['ta']]['mean']:+.4f} "
+            f"[{full[s]['ci_best_vs_ta'][0]:+.4f}, {full[s]['ci_best_vs_ta'][1]:+.4f}]"
+            for s in seeds
+        ),
+        "",
+    ]
     L += method_table(results, "soup-full")
     refs = results[seeds[0]]["references"]
-    L += ["", "References (evaluation loss, mean over teams):", "", "| reference | loss | pretraining-mixture loss |", "|---|---|---|"]
+    L += [
+        "",
+        "References (evaluation loss, mean over teams):",
+        "",
+        "| reference | loss | pretraining-mixture loss |",
+        "|---|---|---|",
+    ]
     for name in refs:
-        L.append(f"| {name} | {_ms([results[s]['references'][name]['mean'] for s in seeds])} | "
-                 f"{_ms([results[s]['references'][name].get('mixture') for s in seeds])} |")
-    L.append(f"| best merge | {_ms([full[s]['rows'][full[s]['best']]['mean'] for s in seeds])} | "
-             f"{_ms([full[s]['rows'][full[s]['best']].get('mixture') for s in seeds])} |")
-    L.append(f"| tuned TA | {_ms([full[s]['rows'][full[s]['ta']]['mean'] for s in seeds])} | "
-             f"{_ms([full[s]['rows'][full[s]['ta']].get('mixture') for s in seeds])} |")
+        L.append(
+            f"| {name} | {_ms([results[s]['references'][name]['mean'] for s in seeds])} | "
+            f"{_ms([results[s]['references'][name].get('mixture') for s in seeds])} |"
+        )
+    L.append(
+        f"| best merge | {_ms([full[s]['rows'][full[s]['best']]['mean'] for s in seeds])} | "
+        f"{_ms([full[s]['rows'][full[s]['best']].get('mixture') for s in seeds])} |"
+    )
+    L.append(
+        f"| tuned TA | {_ms([full[s]['rows'][full[s]['ta']]['mean'] for s in seeds])} | "
+        f"{_ms([full[s]['rows'][full[s]['ta']].get('mixture') for s in seeds])} |"
+    )
     L.append(f"| Θ(h̄) (no fine-tuning) | | {_ms([results[s]['mixture']['start_mean_h'] for s in seeds])} |")
     L.append(f"| individual specialists (mean) | | {_ms([results[s]['mixture']['individual'] for s in seeds])} |")
-    for kind, title in (("soup-lora", "LoRA fine-tunes from the soup (α-mean base)"),
-                        ("generic-full", "Control: full fine-tunes from the generic model (generic base)")):
+    for kind, title in (
+        ("soup-lora", "LoRA fine-tunes from the soup (α-mean base)"),
+        ("generic-full", "Control: full fine-tunes from the generic model (generic base)"),
+    ):
         if kind in results[seeds[0]]["kinds"]:
             L += ["", f"### {title}", ""] + method_table(results, kind)
-    L += ["", "## 2. Undertraining and mergeability", "",
-          "Validation loss (mean over teams) when every team's checkpoint of the same step is merged, per method at "
-          "its chosen base and point; `individual`: the specialists themselves.", ""]
+    L += [
+        "",
+        "## 2. Undertraining and mergeability",
+        "",
+        "Validation loss (mean over teams) when every team's checkpoint of the same step is merged, per method at "
+        "its chosen base and point; `individual`: the specialists themselves.",
+        "",
+    ]
     steps = list(selections[seeds[0]]["curve"]["individual"])
     L += ["| seed | curve | " + " | ".join(f"step {x}" for x in steps) + " |", "|---|---|" + "---|" * len(steps)]
     for s in seeds:
@@ -146,41 +139,66 @@ def write_report(out: Path, cfg, results: dict, selections: dict, meta: dict) ->
         L.append(f"| {s} | individual | " + " | ".join(_f(c["individual"][x]) for x in steps) + " |")
         for m, cur in c["merged"].items():
             L.append(f"| {s} | {m} | " + " | ".join(_f(cur[x]) for x in steps) + " |")
-    L += ["", "Mergeability-aware stopping (`--stop-for-merge`, greedy on the merged validation loss) vs each team's "
-          "individually best checkpoint, on evaluation (greedy − individual, 95 % interval):", "",
-          "| seed | method | individual steps | greedy steps | individual | greedy | greedy − individual [95 %] |", "|---|---|---|---|---|---|---|"]
+    L += [
+        "",
+        "Mergeability-aware stopping (`--stop-for-merge`, greedy on the merged validation loss) vs each team's "
+        "individually best checkpoint, on evaluation (greedy − individual, 95 % interval):",
+        "",
+        "| seed | method | individual steps | greedy steps | individual | greedy | greedy − individual [95 %] |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in seeds:
         for m, g in results[s]["stopping"].items():
-            L.append(f"| {s} | {m} | {g['steps_individual']} | {g['steps_greedy']} | {_f(g['individual'])} | {_f(g['greedy'])} | "
-                     f"{g['greedy'] - g['individual']:+.4f} [{g['ci'][0]:+.4f}, {g['ci'][1]:+.4f}] |")
-    L += ["", f"Difficulty buckets: evaluation windows split into quintiles of the expert's loss at step "
-          f"{results[seeds[0]]['buckets']['first_step']} (1 = easiest); merged (best) − expert loss per quintile:", "",
-          "| seed | " + " | ".join(f"Q{i + 1}" for i in range(5)) + " |", "|---|" + "---|" * 5]
+            L.append(
+                f"| {s} | {m} | {g['steps_individual']} | {g['steps_greedy']} | {_f(g['individual'])} | {_f(g['greedy'])} | "
+                f"{g['greedy'] - g['individual']:+.4f} [{g['ci'][0]:+.4f}, {g['ci'][1]:+.4f}] |"
+            )
+    L += [
+        "",
+        f"Difficulty buckets: evaluation windows split into quintiles of the expert's loss at step "
+        f"{results[seeds[0]]['buckets']['first_step']} (1 = easiest); merged (best) − expert loss per quintile:",
+        "",
+        "| seed | " + " | ".join(f"Q{i + 1}" for i in range(5)) + " |",
+        "|---|" + "---|" * 5,
+    ]
     for s in seeds:
         L.append(f"| {s} | " + " | ".join(f"{g:+.3f}" for g in results[s]["buckets"]["gap"]) + " |")
-    L += ["", "## 3. Sequential vs parallel: planted markers", "",
-          f"{cfg.markers_specific} specific markers per team (in that team's fine-tune part only) and {cfg.markers_shared} "
-          f"shared ones (in every team's), {cfg.marker_copies} copies each. A fact's score F = the loss of its answer "
-          "minus the mean loss of the other markers' answers after the same prompt (the answer loss alone falls as "
-          "soon as the template is learned, whatever the fact). Retention = Σ(F_before − F) / Σ(F_before − "
-          "F_alone): 1 = known as well as by the specialists that learned them alone, 0 = as before fine-tuning. "
-          "In brackets: the same retention on the raw answer loss (mostly the template).", "",
-          "| seed | model | specific retention | shared retention | team loss |", "|---|---|---|---|---|"]
+    L += [
+        "",
+        "## 3. Sequential vs parallel: planted markers",
+        "",
+        f"{cfg.markers_specific} specific markers per team (in that team's fine-tune part only) and {cfg.markers_shared} "
+        f"shared ones (in every team's), {cfg.marker_copies} copies each. A fact's score F = the loss of its answer "
+        "minus the mean loss of the other markers' answers after the same prompt (the answer loss alone falls as "
+        "soon as the template is learned, whatever the fact). Retention = Σ(F_before − F) / Σ(F_before − "
+        "F_alone): 1 = known as well as by the specialists that learned them alone, 0 = as before fine-tuning. "
+        "In brackets: the same retention on the raw answer loss (mostly the template).",
+        "",
+        "| seed | model | specific retention | shared retention | team loss |",
+        "|---|---|---|---|---|",
+    ]
     for s in seeds:
         mk = results[s]["markers"]
         if not mk:
             continue
+
         def ret(r: dict, kind: str) -> str:
             return f"{_f(r[kind], 2)} ({_f(r.get('template_' + kind), 2)})"
 
-        L.append(f"| {s} | parallel fine-tunes + best merge | {ret(mk['parallel_merge'], 'specific')} | "
-                 f"{ret(mk['parallel_merge'], 'shared')} | {_f(full[s]['rows'][full[s]['best']]['mean'])} |")
+        L.append(
+            f"| {s} | parallel fine-tunes + best merge | {ret(mk['parallel_merge'], 'specific')} | "
+            f"{ret(mk['parallel_merge'], 'shared')} | {_f(full[s]['rows'][full[s]['best']]['mean'])} |"
+        )
         if "multitask" in mk:
-            L.append(f"| {s} | multi-task fine-tune | {ret(mk['multitask'], 'specific')} | {ret(mk['multitask'], 'shared')} | "
-                     f"{_f(results[s]['references']['multitask']['mean'])} |")
+            L.append(
+                f"| {s} | multi-task fine-tune | {ret(mk['multitask'], 'specific')} | {ret(mk['multitask'], 'shared')} | "
+                f"{_f(results[s]['references']['multitask']['mean'])} |"
+            )
         for i, p in enumerate(mk.get("sequential", [])):
-            L.append(f"| {s} | sequential, after {i + 1} ({p['after']}); first team's specific {_f(p['first_team_specific'], 2)} | "
-                     f"{ret(p, 'specific')} | {ret(p, 'shared')} | {_f(p['mean'])} |")
+            L.append(
+                f"| {s} | sequential, after {i + 1} ({p['after']}); first team's specific {_f(p['first_team_specific'], 2)} | "
+                f"{ret(p, 'specific')} | {ret(p, 'shared')} | {_f(p['mean'])} |"
+            )
     plot_curve(selections, out / "undertraining.png")
     L += ["", "![undertraining](undertraining.png)", ""]
     text = "\n".join(L) + "\n"
