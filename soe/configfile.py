@@ -138,7 +138,7 @@ def _message(cls, errors: list[dict]) -> str:
     if _is_dataclass(hint) and not isinstance(value, dict):
         return f"{_prefix(where)}expected a mapping of {_strip(hint).__name__} settings, got {type(value).__name__}"
     tip = ""
-    if isinstance(value, str) and _is_float_text(value) and "number" in describe(hint):
+    if isinstance(value, str) and _is_float_text(value) and _strip(_optional_member(hint)) is float:
         tip = f" (YAML reads {value} as text: write it with a dot, e.g. {float(value):.1e})"
     if e["type"] == "finite_number":
         return f"{key}={value!r} is not finite; expected {describe(hint)}"

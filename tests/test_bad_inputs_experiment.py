@@ -20,20 +20,25 @@ ROWS = [
     ("YAML syntax error", "data_dir: [unclosed\n", [], "not valid YAML"),
     ("not a mapping", "- data_dir\n- max_steps\n", [], "expected a mapping"),
     ("unknown key", {"steps": 3}, [], "unknown keys ['steps']; expected some of"),
-    ("word for a number", {"eval_windows": "lots"}, [], "eval_windows: expected integer, got 'lots'"),
-    ("zero windows", {"eval_windows": 0}, [], "eval_windows: expected a positive integer"),
-    ("negative steps", {"max_steps": -5}, [], "max_steps: expected a positive integer or null"),
-    ("string for a boolean", {"dedicated": "yes please"}, [], "dedicated: expected boolean"),
-    ("boolean for an integer", {"bootstrap": True}, [], "bootstrap: expected integer"),
-    ("too few resamples", {"bootstrap": 10}, [], "bootstrap: expected an integer ≥ 100"),
-    ("learning rate out of range", {"finetune_lr": 5}, [], "finetune_lr: expected a learning rate in (0, 1)"),
+    ("word for a number", {"eval_windows": "lots"}, [], "eval_windows='lots': expected a positive integer"),
+    ("zero windows", {"eval_windows": 0}, [], "eval_windows=0: expected a positive integer"),
+    ("negative steps", {"max_steps": -5}, [], "max_steps=-5: expected a positive integer or null"),
+    ("string for a boolean", {"dedicated": "yes please"}, [], "dedicated='yes please': expected true or false"),
+    ("boolean for an integer", {"bootstrap": True}, [], "bootstrap=True: expected an integer"),
+    ("too few resamples", {"bootstrap": 10}, [], "bootstrap=10: expected an integer ≥ 100"),
+    ("learning rate out of range", {"finetune_lr": 5}, [], "finetune_lr=5: expected a learning rate in (0, 1)"),
     (
         "YAML 1.1 reads 3e-4 as a string",
         "RAW:finetune_lr: 3e-4\n",
         [],
-        "finetune_lr: expected number, got '3e-4' (YAML reads 3e-4 as text: write it with a dot, e.g. 3.0e-04)",
+        "finetune_lr='3e-4': expected a learning rate in (0, 1) (YAML reads 3e-4 as text: write it with a dot, e.g. 3.0e-04)",
     ),
-    ("budgets not increasing", {"budgets": [3, 2]}, [], "budgets: expected a list of positive, strictly increasing"),
+    (
+        "budgets not increasing",
+        {"budgets": [3, 2]},
+        [],
+        "budgets=[3, 2]: expected a list of positive, strictly increasing",
+    ),
     ("budget not below max_steps", {"budgets": [2, 4]}, [], "budgets: expected step counts below max_steps=4"),
     (
         "budget not below the config's steps",
@@ -45,7 +50,7 @@ ROWS = [
         "overrides not a list",
         {"overrides": "--trainer.max_steps=3"},
         [],
-        "overrides: expected a list of strings, got '--trainer.max_steps=3'",
+        "overrides='--trainer.max_steps=3': expected a list of train.py arguments",
     ),
     ("override without --", {"soe_overrides": ["model.soup.n_experts=2"]}, [], "starting with '--'"),
     ("override train.py refuses", {"overrides": ["--model.net.d_modl=3"]}, [], "train.py would refuse"),
@@ -101,15 +106,19 @@ def test_debug_raises_with_the_traceback(tmp_path):
 
 
 ABLATION_ROWS = [
-    ("no variants", {"variants": []}, "variants: expected a non-empty list"),
+    ("no variants", {"variants": []}, "variants=[]: expected a non-empty list"),
     ("duplicate variant names", {"variants": [{"name": "a"}, {"name": "a"}]}, "names must be unique"),
     (
         "variant name with a slash",
         {"variants": [{"name": "../x"}]},
-        "variants[0]: name: expected a non-empty directory",
+        "variants[0].name='../x': expected a non-empty directory",
     ),
-    ("unknown variant key", {"variants": [{"name": "a", "override": ["--x"]}]}, "variants[0]: expected a mapping"),
-    ("bad experiment field", {"experiment": {"eval_windows": -1}}, "experiment: eval_windows: expected a positive"),
+    (
+        "unknown variant key",
+        {"variants": [{"name": "a", "override": ["--x"]}]},
+        "variants[0]: unknown keys ['override']",
+    ),
+    ("bad experiment field", {"experiment": {"eval_windows": -1}}, "experiment.eval_windows=-1: expected a positive"),
 ]
 
 

@@ -175,7 +175,7 @@ def test_greedy_checkpoints_finds_what_individual_stopping_misses():
         ({"grids": {"task_arithmetic": [{"lambda": 1.0}], "ties": [{"density": 2.0}]}}, "grids.ties[0]"),
         ({"grids": {"magic": [{}]}}, "grids.magic: unknown merge method"),
         ({"grids": {"ties": [{"density": 0.5}]}}, "task_arithmetic is required"),
-        ({"teams": ["go"]}, "teams: expected a list of at least 2"),
+        ({"teams": ["go"]}, "teams=['go']: expected a list of at least 2"),
         ({"validation_share": 0.95}, "validation_share"),
         ({"steps": 4, "first_checkpoint": 8}, "first_checkpoint"),
         ({"teams": ["go", "nosuchteam"]}, "nosuchteam"),

@@ -192,9 +192,15 @@ def test_data_without_targets_is_refused(entries, tmp_path, capsys):
 @pytest.mark.parametrize(
     "variant, expect",
     [
-        ({"name": "a", "generic_overrides": "--model.optim.lr=1e-3"}, "generic_overrides: expected a list"),
-        ({"name": "a", "shared_overrides": ["model.optim.lr=1e-3"]}, "shared_overrides: expected a list"),
-        ({"name": "a", "dense_overrides": []}, "expected a mapping with keys among"),
+        (
+            {"name": "a", "generic_overrides": "--model.optim.lr=1e-3"},
+            "variants[0].generic_overrides='--model.optim.lr=1e-3': expected a list",
+        ),
+        (
+            {"name": "a", "shared_overrides": ["model.optim.lr=1e-3"]},
+            "variants[0].shared_overrides[0]='model.optim.lr=1e-3': expected a train.py argument",
+        ),
+        ({"name": "a", "dense_overrides": []}, "unknown keys ['dense_overrides']"),
     ],
 )
 def test_bad_variant_is_refused(entries, targets_prepared, tmp_path, capsys, variant, expect):
@@ -204,13 +210,12 @@ def test_bad_variant_is_refused(entries, targets_prepared, tmp_path, capsys, var
 
 def test_plain_ablation_refuses_search_keys(tmp_path):
     from studies.experiments.ablate import load_ablation
+    from studies.experiments.config import SearchFile
 
     cfg = search_yaml(tmp_path / "a.yaml", tmp_path, tmp_path / "out", [{"name": "a", "shared_overrides": []}])
-    with pytest.raises(ValueError, match="expected a mapping with keys among"):
+    with pytest.raises(ValueError, match=r"unknown keys \['shared_overrides'\]"):
         load_ablation(str(cfg))
-    assert load_ablation(str(cfg), extra_keys=("generic_overrides", "shared_overrides"))[2] == [
-        {"name": "a", "shared_overrides": []}
-    ]
+    assert load_ablation(str(cfg), SearchFile)[2] == [{"name": "a", "shared_overrides": []}]
 
 
 # ---------------------------------------------------------------------------------------------- helpers

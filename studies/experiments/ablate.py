@@ -20,7 +20,7 @@ from pathlib import Path
 from soe.errors import pop_debug, run_entry
 from soe.fileio import atomic_write_text
 from soe.malloc import keep_freed_memory
-from studies.experiments.config import ExperimentConfig, check_files, from_mapping, read_yaml
+from studies.experiments.config import AblationFile, ExperimentConfig, check_files, load_variants
 from studies.experiments.experiment import run
 from studies.experiments.report import soe_answer
 
@@ -58,45 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-VARIANT_KEYS = ("name", "change", "overrides")
-
-
-def load_ablation(
-    path: str, extra_keys: tuple[str, ...] = (), other_keys: tuple[str, ...] = ()
-) -> tuple[ExperimentConfig, Path, list[dict]]:
-    """The experiment, output directory and variants of an ablation YAML, every field checked. ``extra_keys``:
-    further override lists a variant may carry (studies/experiments/search.py: generic_overrides, shared_overrides);
-    ``other_keys``: further keys the caller checks itself."""
-    keys = (*VARIANT_KEYS, *extra_keys, *other_keys)
-    raw = read_yaml(path, "ablation config")
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping with keys experiment, out, variants")
-    unknown = sorted(set(map(str, raw)) - {"experiment", "out", "variants"})
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; expected experiment, out, variants")
-    if "experiment" not in raw:
-        raise ValueError(f"{path}: experiment: missing; expected the mapping of the experiment every variant changes")
-    base = from_mapping(raw["experiment"], f"{path}: experiment")
-    variants = raw.get("variants")
-    if not isinstance(variants, list) or not variants:
-        raise ValueError(f"{path}: variants: expected a non-empty list of {{name, change, overrides}}")
-    for i, v in enumerate(variants):
-        where = f"{path}: variants[{i}]"
-        if not isinstance(v, dict) or set(map(str, v)) - set(keys):
-            raise ValueError(f"{where}: expected a mapping with keys among {list(keys)}, got {v!r}")
-        name = v.get("name")
-        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-            raise ValueError(f"{where}: name: expected a non-empty directory name, got {name!r}")
-        for key in ("overrides", *extra_keys):
-            over = v.get(key, [])
-            if not isinstance(over, list) or not all(isinstance(o, str) and o.startswith("--") for o in over):
-                raise ValueError(
-                    f"{where}: {key}: expected a list of train.py arguments starting with '--', got {over!r}"
-                )
-    names = [v["name"] for v in variants]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: variants: names must be unique, got {names}")
-    return base, Path(raw.get("out") or f"experiments/out/{Path(path).stem}"), variants
+def load_ablation(path: str, file_type=AblationFile) -> tuple[ExperimentConfig, Path, list[dict]]:
+    """The experiment, output directory and variants of an ablation YAML, every field checked (``file_type``:
+    `SearchFile` for a search's variants)."""
+    return load_variants(path, file_type)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ from soe.specialists.estimate import estimate_weights
 from soe.specialists.evaluate import paired_interval, window_losses
 from soe.train.checkpoint import load_checkpoint
 from studies.experiments.ablate import load_ablation
-from studies.experiments.config import ExperimentConfig, check_files, validate
+from studies.experiments.config import ExperimentConfig, SearchFile, check_files, validate
 from studies.experiments.experiment import plan
 from studies.experiments.runs import train
 
@@ -73,15 +73,12 @@ def target_weights(data_dir: Path, temperature: float | None = None) -> dict[str
 
 def check_scoring_keys(v: dict, names: list[str], where: str) -> None:
     """A variant's `soup: <variant>` (score that variant's trained runs instead of training: estimation-only
-    levers) and `temperature: T` (soft histograms)."""
-    if "soup" in v:
+    levers) must name another variant, which it scores instead of training (so it takes no overrides)."""
+    if v.get("soup") is not None:
         if v["soup"] not in names or v["soup"] == v["name"]:
             raise ValueError(f"{where}: soup: {v['soup']!r}: expected the name of another variant of {names}")
         if any(v.get(k) for k in ("overrides", "generic_overrides", "shared_overrides")):
             raise ValueError(f"{where}: a variant with soup: {v['soup']!r} reuses its runs, so it takes no overrides")
-    t = v.get("temperature")
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")):
-        raise ValueError(f"{where}: temperature: {t!r}: expected a positive number (soft histogram) or none")
 
 
 def mean_interval(deltas: list[np.ndarray], n_boot: int, seed: int) -> tuple[float, float]:
@@ -199,13 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_entry("studies.experiments.search", lambda: _main(args), debug)
 
 
-SEARCH_KEYS = ("generic_overrides", "shared_overrides", "soup", "temperature")  # beyond an ablation's
-
-
 def load_search(path: str) -> tuple[ExperimentConfig, Path, list[dict]]:
     """An ablation YAML whose variants may also carry ``generic_overrides``, ``shared_overrides``, ``soup`` and
-    ``temperature``; every field checked."""
-    base, out, variants = load_ablation(path, extra_keys=SEARCH_KEYS[:2], other_keys=SEARCH_KEYS[2:])
+    ``temperature`` (`SearchVariant`); every field checked."""
+    base, out, variants = load_ablation(path, SearchFile)
     names = [v["name"] for v in variants]
     for i, v in enumerate(variants):
         check_scoring_keys(v, names, f"{path}: variants[{i}]")

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
+from annotated_types import Ge, Interval, MinLen
+
+from soe.configfile import Bool, ConfigError, Count, Expect, Float, Int, Str, config, parse, read_yaml
 from soe.merging.config import METHODS, parse_config
-from studies.experiments.config import build, check_fields, read_yaml
+from studies.experiments.config import LearningRate, Overrides, Seed
 
 # method -> grid of merge parameters; the first point is the method's untuned default
 DEFAULT_GRIDS: dict[str, list[dict]] = {
@@ -37,110 +41,92 @@ DEFAULT_GRIDS: dict[str, list[dict]] = {
 }
 
 
+@config
 @dataclass
 class MergingConfig:
     """One merging experiment; paths are relative to the working directory."""
 
-    data_dir: str = "data/demo"
+    data_dir: Str = "data/demo"
     """Prepared pretraining data; the teams are specialist sets under data_dir/specialists."""
-    soe_config: str = "configs/demo-cpu.yaml"
+    soe_config: Str = "configs/demo-cpu.yaml"
     """Training config of the soup (trained, or reused from --runs when its resolved configuration matches)."""
-    generic_config: str = "configs/dense-demo-cpu.yaml"
+    generic_config: Str = "configs/dense-demo-cpu.yaml"
     """Training config of the generic dense model (the control start point)."""
-    max_steps: int | None = None
+    max_steps: Count | None = None
     """Pretraining steps (None: the configs' own)."""
-    overrides: list[str] = field(default_factory=list)
+    overrides: Overrides = field(default_factory=list)
     """Extra train.py arguments for both pretraining runs."""
-    train_seed: int = 0
+    train_seed: Seed = 0
     """seed_everything of the pretraining runs (the soup and the generic model are trained once)."""
-    teams: list[str] = field(default_factory=lambda: ["go", "ruby", "vim", "rman"])
+    teams: Annotated[list[Str], MinLen(2), Expect("a list of at least 2 distinct specialist sets")] = field(
+        default_factory=lambda: ["go", "ruby", "vim", "rman"]
+    )
     """Specialist sets used as teams: in-house tokens (split into fine-tune and validation parts) and an
     evaluation split never read while choosing anything."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: Annotated[list[Seed], MinLen(1), Expect("a list of distinct seeds ≥ 0")] = field(
+        default_factory=lambda: [0, 1, 2]
+    )
     """Fine-tuning seeds (batch order, LoRA init, DARE masks, planted markers); a claim holds only if its sign
     holds in every seed."""
-    validation_share: float = 0.2
+    validation_share: Annotated[Float, Interval(gt=0, lt=0.9)] = 0.2
     """Tail share of each team's in-house tokens kept for validation (early stopping and every choice)."""
-    steps: int = 64
+    steps: Count = 64
     """Fine-tuning steps of every specialist (checkpoints at first_checkpoint, 2×, 4×, …, steps)."""
-    first_checkpoint: int = 4
-    batch_size: int = 8
+    first_checkpoint: Count = 4
+    batch_size: Count = 8
     """Fine-tuning sequences per step (of the model's max_seq_len)."""
-    lr: float = 3.0e-4
+    lr: LearningRate = 3.0e-4
     """Peak learning rate of full fine-tuning."""
-    lora_rank: int = 8
+    lora_rank: Annotated[Int, Ge(0), Expect("an integer ≥ 0 (0: no LoRA)")] = 8
     """LoRA rank of the LoRA fine-tunes (0: no LoRA runs)."""
-    lora_lr: float = 1.0e-3
-    generic_control: bool = True
+    lora_lr: LearningRate = 1.0e-3
+    generic_control: Bool = True
     """Also fine-tune every team from the generic model (the control start) and merge those."""
-    multitask: bool = True
+    multitask: Bool = True
     """Reference: one fine-tune on the union of the teams' data, same steps, m × batch_size per step."""
-    sequential: bool = True
+    sequential: Bool = True
     """Sequential fine-tuning team after team (order rotated per seed), points after each team."""
-    ensemble: bool = True
+    ensemble: Bool = True
     """Reference: the teams' specialists averaged in output (probability) space."""
-    markers_specific: int = 3
+    markers_specific: Annotated[Int, Ge(0)] = 3
     """Marker facts planted in one team's fine-tune part only, per team."""
-    markers_shared: int = 3
+    markers_shared: Annotated[Int, Ge(0)] = 3
     """Marker facts planted in every team's fine-tune part."""
-    marker_copies: int = 40
+    marker_copies: Count = 40
     """Copies of each marker in a team's fine-tune part."""
-    val_windows: int = 24
+    val_windows: Count = 24
     """Validation windows per team scored for every choice."""
-    eval_windows: int = 48
+    eval_windows: Count = 48
     """Evaluation windows per team for the reported losses."""
-    mixture_windows: int = 16
+    mixture_windows: Count = 16
     """Validation windows per pretraining domain for the pretraining-mixture loss."""
-    exemplar_tokens: int = 2048
+    exemplar_tokens: Count = 2048
     """Unlabelled fine-tune tokens per team for the data-aware methods (regmean, lot, cat)."""
-    bootstrap: int = 1000
+    bootstrap: Annotated[Int, Ge(100)] = 1000
     """Bootstrap resamples for the 95 % intervals."""
-    grids: dict = field(default_factory=lambda: {k: [dict(p) for p in v] for k, v in DEFAULT_GRIDS.items()})
+    grids: dict[Str, list[dict[Str, Any]]] = field(
+        default_factory=lambda: {k: [dict(p) for p in v] for k, v in DEFAULT_GRIDS.items()}
+    )
     """method -> list of merge parameter sets (first = untuned default); every method of `soe merge` but
     dare_linear by default."""
-    predictions: dict = field(default_factory=dict)
+    predictions: dict[Str, Str] = field(default_factory=dict)
     """claim id -> what we expect, written before the runs (ids: studies/merging/report.py CLAIMS); copied
     into predictions.md when the experiment starts and into the report with whether each held."""
 
 
-def _pos(v) -> bool:
-    return v > 0
-
-
-RULES = {
-    "max_steps": (_pos, "a positive integer or null"),
-    "teams": (lambda v: len(v) >= 2 and len(set(v)) == len(v), "a list of at least 2 distinct specialist sets"),
-    "seeds": (lambda v: len(v) >= 1 and len(set(v)) == len(v) and min(v) >= 0, "a list of distinct seeds ≥ 0"),
-    "validation_share": (lambda v: 0 < v < 0.9, "a share in (0, 0.9)"),
-    "steps": (_pos, "a positive integer"),
-    "first_checkpoint": (_pos, "a positive integer"),
-    "batch_size": (_pos, "a positive integer"),
-    "lr": (lambda v: 0 < v < 1, "a learning rate in (0, 1)"),
-    "lora_rank": (lambda v: v >= 0, "an integer ≥ 0 (0: no LoRA)"),
-    "lora_lr": (lambda v: 0 < v < 1, "a learning rate in (0, 1)"),
-    "markers_specific": (lambda v: v >= 0, "an integer ≥ 0"),
-    "markers_shared": (lambda v: v >= 0, "an integer ≥ 0"),
-    "marker_copies": (_pos, "a positive integer"),
-    "val_windows": (_pos, "a positive integer"),
-    "eval_windows": (_pos, "a positive integer"),
-    "mixture_windows": (_pos, "a positive integer"),
-    "exemplar_tokens": (_pos, "a positive integer"),
-    "bootstrap": (lambda v: v >= 100, "an integer ≥ 100"),
-    "overrides": (lambda v: all(a.startswith("--") for a in v), "a list of train.py arguments starting with '--'"),
-    "train_seed": (lambda v: v >= 0, "a non-negative integer"),
-}
-
-
 def validate(cfg: MergingConfig, source: str) -> MergingConfig:
-    check_fields(cfg, RULES, source)
+    if len(set(cfg.teams)) != len(cfg.teams):
+        raise ConfigError(f"{source}: teams={cfg.teams}: expected a list of at least 2 distinct specialist sets")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"{source}: seeds={cfg.seeds}: expected a list of distinct seeds ≥ 0")
     if cfg.first_checkpoint > cfg.steps:
         raise ValueError(f"{source}: first_checkpoint: expected at most steps={cfg.steps}, got {cfg.first_checkpoint}")
     for method, grid in cfg.grids.items():
         where = f"{source}: grids.{method}"
         if method not in METHODS:
             raise ValueError(f"{where}: unknown merge method; expected some of {', '.join(METHODS)}")
-        if not isinstance(grid, list) or not grid or not all(isinstance(p, dict) for p in grid):
-            raise ValueError(f"{where}: expected a non-empty list of parameter mappings, got {grid!r}")
+        if not grid:
+            raise ConfigError(f"{where}: expected a non-empty list of parameter mappings, got {grid!r}")
         for i, point in enumerate(grid):  # each point must be a merge `soe merge` accepts
             params = {k: v for k, v in point.items() if k != "density"}
             model = {"model": "x", "parameters": {"density": point.get("density", 1.0), "exemplars": "x"}}
@@ -150,7 +136,7 @@ def validate(cfg: MergingConfig, source: str) -> MergingConfig:
     from studies.merging.report import CLAIMS
 
     unknown = sorted(set(cfg.predictions) - set(CLAIMS))
-    if unknown or not all(isinstance(v, str) for v in cfg.predictions.values()):
+    if unknown:
         raise ValueError(
             f"{source}: predictions: expected claim ids among {sorted(CLAIMS)} mapped to the prediction's "
             f"text, got {unknown or cfg.predictions}"
@@ -164,10 +150,7 @@ def validate(cfg: MergingConfig, source: str) -> MergingConfig:
 
 
 def load_config(path: str | Path) -> MergingConfig:
-    return validate(
-        build(MergingConfig, read_yaml(path, "merging experiment config"), str(path), "merging experiment settings"),
-        str(path),
-    )
+    return validate(parse(MergingConfig, read_yaml(path, "merging experiment config"), str(path)), str(path))
 
 
 def check_files(cfg: MergingConfig, source: str) -> None:
