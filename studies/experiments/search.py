@@ -19,7 +19,8 @@ windows of its validation part, and one row is appended to the table:
 - φ's nonlinearity: ‖Θ(h) − Σ_i h_i Θ(e_i)‖ / ‖Θ(h) − S‖ averaged over the targets' h (0: φ is affine in h,
   so a mixture's specialist is the average of the one-hot ones);
 - the variant's wall time (training + scoring).
-The specialist sets (data_dir/specialists) are not read: they are for confirming a choice, once.
+The specialist sets (data_dir/specialists) are not read: they are for confirming a choice, once. The scoring is
+studies/experiments/targets.py; this module plans the variants' runs, trains them and writes the rows.
 """
 
 from __future__ import annotations
@@ -32,43 +33,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from soe.core.weights import parse_weights
-from soe.data.shards import load_meta, open_shard
-from soe.data.windows import eval_windows
 from soe.errors import pop_debug, run_entry
 from soe.fileio import atomic_write_json, atomic_write_text
 from soe.malloc import keep_freed_memory
-from soe.specialists.estimate import estimate_weights
-from soe.specialists.evaluate import paired_interval, window_losses
-from soe.train.checkpoint import load_checkpoint
 from studies.experiments.ablate import load_ablation
 from studies.experiments.config import ExperimentConfig, SearchFile, check_files, validate
 from studies.experiments.experiment import plan
 from studies.experiments.runs import train
+from studies.experiments.targets import mean_interval as mean_interval  # re-exported: tests/test_search.py
+from studies.experiments.targets import nonlinearity as nonlinearity  # re-exported: tests/test_search.py
+from studies.experiments.targets import score, target_weights, targets_of
 
-HEADER = ("| variant | change | seed | steps | tokens/param | targets won (lost) outside noise | mean Δ targets [95 %] | "
-          "Δ prior mixture | one-hot domains won | φ nonlinearity | wall | command |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-
-
-def targets_of(data_dir: Path) -> tuple[Path, object]:
-    """The validation targets' directory and meta.json of a prepared directory (refused when it has none)."""
-    tdir = data_dir / "targets"
-    if not (tdir / "meta.json").is_file():
-        raise FileNotFoundError(f"{data_dir} has no validation targets ({tdir}/meta.json); prepare the data with a "
-                                "`targets:` section (e.g. data_prep/configs/demo-small.yaml)")
-    return tdir, load_meta(tdir)
-
-
-def target_weights(data_dir: Path, temperature: float | None = None) -> dict[str, dict[str, float]]:
-    """h of every validation target, estimated from its in-house part (the data alone decides it): the
-    nearest-centroid histogram, or the soft one at ``temperature``."""
-    tdir, tmeta = targets_of(data_dir)
-    return {t: estimate_weights(data_dir, str(tdir / t / "inhouse.jsonl"), temperature=temperature).weights
-            for t in tmeta.domains}
+HEADER = (
+    "| variant | change | seed | steps | tokens/param | targets won (lost) outside noise | mean Δ targets [95 %] | "
+    "Δ prior mixture | one-hot domains won | φ nonlinearity | wall | command |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
 
 
 def check_scoring_keys(v: dict, names: list[str], where: str) -> None:
@@ -81,84 +61,28 @@ def check_scoring_keys(v: dict, names: list[str], where: str) -> None:
             raise ValueError(f"{where}: a variant with soup: {v['soup']!r} reuses its runs, so it takes no overrides")
 
 
-def mean_interval(deltas: list[np.ndarray], n_boot: int, seed: int) -> tuple[float, float]:
-    """95 % interval of the mean over targets of each target's mean window Δ, resampling windows within
-    every target (the targets themselves are the fixed population we choose on)."""
-    rng = np.random.default_rng(seed)
-    boots = np.zeros(n_boot)
-    for d in deltas:
-        boots += d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    boots /= len(deltas)
-    return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
-
-
-@torch.no_grad()
-def nonlinearity(soup, hs: list[torch.Tensor]) -> float:
-    """Mean over h of ‖Θ(h) − Σ_i h_i Θ(e_i)‖ / ‖Θ(h) − S‖ (0 when φ is affine in h)."""
-    if not soup.n:
-        return 0.0
-    cat = (lambda flat: torch.cat([flat[g] for g in sorted(flat)], dim=-1))
-    S = cat(dict(soup.shared.items()))
-    onehot = cat(soup.flat(torch.eye(soup.k)))  # (k, P): Θ(e_i)
-    out = []
-    for h in hs:
-        theta = cat(soup.flat(h))
-        out.append(float((theta - h @ onehot).norm() / (theta - S).norm().clamp_min(1e-12)))
-    return float(np.mean(out))
-
-
-def score(cfg: ExperimentConfig, soe_ckpt: str, generic_ckpt: str, weights: dict[str, dict[str, float]]) -> dict:
-    """The row's numbers for one trained soup against its generic model (see the module docstring)."""
-    data_dir = Path(cfg.data_dir)
-    meta = load_meta(data_dir)
-    domains = list(meta.domains)
-    tdir, tmeta = targets_of(data_dir)
-    soup = load_checkpoint(soe_ckpt)[0]
-    generic = load_checkpoint(generic_ckpt)[0].specialist(None)
-    T = soup.net_cfg.max_seq_len
-    targets, deltas, hs = {}, [], []
-    for t in tmeta.domains:
-        h = parse_weights(weights[t], domains)
-        wins = eval_windows(open_shard(tdir, tmeta, t, "val"), T, cfg.eval_windows)
-        g, e = window_losses(generic, wins), window_losses(soup.specialist(h), wins)
-        lo, hi = paired_interval(e, g, cfg.bootstrap, seed=cfg.seed)
-        targets[t] = {"generic": float(g.mean()), "soe": float(e.mean()), "delta": float((e - g).mean()),
-                      "ci": [lo, hi], "windows": len(g)}
-        deltas.append(e - g)
-        hs.append(h)
-    prior = parse_weights("prior", domains, meta.prior("train"))
-    at_prior = soup.specialist(prior)
-    dom = {}
-    for i, d in enumerate(domains):
-        wins = eval_windows(open_shard(data_dir, meta, d, "val"), T, cfg.eval_windows)
-        g = float(window_losses(generic, wins).mean())
-        dom[d] = {"generic": g, "onehot": float(window_losses(soup.specialist(parse_weights(d, domains)), wins).mean()),
-                  "prior": float(window_losses(at_prior, wins).mean())}
-    mix = sum(float(prior[i]) * (dom[d]["prior"] - dom[d]["generic"]) for i, d in enumerate(domains))
-    return {"targets": targets, "domains": dom,
-            "won": sum(v["ci"][1] < 0 for v in targets.values()), "lost": sum(v["ci"][0] > 0 for v in targets.values()),
-            "mean_delta": float(np.mean([v["delta"] for v in targets.values()])),
-            "mean_ci": mean_interval(deltas, cfg.bootstrap, cfg.seed), "prior_mixture_delta": mix,
-            "onehot_won": sum(v["onehot"] < v["generic"] for v in dom.values()), "n_domains": len(dom),
-            "nonlinearity": nonlinearity(soup, hs)}
-
-
 def row(name: str, change: str, cfg: ExperimentConfig, run: dict, s: dict, wall: float, command: str) -> str:
     n = len(s["targets"])
     lo, hi = s["mean_ci"]
-    return (f"| {name} | {change} | {cfg.seed} | {run['steps']} | {run['tokens'] / run['params_instantiated']:.0f} | "
-            f"{s['won']}/{n} ({s['lost']}) | {s['mean_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-            f"{s['prior_mixture_delta']:+.3f} | {s['onehot_won']}/{s['n_domains']} | {s['nonlinearity']:.2f} | "
-            f"{wall / 60:.1f} min | `{command}` |\n")
+    return (
+        f"| {name} | {change} | {cfg.seed} | {run['steps']} | {run['tokens'] / run['params_instantiated']:.0f} | "
+        f"{s['won']}/{n} ({s['lost']}) | {s['mean_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+        f"{s['prior_mixture_delta']:+.3f} | {s['onehot_won']}/{s['n_domains']} | {s['nonlinearity']:.2f} | "
+        f"{wall / 60:.1f} min | `{command}` |\n"
+    )
 
 
 def variant_config(base: ExperimentConfig, v: dict, seed: int | None) -> tuple[ExperimentConfig, str]:
     """The experiment of one variant and the suffix of its generic run (shared by variants with the same
     baseline settings, so that a generic model is trained once per budget and seed)."""
     shared, gen = list(v.get("shared_overrides", [])), list(v.get("generic_overrides", []))
-    cfg = dataclasses.replace(base, overrides=[*base.overrides, *shared], soe_overrides=list(v.get("overrides", [])),
-                              generic_overrides=[*base.generic_overrides, *gen],
-                              seed=base.seed if seed is None else seed)
+    cfg = dataclasses.replace(
+        base,
+        overrides=[*base.overrides, *shared],
+        soe_overrides=list(v.get("overrides", [])),
+        generic_overrides=[*base.generic_overrides, *gen],
+        seed=base.seed if seed is None else seed,
+    )
     key = shared + ["|"] + gen
     suffix = ("-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]) if shared or gen else ""
     return validate(cfg), suffix + (f"-seed{cfg.seed}" if cfg.seed else "")
@@ -184,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m studies.experiments.search", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="search YAML: {experiment: {...}, out: DIR, variants: [...]}")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
-    ap.add_argument("--seed", type=int, default=None, help="seed of every run (data stream, init; default: the config's)")
+    ap.add_argument(
+        "--seed", type=int, default=None, help="seed of every run (data stream, init; default: the config's)"
+    )
     ap.add_argument("--table", default="experiments/RECIPE.md", help="markdown file the rows are appended to")
     return ap
 
@@ -227,8 +153,13 @@ def _main(args: argparse.Namespace) -> int:
         if v["name"] in only:
             trained_by = by_name[v.get("soup", v["name"])]  # estimation-only levers score another variant's runs
             cfg, suffix = variant_config(base, trained_by, args.seed)
-            planned[v["name"]] = (v, cfg, suffix, trained_by["name"],
-                                  plan(cfg, out / "runs", f"soe-{trained_by['name']}", {}, suffix=suffix))
+            planned[v["name"]] = (
+                v,
+                cfg,
+                suffix,
+                trained_by["name"],
+                plan(cfg, out / "runs", f"soe-{trained_by['name']}", {}, suffix=suffix),
+            )
     weights = {}
     for name, (v, cfg, suffix, soup_name, runs) in planned.items():
         t0 = time.perf_counter()
@@ -244,8 +175,17 @@ def _main(args: argparse.Namespace) -> int:
         line = row(name, v.get("change", " ".join(cfg.soe_overrides) or "—"), cfg, soe_run, s, wall, command)
         vdir = out / f"{name}{'-seed' + str(cfg.seed) if cfg.seed else ''}"
         vdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(vdir / "score.json", {**s, "weights": weights[T], "temperature": T, "wall_s": wall, "runs": trained,
-                                                "config": dataclasses.asdict(cfg)})
+        atomic_write_json(
+            vdir / "score.json",
+            {
+                **s,
+                "weights": weights[T],
+                "temperature": T,
+                "wall_s": wall,
+                "runs": trained,
+                "config": dataclasses.asdict(cfg),
+            },
+        )
         atomic_write_text(table, append_row(table.read_text() if table.exists() else "", line))  # never rewritten
         print(f"[search] {line}", flush=True)
     return 0
