@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from soe.data.progress import bar
 from soe.data.text import chunk_text
 from soe.errors import pop_debug, run_entry
 from soe.fileio import atomic_write_json, read_json
@@ -57,9 +58,10 @@ def write_source(src: Source, cache: Path, out: Path, chunk_chars: int, dedupe: 
     raw = src.fn(cache)
     if src.pack:
         raw = pack(raw, chunk_chars)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(tmp, "w", encoding="utf-8") as f, bar(desc=f"extract {src.name}", unit="document") as b:
         for doc in raw:
             docs += 1
+            b.update()
             for c in chunk_text(doc, chunk_chars):
                 if dedupe.is_new(c):
                     f.write(

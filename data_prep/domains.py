@@ -8,17 +8,22 @@ nearest centroid (`soe.data.embed.nearest_centroid`).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from soe.data.embed import build_embedder, nearest_centroid
+from soe.data.progress import bar, encode
 
 from .config import PrepareConfig
 from .ingest import read_chunks, sample_by_group
 
 EMBED_BATCH = 1024  # chunks embedded per call when assigning the whole corpus
+# embedders that embed text by text: blocks of any size give the bits of one call, so the k-means sample is
+# embedded in blocks under a bar; MiniLM pads each batch, so its sample stays one call (as it always was)
+ROW_WISE = ("tfidf", "model2vec")
 
 
 class DomainError(ValueError):
@@ -31,11 +36,15 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _embedder(cfg: PrepareConfig, fit_texts: list[str], out: Path):
+def _embedder(cfg: PrepareConfig, fit_texts: list[str], out: Path, log=print):
     emb = build_embedder(cfg.domains.embedder)
     if hasattr(emb, "fit"):  # tfidf: fit on the sample, save state next to meta.json
+        kind, t = cfg.domains.embedder.get("kind"), time.time()
+        if kind == "model2vec":
+            log("  embedder: distilling model2vec from MiniLM (about a minute on 2 cores) ...")
         emb.fit(fit_texts)
         emb.save(out)
+        log(f"  embedder: {kind} fitted on {len(fit_texts):,} chunks in {time.time() - t:.1f}s")
     return emb
 
 
@@ -62,13 +71,21 @@ def label_domains(cfg: PrepareConfig, out: Path, stats: dict, log=print) -> dict
             f"domains {empty} have no documents (chunks per label: {counts}); "
             "expected every domain in domains.order to get documents"
         )
-    sample = sample_by_group(out, pre, lambda _n, label: label, cfg.domains.centroid_sample, cfg.seed)
-    emb = _embedder(cfg, [t for d in order for t in sample[d]], out)
-    centroids = np.stack([emb.encode(sample[d]).mean(0) for d in order]).astype(np.float32)  # (k, d)
+    total = sum(stats[n]["chunks"] for n in pre)
+    sample = sample_by_group(
+        out, pre, lambda _n, label: label, cfg.domains.centroid_sample, cfg.seed, total, "domain sample"
+    )
+    emb = _embedder(cfg, [t for d in order for t in sample[d]], out, log)
+    t, rows = time.time(), []
+    with bar(desc="embed centroids", unit="chunk", total=sum(len(sample[d]) for d in order)) as b:
+        for d in order:  # one call per domain, as always
+            rows.append(emb.encode(sample[d]).mean(0))
+            b.update(len(sample[d]))
+    centroids = np.stack(rows).astype(np.float32)  # (k, d)
     _save_npy(out / "centroids.npy", centroids)
     log(
         f"  domains: {len(order)} labelled domains, centroids {centroids.shape} from "
-        f"<= {cfg.domains.centroid_sample} chunks each ({emb.spec()['kind']})"
+        f"<= {cfg.domains.centroid_sample} chunks each ({emb.spec()['kind']}, {time.time() - t:.1f}s)"
     )
     return {
         "domains": order,
@@ -104,9 +121,12 @@ def kmeans_domains(cfg: PrepareConfig, out: Path, stats: dict, log=print) -> dic
             f"({total} pretraining chunks, fit_sample={d.fit_sample}); expected k <= "
             f"{min(total, d.fit_sample)}"
         )
-    sample = sample_by_group(out, pre, lambda _n, _l: "all", d.fit_sample, cfg.seed)["all"]
-    emb = _embedder(cfg, sample, out)
-    x = emb.encode(sample)  # (N, dim)
+    sample = sample_by_group(out, pre, lambda _n, _l: "all", d.fit_sample, cfg.seed, total, "domain sample")["all"]
+    emb = _embedder(cfg, sample, out, log)
+    kind, t = emb.spec()["kind"], time.time()
+    x = encode(emb, sample, "embed sample", EMBED_BATCH if kind in ROW_WISE else len(sample))  # (N, dim)
+    log(f"  embedded the {len(sample):,}-chunk sample ({kind}) in {time.time() - t:.1f}s")
+    t = time.time()
     source: dict[str, Any] = {
         "method": "kmeans",
         "embedder": emb.spec(),
@@ -119,7 +139,7 @@ def kmeans_domains(cfg: PrepareConfig, out: Path, stats: dict, log=print) -> dic
         top = _kmeans(x, k1, cfg.seed)  # (k1, dim)
         top_of = nearest_centroid(x, top)
         leaves = []
-        for j in range(k1):
+        for j in bar(range(k1), desc="k-means per top cluster", unit="cluster"):
             members = x[top_of == j]
             if len(members) < k2:
                 raise DomainError(
@@ -133,22 +153,28 @@ def kmeans_domains(cfg: PrepareConfig, out: Path, stats: dict, log=print) -> dic
         source["hierarchy"] = {"k1": k1, "k2": k2, "top_centroids_file": "centroids_top.npy"}
     else:
         centroids = _kmeans(x, d.k, cfg.seed)
+    how = f"k1={d.hierarchy['k1']} x k2={d.hierarchy['k2']}" if d.hierarchy else f"k={d.k}"
+    log(f"  k-means: {how} on {len(sample):,} chunks in {time.time() - t:.1f}s")
     _save_npy(out / "centroids.npy", centroids)
     counts = np.zeros(d.k, np.int64)
-    for name in pre:  # assign the whole corpus in bounded batches
-        labels, batch = [], []
-        for text, _ in read_chunks(out, name):
-            batch.append(text)
-            if len(batch) == EMBED_BATCH:
+    t = time.time()
+    with bar(desc="assign", unit="chunk", total=total) as b:
+        for name in pre:  # assign the whole corpus in bounded batches
+            labels, batch = [], []
+            for text, _ in read_chunks(out, name):
+                batch.append(text)
+                if len(batch) == EMBED_BATCH:
+                    labels.append(nearest_centroid(emb.encode(batch), centroids))
+                    b.update(len(batch))
+                    batch = []
+            if batch:
                 labels.append(nearest_centroid(emb.encode(batch), centroids))
-                batch = []
-        if batch:
-            labels.append(nearest_centroid(emb.encode(batch), centroids))
-        a = np.concatenate(labels).astype(np.int32)
-        counts += np.bincount(a, minlength=d.k)
-        path = assign_path(out, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _save_npy(path, a)
+                b.update(len(batch))
+            a = np.concatenate(labels).astype(np.int32)
+            counts += np.bincount(a, minlength=d.k)
+            path = assign_path(out, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _save_npy(path, a)
     width = len(str(d.k - 1))
     names = [f"{d.prefix}{i:0{width}d}" for i in range(d.k)]
     small = {names[i]: int(counts[i]) for i in np.flatnonzero(counts < 2)}
@@ -157,6 +183,7 @@ def kmeans_domains(cfg: PrepareConfig, out: Path, stats: dict, log=print) -> dic
         raise DomainError(f"clusters {small} (name: chunks) received fewer than 2 chunks of the corpus; {how}")
     log(
         f"  domains: k-means k={d.k} on {len(sample)} chunks ({emb.spec()['kind']}); "
-        f"cluster sizes min {counts.min()} / median {int(np.median(counts))} / max {counts.max()}"
+        f"cluster sizes min {counts.min()} / median {int(np.median(counts))} / max {counts.max()}; "
+        f"{total:,} chunks assigned in {time.time() - t:.1f}s"
     )
     return {"domains": names, "domain_source": source}

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from soe.data.progress import bar
 from soe.fileio import atomic_write_text
 
 from .corpus_lock import deb_name, deb_record, pypi_record
@@ -100,7 +101,7 @@ def _deb_for(name: str, want: dict | None, cache: Path, allow_changed: bool, res
 def fetch_debs(pkgs: list[str], cache: Path, locked: dict | None, allow_changed: bool, res: Fetched) -> None:
     """Obtain and unpack each package into ``cache/<pkg>/`` (``.extracted`` names the .deb it came from)."""
     tools = bool(shutil.which("apt-get") and shutil.which("dpkg-deb"))
-    for p in pkgs:
+    for p in bar(pkgs, desc="fetch debian", unit="package"):
         want = (locked or {}).get(p)
         deb = _deb_for(p, want, cache, allow_changed, res, tools)
         if deb is None:
@@ -154,7 +155,7 @@ def fetch_pypi(reqs: list[str], cache: Path, locked: dict | None, allow_changed:
     """``pip download --no-deps`` each NAME==VERSION (the locked version and kind of file, if locked)."""
     dest = cache / "pypi"
     dest.mkdir(parents=True, exist_ok=True)
-    for req in reqs:
+    for req in bar(reqs, desc="fetch pypi", unit="package"):
         name, pinned = req.split("==")
         want = (locked or {}).get(name)
         version = want["version"] if want else pinned

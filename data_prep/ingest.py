@@ -10,10 +10,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+from soe.data.progress import bar
 from soe.data.text import chunk_text
 
 from .config import PrepareConfig, SourceSpec
@@ -65,6 +67,26 @@ def local_files(src: SourceSpec) -> list[str]:
 
 def iter_records(src: SourceSpec) -> Iterator[tuple[str, str | None]]:
     """Yield (text, domain label or None) for every document of a source, in order, streaming."""
+    return open_records(src)[0]
+
+
+def _num_examples(ds, split) -> int | None:
+    """Documents in a loaded dataset where it says (a dataset in memory; a streamed one whose card records the
+    split's size), else None: only the progress bar's total."""
+    try:
+        return len(ds)
+    except Exception:
+        pass
+    try:
+        n = ds.info.splits[split].num_examples
+        return int(n) if n else None
+    except Exception:
+        return None
+
+
+def open_records(src: SourceSpec) -> tuple[Iterator[tuple[str, str | None]], int | None]:
+    """`iter_records`, and the number of documents it will yield where known beforehand (a text file is one
+    document; a hub dataset may say), else None."""
     import datasets
 
     if src.path is not None:
@@ -76,6 +98,7 @@ def iter_records(src: SourceSpec) -> Iterator[tuple[str, str | None]]:
             ds = datasets.load_dataset(kind, data_files=files, split="train", streaming=True, **kw)
         except Exception as e:
             raise SourceError(f"source {src.name!r}: cannot open {what}: {e}") from e
+        total = len(files) if kind == "text" else None
     else:
         what = f"dataset {src.hub!r} (config {src.hub_config!r}, split {src.split!r})"
         text_field = src.text_field
@@ -83,6 +106,11 @@ def iter_records(src: SourceSpec) -> Iterator[tuple[str, str | None]]:
             ds = datasets.load_dataset(src.hub, src.hub_config, split=src.split, streaming=src.streaming)
         except Exception as e:
             raise SourceError(f"source {src.name!r}: cannot load {what}: {e}") from e
+        total = _num_examples(ds, src.split)
+    return _records(src, ds, what, text_field), total
+
+
+def _records(src: SourceSpec, ds, what: str, text_field: str) -> Iterator[tuple[str, str | None]]:
     try:
         batches = ds.iter(batch_size=BATCH)
         for batch in batches:
@@ -116,6 +144,7 @@ def ingest(cfg: PrepareConfig, out: Path, log=print) -> dict:
     """Chunk and dedupe every source into work files; returns stats per source (chunks, bytes, labels)."""
     dedupe = Deduper() if cfg.chunking.dedupe else None
     stats = {}
+    t0 = time.time()
     # held-out sources first: an exact repeat is then dropped from pretraining, not from evaluation
     order = sorted(cfg.sources, key=lambda s: s.holdout is None)
     for src in order:
@@ -124,9 +153,13 @@ def ingest(cfg: PrepareConfig, out: Path, log=print) -> dict:
         tmp = path.with_name(path.name + ".tmp")
         n = nbytes = docs = 0
         labels: Counter = Counter()
-        with open(tmp, "w", encoding="utf-8") as f:
-            for text, label in iter_records(src):
+        records, total = open_records(src)
+        with open(tmp, "w", encoding="utf-8") as f, bar(desc=f"ingest {src.name}", unit="document", total=total) as b:
+            for text, label in records:
                 docs += 1
+                b.update()
+                if docs % 64 == 0:
+                    b.set_postfix_str(f"{n} chunks", refresh=False)
                 if src.domain_field is not None and src.holdout is None and not label:
                     raise SourceError(
                         f"source {src.name!r}: document {docs} has an empty domain_field "
@@ -158,6 +191,11 @@ def ingest(cfg: PrepareConfig, out: Path, log=print) -> dict:
             "holdout": src.holdout,
         }
         log(f"  ingest {src.name:20s} {docs:8d} docs -> {n:8d} chunks {nbytes / 1e6:8.1f} MB")
+    total_docs, total_chunks = (sum(st[k] for st in stats.values()) for k in ("documents", "chunks"))
+    log(
+        f"  ingest: {len(stats)} sources, {total_docs:,} documents -> {total_chunks:,} chunks "
+        f"({sum(st['bytes'] for st in stats.values()) / 1e6:.1f} MB) in {time.time() - t0:.1f}s"
+    )
     return {s.name: stats[s.name] for s in cfg.sources}  # config order
 
 
@@ -169,27 +207,32 @@ def read_chunks(out: Path, name: str) -> Iterator[tuple[str, str | None]]:
             yield r["t"], r["d"]
 
 
-def sample_by_group(out: Path, names: list[str], group_of, cap: int, seed: int) -> dict[str, list[str]]:
+def sample_by_group(
+    out: Path, names: list[str], group_of, cap: int, seed: int, total: int | None = None, desc: str = "sample"
+) -> dict[str, list[str]]:
     """Uniform random sample of at most ``cap`` chunks per group (reservoir sampling, one pass).
 
     ``group_of(source_name, label) -> group or None`` (None: skip). Memory: cap chunks per group.
+    ``total``: the chunks of ``names``, the total of the bar ``desc`` over the pass.
     """
     import random
 
     rng = random.Random(seed)
     res: dict[str, list[str]] = {}
     seen: Counter = Counter()
-    for name in names:
-        for text, label in read_chunks(out, name):
-            g = group_of(name, label)
-            if g is None:
-                continue
-            seen[g] += 1
-            bucket = res.setdefault(g, [])
-            if len(bucket) < cap:
-                bucket.append(text)
-            else:
-                j = rng.randrange(seen[g])
-                if j < cap:
-                    bucket[j] = text
+    with bar(desc=desc, unit="chunk", total=total) as b:
+        for name in names:
+            for text, label in read_chunks(out, name):
+                b.update()
+                g = group_of(name, label)
+                if g is None:
+                    continue
+                seen[g] += 1
+                bucket = res.setdefault(g, [])
+                if len(bucket) < cap:
+                    bucket.append(text)
+                else:
+                    j = rng.randrange(seen[g])
+                    if j < cap:
+                        bucket[j] = text
     return res

@@ -11,7 +11,9 @@ as a fingerprint in ``<out>/work/<stage>.json``; re-running a stage invalidates 
   2. tokenizer       byte-level BPE on a balanced sample -> tokenizer.json (data_prep.tokenizer)
   3. domains         labels or k-means -> centroids.npy (+ assignments)    (data_prep.domains)
   4. shards          <domain>/{train,val}.bin, specialists/, meta.json     (data_prep.tokenize_shards)
-meta.json is written last, so its presence means the whole run completed. prepare writes only into a new
+Each stage prints what it did (stdout); its long parts show a bar on stderr, on a terminal only (documents
+ingested, chunks sampled, embedded, assigned and tokenised: soe/data/progress.py; SOE_PROGRESS=0/1 turns the
+bars off/on). meta.json is written last, so its presence means the whole run completed. prepare writes only into a new
 or empty directory or one it prepared (marker prepare.json; from another config only with --overwrite:
 data_prep/outdir.py). A bad input (config, source file, lock, --out) is refused with one line naming it,
 before anything is written where it can be checked up front; ``--debug`` shows the traceback instead.
@@ -29,8 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from soe.data.progress import bar
 from soe.data.shards import Meta, dtype_for_vocab, load_meta, sha256_file
 from soe.errors import run_entry
 from soe.fileio import atomic_write_json, read_json
@@ -146,8 +148,7 @@ def _routes(cfg: C.PrepareConfig, out: Path, stats: dict, dom: dict, writer: Sha
                 f"specialist set {name!r} (sources {[s.name for s in members]}) has {n} chunk(s); "
                 "expected at least 2 (in-house sample and evaluation split)"
             )
-        n_in = min(sp.inhouse_docs, n // 2)
-        n_ev = min(sp.eval_docs, n - n_in)
+        n_in, n_ev = _set_split(sp, n)
         role = np.zeros(n, np.int8)  # 0 unused, 1 in-house (train.bin + inhouse.jsonl), 2 evaluation (val.bin)
         perm = rng.permutation(n)
         role[perm[:n_in]], role[perm[n_in : n_in + n_ev]] = 1, 2
@@ -170,6 +171,20 @@ def _sets(cfg: C.PrepareConfig) -> list[str]:
     return list(dict.fromkeys(s.holdout for s in cfg.sources if s.holdout))
 
 
+def _set_split(sp, n: int) -> tuple[int, int]:
+    """(in-house, evaluation) chunks drawn from a specialist set of ``n`` chunks."""
+    n_in = min(sp.inhouse_docs, n // 2)
+    return n_in, min(sp.eval_docs, n - n_in)
+
+
+def _routed(cfg: C.PrepareConfig, stats: dict) -> int:
+    """Chunks `_routes` yields: every pretraining chunk, and the drawn chunks of each specialist set."""
+    n = sum(stats[s.name]["chunks"] for s in cfg.sources if not s.holdout)
+    for name in _sets(cfg):
+        n += sum(_set_split(cfg.specialists, sum(stats[s.name]["chunks"] for s in cfg.sources if s.holdout == name)))
+    return n
+
+
 def make_shards(
     cfg, out: Path, stats: dict, dom: dict, tok_info: dict, log=print, corpus_lock: dict | None = None
 ) -> Meta:
@@ -178,9 +193,8 @@ def make_shards(
         if "work" not in p.relative_to(out).parts:
             p.unlink()
     writer = ShardWriter(out, dtype)
-    total = sum(st["chunks"] for st in stats.values())
     t0 = time.time()
-    with tqdm(total=total, unit="chunk", desc="tokenize", mininterval=2, disable=None) as bar:
+    with bar(desc="tokenize", unit="chunk", total=_routed(cfg, stats)) as pbar:
         for key, arr, ndocs, nbytes in encode_stream(
             _routes(cfg, out, stats, dom, writer),
             out / "tokenizer.json",
@@ -190,7 +204,7 @@ def make_shards(
             cfg.shards.batch_docs,
         ):
             writer.add(key, arr, ndocs, nbytes)
-            bar.update(ndocs)
+            pbar.update(ndocs)
     writer.commit()
     secs = time.time() - t0
     ntok = sum(writer.tokens.values())
@@ -207,6 +221,16 @@ def make_shards(
         vocab_size=tok_info["vocab_size"], tokenizer_sha256=tok_info["sha256"], eos_id=tok_info["eos_id"], dtype=dtype
     )
     targets = sorted(target_roles(cfg, stats), key=[s.name for s in cfg.sources].index)
+    for what, names, prefix in (
+        ("specialist sets", _sets(cfg), "specialists/"),
+        ("validation targets", targets, "targets/"),
+    ):
+        if names:
+            docs = {n: [writer.docs.get((prefix + n, sp), 0) for sp in ("train", "val")] for n in names}
+            log(
+                f"  {what} (in-house + held-out documents): "
+                + ", ".join(f"{n} {a} + {b}" for n, (a, b) in docs.items())
+            )
     if targets:
         t, d, b = table(targets, "targets/")
         Meta(
@@ -358,7 +382,10 @@ def run(cfg: C.PrepareConfig, force: bool = False, log=print, overwrite: bool = 
         pre = [s.name for s in cfg.sources if not s.holdout]
         from .ingest import sample_by_group
 
-        sample = sample_by_group(out, pre, by, cfg.tokenizer.sample_chunks_per_group, cfg.seed)
+        n_pre = sum(stats[n]["chunks"] for n in pre)
+        sample = sample_by_group(
+            out, pre, by, cfg.tokenizer.sample_chunks_per_group, cfg.seed, n_pre, "tokenizer sample"
+        )
         bpe = train_bpe(sample, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency, out / "tokenizer.json")
         vocab = bpe.get_vocab_size()
         dtype_for_vocab(vocab, cfg.shards.dtype)

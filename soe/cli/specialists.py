@@ -8,6 +8,8 @@ soe generate my-specialist --prompt "Once upon a time" --max-tokens 80
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 from soe.cli.types import check_out_file, common, nonneg_int, positive_int, seed_arg, temperature_arg, token_count_arg
@@ -75,6 +77,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--windows", type=positive_int, default=512, help="windows evaluated per set at most (default: 512)")
     p.add_argument("--json", help="write the rows as JSON here")
     p.add_argument("--md", help="write the markdown table here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary line on stderr")
     common(p)
 
     p = sub.add_parser("generate", help="sample text from a specialist")
@@ -162,7 +165,14 @@ def cmd_evaluate(a) -> None:
         raise ValueError("pass --data DIR (the prepared-data directory holding the evaluation sets) or --texts FILE")
     eval_sets = ev.eval_sets(data, [s for s in sets if s], a.split) if sets else []
     eval_sets += [ev.text_set(t, a.text_field, a.max_docs) for t in a.texts]
-    rows = ev.evaluate(models, eval_sets, a.windows)
+    t0 = time.perf_counter()
+    rows = ev.evaluate(models, eval_sets, a.windows, progress=not a.quiet)
+    if not a.quiet:  # stderr: stdout keeps only the table (and the files written)
+        print(
+            f"evaluated {len(models)} model(s) on {len(eval_sets)} set(s): {sum(r['tokens'] for r in rows):,} tokens "
+            f"in {time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+        )
     md = ev.markdown_table(rows)
     print(md, end="")
     for out, text in ((a.md, md), (a.json, json.dumps(rows, indent=2) + "\n")):

@@ -18,6 +18,7 @@ import torch
 
 from soe.core.weights import weights_dict
 from soe.data.embed import build_embedder, nearest_centroid, soft_assignment
+from soe.data.progress import encode
 from soe.data.shards import check_tokenizer, load_meta
 from soe.data.text import chunk_text, read_texts
 
@@ -49,7 +50,8 @@ def estimate_weights(
     centroid and return the token-weighted histogram (weights below ``min_weight`` dropped).
     ``temperature`` T: a soft histogram instead, each chunk's tokens spread as softmax(−‖e − c‖² / T) over the
     centroids (c-BTM); T → 0 gives the nearest-centroid histogram.
-    ``progress`` gets a line per block of embedded chunks (chunks/s, ETA)."""
+    ``progress``: a bar over the chunks while they are embedded (stderr, on a terminal: soe/data/progress.py),
+    then one line saying what was embedded, how fast."""
     from tokenizers import Tokenizer
 
     if not 0.0 <= min_weight < 1.0:
@@ -77,7 +79,15 @@ def estimate_weights(
         raise ValueError(f"{texts}: documents are whitespace only")
     tok = Tokenizer.from_file(str(data_dir / meta.tokenizer_file))
     n_tok = np.array([len(e.ids) for e in tok.encode_batch(chunks)], dtype=np.float64)  # (N,)
-    emb = embed_blocks(build_embedder(src["embedder"], root=data_dir), chunks, progress)
+    embedder = build_embedder(src["embedder"], root=data_dir)
+    t0 = time.perf_counter()
+    emb = embed_blocks(embedder, chunks, progress)
+    if progress is not None:
+        dt = time.perf_counter() - t0
+        progress(
+            f"embedded {len(chunks):,} chunks of {len(docs):,} documents ({src['embedder'].get('kind')}) in "
+            f"{dt:.1f}s, {len(chunks) / max(dt, 1e-9):.1f} chunks/s"
+        )
     if temperature is None:
         assign = nearest_centroid(emb, centroids)  # (N,)
         counts = np.bincount(assign, weights=n_tok, minlength=len(meta.domains))  # (k,)
@@ -102,14 +112,9 @@ def estimate_weights(
 def embed_blocks(
     embedder, chunks: list[str], progress: Callable[[str], None] | None = None, block: int = 64
 ) -> np.ndarray:
-    """``embedder.encode(chunks)``, in blocks of ``block`` chunks when ``progress`` is given so that a
-    slow embedder (MiniLM on 2 cores: ~20 chunks/s) reports its rate and ETA instead of going silent."""
-    if progress is None or len(chunks) <= block:
+    """``embedder.encode(chunks)``, in blocks of ``block`` chunks under a bar when ``progress`` is given, so
+    that a slow embedder (MiniLM on 2 cores: ~20 chunks/s) shows its count, rate and ETA instead of going
+    silent; without ``progress``, one call."""
+    if progress is None:
         return embedder.encode(chunks)
-    t0, out = time.perf_counter(), []
-    for i in range(0, len(chunks), block):
-        out.append(embedder.encode(chunks[i : i + block]))
-        done, dt = i + len(out[-1]), time.perf_counter() - t0
-        rate = done / max(dt, 1e-9)
-        progress(f"embedding: {done}/{len(chunks)} chunks, {rate:.1f} chunks/s, ETA {(len(chunks) - done) / rate:.0f}s")
-    return np.concatenate(out)
+    return encode(embedder, chunks, "embed", block)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from soe.core.model import LlamaLM
+from soe.data.progress import bar
 from soe.data.shards import Meta, check_tokenizer, load_meta, open_shard
 from soe.data.text import read_texts, token_stream
 from soe.data.windows import eval_windows
@@ -46,22 +47,30 @@ class DenseModel(Protocol):
 
 @torch.no_grad()
 def mean_loss(
-    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], wins: torch.Tensor, batch_size: int = 32
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    wins: torch.Tensor,
+    batch_size: int = 32,
+    on_batch: Callable[[int], object] | None = None,
 ) -> float:
-    """Token-mean next-token loss of ``forward(x, y) -> mean loss`` over windows (W, T+1)."""
+    """Token-mean next-token loss of ``forward(x, y) -> mean loss`` over windows (W, T+1); ``on_batch`` gets
+    the windows of each batch done (a progress bar's update)."""
     total, count = 0.0, 0
     for i in range(0, len(wins), batch_size):
         b = wins[i : i + batch_size]
         total += float(forward(b[:, :-1], b[:, 1:])) * b[:, 1:].numel()
         count += b[:, 1:].numel()
+        if on_batch is not None:
+            on_batch(len(b))
     return total / count
 
 
-def model_loss(net: LlamaLM, wins: torch.Tensor, batch_size: int = 32) -> float:
+def model_loss(
+    net: LlamaLM, wins: torch.Tensor, batch_size: int = 32, on_batch: Callable[[int], object] | None = None
+) -> float:
     """`mean_loss` of a dense model (eval mode, on its own device)."""
     dev = next(net.parameters()).device
     net.eval()
-    return mean_loss(lambda x, y: net(x.to(dev), y.to(dev))[1], wins, batch_size)
+    return mean_loss(lambda x, y: net(x.to(dev), y.to(dev))[1], wins, batch_size, on_batch)
 
 
 @torch.no_grad()
@@ -167,15 +176,27 @@ MIN_TOKENS = 8  # fewer predicted tokens than this: no loss is reported
 
 
 def evaluate(
-    models: dict[str, DenseModel], sets: list[EvalSet], max_windows: int | None = DEFAULT_WINDOWS, batch_size: int = 16
+    models: dict[str, DenseModel],
+    sets: list[EvalSet],
+    max_windows: int | None = DEFAULT_WINDOWS,
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> list[dict]:
-    """One row per (model, set): loss over at most ``max_windows`` windows of the model's max_seq_len."""
+    """One row per (model, set): loss over at most ``max_windows`` windows of the model's max_seq_len.
+    Every set is tokenised and checked before the first forward pass; ``progress``: a bar over the windows of
+    all (set, model) pairs, with an ETA (stderr, on a terminal: soe/data/progress.py)."""
     if max_windows is not None and max_windows <= 0:
         raise ValueError(f"max_windows={max_windows} must be positive")
-    rows = []
+    jobs, streams = [], {}
     for es in sets:
         for label, m in models.items():
-            stream, tok_per_byte = es.tokens(m)
+            if es.docs is None:
+                stream, tok_per_byte = es.tokens(m)  # a shard, mapped: checked against each model's tokenizer
+            else:  # raw documents: tokenised once per tokenizer
+                key = (id(es), str(m.tokenizer_file), m.eos_id)
+                if key not in streams:
+                    streams[key] = es.tokens(m)
+                stream, tok_per_byte = streams[key]
             if len(stream) - 1 < MIN_TOKENS:
                 raise ValueError(
                     f"evaluation set {es.name}: {len(stream)} tokens, fewer than {MIN_TOKENS + 1}; a loss "
@@ -189,8 +210,14 @@ def evaluate(
                     file=sys.stderr,
                 )
             T = min(m.model.cfg.max_seq_len, len(stream) - 1)
+            n = (len(stream) - 1) // T
+            jobs.append((es, label, m, stream, tok_per_byte, T, n if max_windows is None else min(n, max_windows)))
+    rows = []
+    with bar(desc="evaluate", unit="window", total=sum(j[-1] for j in jobs), quiet=not progress) as pbar:
+        for es, label, m, stream, tok_per_byte, T, _ in jobs:
+            pbar.set_postfix_str(f"{label} on {es.name}", refresh=False)
             wins = eval_windows(stream, T, max_windows)
-            loss = model_loss(m.model, wins, batch_size)
+            loss = model_loss(m.model, wins, batch_size, pbar.update)
             if not math.isfinite(loss):
                 raise ValueError(
                     f"model {label} on set {es.name}: the loss is {loss} (its outputs are non-finite: "
