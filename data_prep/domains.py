@@ -2,7 +2,7 @@
 
 Both modes save ``centroids.npy`` (k, d) float32 and the embedder's spec (+ fitted state for
 tfidf) so that specialist estimation embeds new text exactly as here and assigns it to the
-nearest centroid (`soe.data.embed.nearest_centroid`).
+nearest centroid (`soe.data.centroids.nearest_centroid`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from soe.data.embed import build_embedder, nearest_centroid
+from soe.data.centroids import nearest_centroid
+from soe.data.embed import build_embedder
 from soe.data.progress import bar, encode
 
 from .config import PrepareConfig

@@ -84,7 +84,8 @@ def test_specialists_and_centroids(fixture_run):
     pre = {t for d in meta.domains for s in ("train", "val") for t in decode_docs(out, meta, d, s, tok)}
     assert not austen & pre, "held-out text must not reach the pretraining shards"
     # centroids + embedder rebuilt from meta.json: most val documents land on their own domain
-    from soe.data.embed import build_embedder, nearest_centroid
+    from soe.data.centroids import nearest_centroid
+    from soe.data.embed import build_embedder
 
     src = meta.domain_source
     assert src["method"] == "labels" and src["k"] == len(meta.domains) and src["chunk_chars"] == 2000
@@ -250,7 +251,8 @@ def test_kmeans_recovers_planted_domains(tmp_path, hierarchy):
         assert meta.domain_source["hierarchy"]["k1"] == 2 and (out / "centroids_top.npy").is_file()
     # estimation path: the embedder rebuilt from meta.json + centroids.npy puts *new* text of planted
     # domain j into the cluster that holds most of domain j's corpus chunks
-    from soe.data.embed import build_embedder, nearest_centroid
+    from soe.data.centroids import nearest_centroid
+    from soe.data.embed import build_embedder
 
     emb = build_embedder(meta.domain_source["embedder"], root=out)
     labels = np.array([r["label"] for r in recs])

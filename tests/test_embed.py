@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from soe.data.embed import TfidfEmbedder, build_embedder, nearest_centroid
+from soe.data.centroids import nearest_centroid
+from soe.data.embed import TfidfEmbedder, build_embedder
 
 TEXTS = [f"the cat {i} sat on the mat with dog {i % 3}" for i in range(30)] + [
     f"def f{i}(x):\n    return x * {i} + sum(range({i}))" for i in range(30)

@@ -78,9 +78,19 @@ class SoupDataModule(L.LightningDataModule):
         mixture = mixture if isinstance(mixture, MixtureConfig) else MixtureConfig(**(mixture or {}))
         # Plain values only (checkpoints load with weights_only=True); records where the data lives, as given
         # and absolute with the working directory (a relative data_dir means nothing elsewhere).
-        self.save_hyperparameters({"data_dir": str(data_dir), "seq_len": seq_len, "batch_size": batch_size,
-                                   "seed": seed, "mixture": asdict(mixture), "rank_h": rank_h, "h_per_step": h_per_step,
-                                   "data_dir_resolved": str(Path(data_dir).resolve()), "trained_in": os.getcwd()})
+        self.save_hyperparameters(
+            {
+                "data_dir": str(data_dir),
+                "seq_len": seq_len,
+                "batch_size": batch_size,
+                "seed": seed,
+                "mixture": asdict(mixture),
+                "rank_h": rank_h,
+                "h_per_step": h_per_step,
+                "data_dir_resolved": str(Path(data_dir).resolve()),
+                "trained_in": os.getcwd(),
+            }
+        )
         self.data_dir = Path(data_dir)
         try:
             self.meta: Meta = load_meta(self.data_dir)
@@ -89,16 +99,27 @@ class SoupDataModule(L.LightningDataModule):
             raise type(e)(f"data.data_dir={data_dir}: {e}") from e
         if rank_h not in ("shared", "per_rank"):
             raise ValueError(f"data.rank_h={rank_h!r}; expected 'shared' or 'per_rank'")
-        for name, v in (("seq_len", seq_len), ("batch_size", batch_size), ("val_windows", val_windows),
-                        ("val_batch_size", val_batch_size)):
+        for name, v in (
+            ("seq_len", seq_len),
+            ("batch_size", batch_size),
+            ("val_windows", val_windows),
+            ("val_batch_size", val_batch_size),
+        ):
             if v <= 0:
                 raise ValueError(f"data.{name}={v} must be positive")
         if h_per_step <= 0 or batch_size % h_per_step:
-            raise ValueError(f"data.h_per_step={h_per_step} must be positive and divide data.batch_size={batch_size} "
-                             "(each h gets batch_size / h_per_step sequences)")
+            raise ValueError(
+                f"data.h_per_step={h_per_step} must be positive and divide data.batch_size={batch_size} "
+                "(each h gets batch_size / h_per_step sequences)"
+            )
         self.h_per_step = h_per_step
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
-        self.val_windows, self.val_batch_size, self.num_workers, self.rank_h = val_windows, val_batch_size, num_workers, rank_h
+        self.val_windows, self.val_batch_size, self.num_workers, self.rank_h = (
+            val_windows,
+            val_batch_size,
+            num_workers,
+            rank_h,
+        )
         self.pi = MetaDistribution(mixture, self.num_domains, self.meta.prior("train"))
         self._next_index = 0  # next training batch the model will consume
         self._sampler: MixtureSampler | None = None
@@ -145,8 +166,10 @@ class SoupDataModule(L.LightningDataModule):
         fail deep inside the embedding lookup)."""
         top = int(tokens.max())
         if top >= self.meta.vocab_size:
-            raise ValueError(f"data.data_dir={self.data_dir}: {where} holds token id {top} >= vocab_size="
-                             f"{self.meta.vocab_size} of meta.json; the shards are corrupt, re-run data preparation")
+            raise ValueError(
+                f"data.data_dir={self.data_dir}: {where} holds token id {top} >= vocab_size="
+                f"{self.meta.vocab_size} of meta.json; the shards are corrupt, re-run data preparation"
+            )
         return tokens
 
     # ------------------------------------------------------------------ training stream
@@ -172,8 +195,12 @@ class SoupDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(_TrainStream(self, self._next_index), batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=False)
+        return DataLoader(
+            _TrainStream(self, self._next_index),
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         # Called in consumption order (after any prefetch), so this is what the model has seen.
@@ -186,8 +213,10 @@ class SoupDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed") != self.seed:
-            raise ValueError(f"checkpoint data seed {state.get('seed')} differs from data.seed={self.seed}; "
-                             "resuming would not reproduce the run")
+            raise ValueError(
+                f"checkpoint data seed {state.get('seed')} differs from data.seed={self.seed}; "
+                "resuming would not reproduce the run"
+            )
         self._next_index = int(state["next_index"])
 
     # ------------------------------------------------------------------ validation

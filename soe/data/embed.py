@@ -47,8 +47,14 @@ def _unit(x: np.ndarray) -> np.ndarray:
 class MiniLMEmbedder:
     """Sentence-BERT embeddings of a bounded prefix of each text."""
 
-    def __init__(self, model: str = DEFAULT_MINILM, max_seq_length: int = 128, prefix_chars: int = 1000,
-                 batch_size: int = 64, device: str = "cpu"):
+    def __init__(
+        self,
+        model: str = DEFAULT_MINILM,
+        max_seq_length: int = 128,
+        prefix_chars: int = 1000,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ):
         from sentence_transformers import SentenceTransformer
 
         self.model_name, self.max_seq_length, self.prefix_chars = model, int(max_seq_length), int(prefix_chars)
@@ -65,29 +71,52 @@ class MiniLMEmbedder:
         self.dim = int(get_dim())
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "minilm", "model": self.model_name, "max_seq_length": self.max_seq_length,
-                "prefix_chars": self.prefix_chars, "dim": self.dim}
+        return {
+            "kind": "minilm",
+            "model": self.model_name,
+            "max_seq_length": self.max_seq_length,
+            "prefix_chars": self.prefix_chars,
+            "dim": self.dim,
+        }
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        emb = self.model.encode([t[: self.prefix_chars] for t in texts], batch_size=self.batch_size,
-                                convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        emb = self.model.encode(
+            [t[: self.prefix_chars] for t in texts],
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
         return _unit(emb)  # (N, 384)
 
 
 class TfidfEmbedder:
     """TF-IDF (+ TruncatedSVD to ``svd_dim`` dimensions when > 0), rows normalised to unit length."""
 
-    def __init__(self, max_features: int = 20000, svd_dim: int = 128, prefix_chars: int = 4000,
-                 ngram_max: int = 1, state_file: str = "embedder_tfidf.npz", seed: int = 0, dim: int | None = None):
+    def __init__(
+        self,
+        max_features: int = 20000,
+        svd_dim: int = 128,
+        prefix_chars: int = 4000,
+        ngram_max: int = 1,
+        state_file: str = "embedder_tfidf.npz",
+        seed: int = 0,
+        dim: int | None = None,
+    ):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.max_features, self.svd_dim, self.prefix_chars = int(max_features), int(svd_dim), int(prefix_chars)
         self.ngram_max, self.state_file, self.seed = int(ngram_max), state_file, int(seed)
         # token_pattern also keeps 1-char tokens and symbols runs: code/maths are not just words
-        self.vec = TfidfVectorizer(max_features=self.max_features, sublinear_tf=True, dtype=np.float32,
-                                   ngram_range=(1, self.ngram_max), token_pattern=r"(?u)\b\w+\b|[^\w\s]{1,3}")
+        self.vec = TfidfVectorizer(
+            max_features=self.max_features,
+            sublinear_tf=True,
+            dtype=np.float32,
+            ngram_range=(1, self.ngram_max),
+            token_pattern=r"(?u)\b\w+\b|[^\w\s]{1,3}",
+        )
         self.components: np.ndarray | None = None  # (svd_dim, V) when fitted with SVD
         self.fitted = False
         self.dim = dim or 0
@@ -133,9 +162,16 @@ class TfidfEmbedder:
         return self
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "tfidf", "max_features": self.max_features, "svd_dim": self.svd_dim,
-                "prefix_chars": self.prefix_chars, "ngram_max": self.ngram_max, "state_file": self.state_file,
-                "seed": self.seed, "dim": self.dim}
+        return {
+            "kind": "tfidf",
+            "max_features": self.max_features,
+            "svd_dim": self.svd_dim,
+            "prefix_chars": self.prefix_chars,
+            "ngram_max": self.ngram_max,
+            "state_file": self.state_file,
+            "seed": self.seed,
+            "dim": self.dim,
+        }
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not self.fitted:
@@ -148,8 +184,14 @@ class TfidfEmbedder:
 class Model2VecEmbedder:
     """Static embeddings distilled from a sentence-transformer (model2vec): token lookup + mean pooling."""
 
-    def __init__(self, model: str = DEFAULT_MINILM, pca_dims: int = 256, prefix_chars: int = 4000,
-                 state_dir: str = "embedder_model2vec", dim: int | None = None):
+    def __init__(
+        self,
+        model: str = DEFAULT_MINILM,
+        pca_dims: int = 256,
+        prefix_chars: int = 4000,
+        state_dir: str = "embedder_model2vec",
+        dim: int | None = None,
+    ):
         self.model_name, self.pca_dims, self.prefix_chars = model, int(pca_dims), int(prefix_chars)
         self.state_dir = state_dir
         self.model = None  # model2vec.StaticModel once fitted or loaded
@@ -193,8 +235,14 @@ class Model2VecEmbedder:
         return self
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "model2vec", "model": self.model_name, "pca_dims": self.pca_dims,
-                "prefix_chars": self.prefix_chars, "state_dir": self.state_dir, "dim": self.dim}
+        return {
+            "kind": "model2vec",
+            "model": self.model_name,
+            "pca_dims": self.pca_dims,
+            "prefix_chars": self.prefix_chars,
+            "state_dir": self.state_dir,
+            "dim": self.dim,
+        }
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if self.model is None:
@@ -202,8 +250,7 @@ class Model2VecEmbedder:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         # max_length=None: every wordpiece of the prefix counts (a static model has no length limit)
-        emb = self.model.encode([t[: self.prefix_chars] for t in texts], max_length=None,
-                                use_multiprocessing=False)
+        emb = self.model.encode([t[: self.prefix_chars] for t in texts], max_length=None, use_multiprocessing=False)
         return _unit(emb)  # (N, pca_dims)
 
 
@@ -228,37 +275,3 @@ def build_embedder(spec: dict[str, Any], root: str | os.PathLike | None = None) 
             emb.load(root)
         return emb
     raise ValueError(f"embedder kind {kind!r} unknown; expected one of {EMBEDDER_KINDS}")
-
-
-def soft_assignment(emb: np.ndarray, centroids: np.ndarray, temperature: float, block: int = 8192) -> np.ndarray:
-    """Soft domain memberships softmax(−‖e − c‖² / T) of each row, (N, d), (k, d) -> (N, k) (c-BTM's soft
-    histograms use T = 0.1 on normalised embeddings). As T → 0 each row becomes the one-hot of its nearest
-    centroid (`nearest_centroid`)."""
-    if not temperature > 0 or not np.isfinite(temperature):
-        raise ValueError(f"temperature={temperature!r}: expected a positive finite number")
-    emb, centroids = np.asarray(emb, np.float64), np.asarray(centroids, np.float64)
-    if emb.ndim != 2 or centroids.ndim != 2 or emb.shape[1] != centroids.shape[1]:
-        raise ValueError(f"soft_assignment: embeddings {emb.shape} and centroids {centroids.shape} "
-                         "must be (N, d) and (k, d) with the same d")
-    out = np.empty((len(emb), len(centroids)))
-    for i in range(0, len(emb), block):
-        e = emb[i:i + block]
-        d2 = (e ** 2).sum(1, keepdims=True) - 2 * e @ centroids.T + (centroids ** 2).sum(1)  # (b, k)
-        z = -d2 / temperature
-        z -= z.max(1, keepdims=True)  # stable softmax; the nearest centroid gets exp(0) = 1
-        p = np.exp(z)
-        out[i:i + block] = p / p.sum(1, keepdims=True)
-    return out
-
-
-def nearest_centroid(emb: np.ndarray, centroids: np.ndarray, block: int = 8192) -> np.ndarray:
-    """Index of the nearest centroid (Euclidean, as k-means assigns) for each row: (N, d), (k, d) -> (N,)."""
-    emb, centroids = np.asarray(emb, np.float32), np.asarray(centroids, np.float32)
-    if emb.ndim != 2 or centroids.ndim != 2 or emb.shape[1] != centroids.shape[1]:
-        raise ValueError(f"nearest_centroid: embeddings {emb.shape} and centroids {centroids.shape} "
-                         "must be (N, d) and (k, d) with the same d")
-    half_sq = 0.5 * (centroids ** 2).sum(1)  # (k,)
-    out = np.empty(len(emb), np.int64)
-    for i in range(0, len(emb), block):  # argmin |e-c|^2 = argmax e.c - |c|^2/2, blocked to bound memory
-        out[i:i + block] = np.argmax(emb[i:i + block] @ centroids.T - half_sq, axis=1)
-    return out

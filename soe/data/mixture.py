@@ -42,7 +42,9 @@ class MixtureConfig:
         if not self.concentration > 0:
             raise ValueError(f"MixtureConfig.concentration={self.concentration} must be > 0")
         if self.domain_sampling not in DOMAIN_SAMPLING:
-            raise ValueError(f"MixtureConfig.domain_sampling={self.domain_sampling!r}; expected one of {DOMAIN_SAMPLING}")
+            raise ValueError(
+                f"MixtureConfig.domain_sampling={self.domain_sampling!r}; expected one of {DOMAIN_SAMPLING}"
+            )
         if not 0.0 <= self.full_support_prob <= 1.0:
             raise ValueError(f"MixtureConfig.full_support_prob={self.full_support_prob} must lie in [0, 1]")
         if isinstance(self.fixed_h, str) and self.fixed_h != "prior":

@@ -101,7 +101,9 @@ def load_meta(directory: str | os.PathLike) -> Meta:
     """Read and validate ``<directory>/meta.json``."""
     path = Path(directory) / "meta.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: expected a prepared-data directory (run `python -m data_prep.prepare`)")
+        raise FileNotFoundError(
+            f"{path} not found: expected a prepared-data directory (run `python -m data_prep.prepare`)"
+        )
     raw = read_json(path, "prepared-data metadata")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object (prepared-data metadata), got {type(raw).__name__}")
@@ -122,21 +124,27 @@ def load_meta(directory: str | os.PathLike) -> Meta:
     return meta
 
 
-def check_tokenizer(meta: Meta, directory: str | os.PathLike, expected_sha256: str | None = None,
-                    expected_vocab: int | None = None) -> None:
+def check_tokenizer(
+    meta: Meta, directory: str | os.PathLike, expected_sha256: str | None = None, expected_vocab: int | None = None
+) -> None:
     """Refuse shards whose tokenizer file, hash or vocabulary differs from what the caller expects."""
     tok = Path(directory) / meta.tokenizer_file
     if tok.is_file():
         actual = sha256_file(tok)
         if actual != meta.tokenizer_sha256:
-            raise ValueError(f"{tok}: sha256 {actual[:12]}… differs from meta.json's {meta.tokenizer_sha256[:12]}…; "
-                             "the shards were made with another tokenizer")
+            raise ValueError(
+                f"{tok}: sha256 {actual[:12]}… differs from meta.json's {meta.tokenizer_sha256[:12]}…; "
+                "the shards were made with another tokenizer"
+            )
     if expected_sha256 is not None and expected_sha256 != meta.tokenizer_sha256:
-        raise ValueError(f"{directory}: tokenizer sha256 {meta.tokenizer_sha256[:12]}… does not match the expected "
-                         f"{expected_sha256[:12]}… (checkpoint/config was trained with another tokenizer)")
+        raise ValueError(
+            f"{directory}: tokenizer sha256 {meta.tokenizer_sha256[:12]}… does not match the expected "
+            f"{expected_sha256[:12]}… (checkpoint/config was trained with another tokenizer)"
+        )
     if expected_vocab is not None and expected_vocab != meta.vocab_size:
-        raise ValueError(f"{directory}: vocab_size={meta.vocab_size} in meta.json, but the model expects "
-                         f"vocab_size={expected_vocab}")
+        raise ValueError(
+            f"{directory}: vocab_size={meta.vocab_size} in meta.json, but the model expects vocab_size={expected_vocab}"
+        )
 
 
 def shard_path(directory: str | os.PathLike, domain: str, split: str) -> Path:

@@ -53,7 +53,9 @@ TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 
 
 # ---------------------------------------------------------------------------- in-house texts
-def read_texts(source: str | os.PathLike | list[str], text_field: str = "text", max_docs: int | None = None) -> list[str]:
+def read_texts(
+    source: str | os.PathLike | list[str], text_field: str = "text", max_docs: int | None = None
+) -> list[str]:
     """Documents from a list, a .txt (blank-line-separated), .jsonl/.json/.parquet file, a saved
     `datasets` directory, or ``hf:NAME[:SPLIT]`` (datasets.load_dataset). Raises on empty input."""
     if isinstance(source, (list, tuple)):
@@ -91,7 +93,9 @@ def _read_source(src: str, field_: str) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"in-house text file {path} not found")
     if path.suffix not in TEXT_SUFFIXES:
-        raise ValueError(f"{path}: unsupported suffix {path.suffix!r}; expected one of {TEXT_SUFFIXES} or a datasets dir")
+        raise ValueError(
+            f"{path}: unsupported suffix {path.suffix!r}; expected one of {TEXT_SUFFIXES} or a datasets dir"
+        )
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

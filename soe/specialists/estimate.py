@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from soe.core.weights import weights_dict
-from soe.data.embed import build_embedder, nearest_centroid, soft_assignment
+from soe.data.centroids import nearest_centroid, soft_assignment
+from soe.data.embed import build_embedder
 from soe.data.progress import encode
 from soe.data.shards import check_tokenizer, load_meta
 from soe.data.text import chunk_text, read_texts
